@@ -1,0 +1,123 @@
+"""Argument and tensor checks shared by every public entry point.
+
+Each check raises ``TypeError`` or ``ValueError`` with a message that names the argument, the
+offending value or count, and how to fix it. None of them copies or modifies the tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(value: object, name: str) -> Tensor:
+    """Return ``value`` if it is a tensor, else raise a ``TypeError`` naming ``name``."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_logits_matrix(logits: object, name: str = "logits") -> Tensor:
+    """Check that ``logits`` is a non-empty floating (N, K) tensor with K >= 2."""
+    logits = check_tensor(logits, name)
+    if logits.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
+            f"got dtype {logits.dtype}"
+        )
+    if logits.ndim != 2:
+        raise ValueError(
+            f"{name} must have shape (N, K) with one row of class scores per sample, "
+            f"got {logits.ndim} dimension(s) with shape {tuple(logits.shape)}"
+        )
+    if logits.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it has 0 rows, at least 1 sample is needed")
+    if logits.shape[1] < 2:
+        raise ValueError(
+            f"{name} has K={logits.shape[1]} class column(s); softmax temperature scaling needs "
+            "K >= 2 (for one logit per sample use a binary calibrator)"
+        )
+    return logits
+
+
+def check_labels(labels: object, n_samples: int, n_classes: int, name: str = "labels") -> Tensor:
+    """Check that ``labels`` is an integer (N,) tensor of class indices in [0, n_classes)."""
+    labels = check_tensor(labels, name)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(
+            f"{name} must be an integer tensor of class indices, got dtype {labels.dtype}; "
+            "convert with labels.long() if the values are whole numbers"
+        )
+    if labels.ndim != 1:
+        raise ValueError(
+            f"{name} must have shape (N,), got shape {tuple(labels.shape)}; "
+            "one-hot labels can be converted with labels.argmax(dim=1)"
+        )
+    if labels.shape[0] != n_samples:
+        raise ValueError(
+            f"{name} has {labels.shape[0]} entries but the logits have {n_samples} rows; "
+            "they must match one to one"
+        )
+    if n_samples:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= n_classes:
+            bad = low if low < 0 else high
+            count = int(((labels < 0) | (labels >= n_classes)).sum())
+            raise ValueError(
+                f"{name} must lie in [0, {n_classes}) for {n_classes} classes; "
+                f"found {count} out of range, e.g. {bad}"
+            )
+    return labels
+
+
+def check_probabilities_matrix(probs: object, name: str = "probs") -> Tensor:
+    """Check that ``probs`` is a floating (N, K) tensor of values in [0, 1]."""
+    probs = check_tensor(probs, name)
+    if not probs.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating tensor, got dtype {probs.dtype}")
+    if probs.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, K), got shape {tuple(probs.shape)}")
+    if probs.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it has 0 rows, at least 1 sample is needed")
+    if probs.shape[1] < 2:
+        raise ValueError(f"{name} must have K >= 2 class columns, got K={probs.shape[1]}")
+    finite = torch.isfinite(probs)
+    if not bool(finite.all()):
+        raise ValueError(f"{name} contains {int((~finite).sum())} NaN or infinite value(s)")
+    low, high = float(probs.min()), float(probs.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"{name} must hold probabilities in [0, 1], found values in [{low:.4g}, {high:.4g}]; "
+            "if these are logits, apply torch.softmax(logits, dim=1) first"
+        )
+    return probs
+
+
+def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
+    """Check that ``value`` is an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+    """Check that ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_positive_finite(value: object, name: str) -> float:
+    """Check that ``value`` is a real number, finite and > 0, and return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value

@@ -1,0 +1,28 @@
+"""Calibration metrics: functional, torch in and torch out, on any device.
+
+Example:
+    >>> import torch
+    >>> from torchcal.metrics import expected_calibration_error
+    >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    >>> round(float(expected_calibration_error(probs, torch.tensor([0, 1, 1]))), 4)
+    0.3333
+"""
+
+from torchcal.metrics.calibration import (
+    ReliabilityBins,
+    classwise_calibration_error,
+    expected_calibration_error,
+    maximum_calibration_error,
+    reliability_bins,
+)
+from torchcal.metrics.scores import brier_score, negative_log_likelihood
+
+__all__ = [
+    "ReliabilityBins",
+    "brier_score",
+    "classwise_calibration_error",
+    "expected_calibration_error",
+    "maximum_calibration_error",
+    "negative_log_likelihood",
+    "reliability_bins",
+]

@@ -1,0 +1,191 @@
+"""Binned calibration errors: top-label ECE/MCE/RMS, class-wise ECE and reliability bins.
+
+Conventions (those of Guo et al. 2017, torchmetrics and netcal):
+
+* The top-label confidence of a sample is its largest probability; it is correct when the label's
+  probability equals that maximum (a tie for the top counts as correct).
+* ``strategy="uniform"`` splits [0, 1] into ``n_bins`` equal-width bins ``[e_i, e_{i+1})``, the
+  last one closed; ``strategy="quantile"`` puts the edges at quantiles of the confidences so that
+  the bins hold (nearly) equal numbers of samples.
+* ``norm="l1"`` is the ECE ``sum_b |acc_b - conf_b| n_b / N``, ``norm="l2"`` the RMS calibration
+  error ``sqrt(sum_b (acc_b - conf_b)^2 n_b / N)`` and ``norm="max"`` the MCE
+  ``max_b |acc_b - conf_b|`` over non-empty bins.
+
+Every function takes probabilities (N, K) and integer labels (N,) on any device and returns a
+0-dim float64 tensor on that device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from torchcal._validation import (
+    check_choice,
+    check_labels,
+    check_positive_int,
+    check_probabilities_matrix,
+)
+
+STRATEGIES = ("uniform", "quantile")
+NORMS = ("l1", "l2", "max")
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Per-bin statistics of top-label confidence against accuracy.
+
+    Attributes:
+        edges: (n_bins + 1,) bin edges, from 0 to 1.
+        counts: (n_bins,) number of samples in each bin.
+        confidence: (n_bins,) mean confidence in each bin (0 where a bin is empty).
+        accuracy: (n_bins,) fraction correct in each bin (0 where a bin is empty).
+
+    Example:
+        >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+        >>> bins = reliability_bins(probs, torch.tensor([0, 1, 1]), n_bins=2)
+        >>> bins.counts.tolist(), round(float(bins.calibration_error()), 4)
+        ([0, 3], 0.0667)
+    """
+
+    edges: Tensor
+    counts: Tensor
+    confidence: Tensor
+    accuracy: Tensor
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.counts.sum())
+
+    def calibration_error(self, norm: str = "l1") -> Tensor:
+        """The ECE (``"l1"``), RMS error (``"l2"``) or MCE (``"max"``) of these bins."""
+        check_choice(norm, "norm", NORMS)
+        gaps = (self.accuracy - self.confidence).abs()
+        if norm == "max":
+            return gaps[self.counts > 0].max()
+        weights = self.counts.to(gaps.dtype) / self.n_samples
+        if norm == "l1":
+            return (gaps * weights).sum()
+        return (gaps.square() * weights).sum().sqrt()
+
+
+def _bin_edges(confidences: Tensor, n_bins: int, strategy: str) -> Tensor:
+    if strategy == "uniform":
+        return torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=confidences.device)
+    ordered = confidences.to(torch.float64).sort().values
+    positions = torch.linspace(0, ordered.numel() - 1, n_bins + 1, device=ordered.device)
+    below = positions.floor().long()
+    above = positions.ceil().long()
+    fraction = positions - below
+    edges = ordered[below] + (ordered[above] - ordered[below]) * fraction
+    edges[0], edges[-1] = 0.0, 1.0
+    return edges
+
+
+def top_label_bins(
+    confidences: Tensor, correct: Tensor, n_bins: int = 15, strategy: str = "uniform"
+) -> ReliabilityBins:
+    """Reliability bins from per-sample top-label confidences and 0/1 correctness.
+
+    This is the one place binning happens; :func:`reliability_bins` and the fitted scalers'
+    reports both call it.
+    """
+    check_positive_int(n_bins, "n_bins")
+    check_choice(strategy, "strategy", STRATEGIES)
+    confidences = confidences.reshape(-1).to(torch.float64)
+    edges = _bin_edges(confidences, n_bins, strategy)
+    index = torch.bucketize(confidences, edges[1:-1], right=True)
+    counts = torch.bincount(index, minlength=n_bins)
+    sum_confidence = torch.bincount(index, weights=confidences, minlength=n_bins)
+    sum_correct = torch.bincount(
+        index, weights=correct.reshape(-1).to(torch.float64), minlength=n_bins
+    )
+    denominator = counts.clamp(min=1).to(torch.float64)
+    return ReliabilityBins(
+        edges=edges,
+        counts=counts,
+        confidence=sum_confidence / denominator,
+        accuracy=sum_correct / denominator,
+    )
+
+
+def check_probs_and_labels(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Validate probabilities (N, K) whose rows sum to 1 and integer labels (N,)."""
+    probs = check_probabilities_matrix(probs)
+    labels = check_labels(labels, probs.shape[0], probs.shape[1]).to(probs.device)
+    row_sums = probs.sum(dim=1, dtype=torch.float64)
+    off = (row_sums - 1).abs() > 1e-3
+    if bool(off.any()):
+        row = int(off.nonzero()[0])
+        raise ValueError(
+            f"probs rows must sum to 1; {int(off.sum())} row(s) do not, e.g. row {row} sums to "
+            f"{float(row_sums[row]):.6g}. Pass softmax probabilities, not logits or scores"
+        )
+    return probs, labels
+
+
+def _top_label(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    probs, labels = check_probs_and_labels(probs, labels)
+    confidences = probs.max(dim=1).values
+    correct = probs.gather(1, labels[:, None]).squeeze(1) == confidences
+    return confidences, correct
+
+
+def reliability_bins(
+    probs: Tensor, labels: Tensor, n_bins: int = 15, strategy: str = "uniform"
+) -> ReliabilityBins:
+    """Top-label reliability bins of ``probs`` (N, K) against integer ``labels`` (N,)."""
+    confidences, correct = _top_label(probs, labels)
+    return top_label_bins(confidences, correct, n_bins, strategy)
+
+
+def expected_calibration_error(
+    probs: Tensor,
+    labels: Tensor,
+    n_bins: int = 15,
+    strategy: str = "uniform",
+    norm: str = "l1",
+) -> Tensor:
+    """Top-label expected calibration error.
+
+    Example:
+        >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+        >>> round(float(expected_calibration_error(probs, torch.tensor([0, 1, 1]))), 4)
+        0.3333
+    """
+    check_choice(norm, "norm", NORMS)
+    return reliability_bins(probs, labels, n_bins, strategy).calibration_error(norm)
+
+
+def maximum_calibration_error(
+    probs: Tensor, labels: Tensor, n_bins: int = 15, strategy: str = "uniform"
+) -> Tensor:
+    """Top-label maximum calibration error (MCE): the largest gap over non-empty bins."""
+    return expected_calibration_error(probs, labels, n_bins, strategy, norm="max")
+
+
+def classwise_calibration_error(
+    probs: Tensor,
+    labels: Tensor,
+    n_bins: int = 15,
+    strategy: str = "uniform",
+    norm: str = "l1",
+) -> Tensor:
+    """Class-wise (marginal) calibration error: the mean over classes of the one-vs-rest error.
+
+    For each class k the probabilities ``p_k`` of all samples are binned against ``labels == k``.
+
+    Example:
+        >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+        >>> round(float(classwise_calibration_error(probs, torch.tensor([0, 1, 1]))), 4)
+        0.3333
+    """
+    probs, labels = check_probs_and_labels(probs, labels)
+    check_choice(norm, "norm", NORMS)
+    errors = [
+        top_label_bins(probs[:, k], labels == k, n_bins, strategy).calibration_error(norm)
+        for k in range(probs.shape[1])
+    ]
+    return torch.stack(errors).mean()

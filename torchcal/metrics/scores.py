@@ -1,0 +1,35 @@
+"""Proper scoring rules on probabilities: negative log-likelihood and the Brier score."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from torchcal.metrics.calibration import check_probs_and_labels
+
+
+def negative_log_likelihood(probs: Tensor, labels: Tensor) -> Tensor:
+    """Mean ``-log p_y`` in float64; a zero probability on the label gives ``inf``.
+
+    Example:
+        >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+        >>> round(float(negative_log_likelihood(probs, torch.tensor([0, 1, 1]))), 4)
+        0.4594
+    """
+    probs, labels = check_probs_and_labels(probs, labels)
+    label_probs = probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
+    return -label_probs.log().mean()
+
+
+def brier_score(probs: Tensor, labels: Tensor) -> Tensor:
+    """Mean over samples of ``sum_k (p_k - 1[y = k])^2`` (multi-class Brier score), in float64.
+
+    Example:
+        >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+        >>> round(float(brier_score(probs, torch.tensor([0, 1, 1]))), 4)
+        0.3067
+    """
+    probs, labels = check_probs_and_labels(probs, labels)
+    squared = probs.to(torch.float64).square().sum(dim=1)
+    label_probs = probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
+    return (squared - 2 * label_probs + 1).mean()

@@ -1,0 +1,59 @@
+"""The record of a temperature fit."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a fit found and what it cost.
+
+    Attributes:
+        temperature: the fitted T (inside ``temperature_bounds``).
+        nll_before, nll_after: mean negative log-likelihood at T = 1 and at the fitted T.
+        ece_before, ece_after: top-label ECE (15 equal-width bins) at T = 1 and at the fitted T.
+        iterations: solver iterations on the full data (after the warm start).
+        function_evaluations: passes of the solver over the full data, each one yielding the NLL
+            and its derivative.
+        data_passes: every pass over the full logits, validation and the T = 1 report included.
+        converged: whether the stated tolerance was met (always True at a bound).
+        n_samples: number of samples fitted on.
+        method: ``"lbfgs"`` or ``"newton"``.
+        bound: ``"lower"`` or ``"upper"`` if the optimum lies beyond that temperature bound and T
+            was held at it, else ``None``.
+    """
+
+    temperature: float
+    nll_before: float
+    nll_after: float
+    ece_before: float
+    ece_after: float
+    iterations: int
+    function_evaluations: int
+    data_passes: int
+    converged: bool
+    n_samples: int
+    method: str
+    bound: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of the fields, for JSON or a state dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FitResult:
+        """Rebuild from :meth:`to_dict` output, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def __str__(self) -> str:
+        at_bound = f", held at the {self.bound} bound" if self.bound else ""
+        status = "converged" if self.converged else "NOT converged"
+        return (
+            f"T = {self.temperature:.6g} on {self.n_samples} samples ({self.method}, {status}"
+            f"{at_bound}, {self.function_evaluations} evaluations): "
+            f"NLL {self.nll_before:.4f} -> {self.nll_after:.4f}, "
+            f"ECE {self.ece_before:.4f} -> {self.ece_after:.4f}"
+        )
