@@ -94,7 +94,7 @@ def top_label_bins(
     """
     check_positive_int(n_bins, "n_bins")
     check_choice(strategy, "strategy", STRATEGIES)
-    confidences = confidences.reshape(-1).to(torch.float64)
+    confidences = confidences.reshape(-1).to(torch.float64).contiguous()
     edges = _bin_edges(confidences, n_bins, strategy)
     index = torch.bucketize(confidences, edges[1:-1], right=True)
     counts = torch.bincount(index, minlength=n_bins)

@@ -1,0 +1,271 @@
+"""Fit one temperature with torchcal and with every installed peer, on the same logits.
+
+Prints, per problem size: time (median of --repeats), ratio to torchcal, fitted T, |T/T* - 1|
+against the float64 optimum T* (scipy bounded Brent, xatol 1e-10), and peak memory beyond the
+logits (measured in a fresh subprocess per fit, as the growth of peak RSS).
+
+Peers run if installed (``pip install ".[bench]"``): scikit-learn's temperature calibration
+(``CalibratedClassifierCV(method="temperature")`` on a frozen pass-through estimator), netcal's
+``TemperatureScaling``, torch-uncertainty's ``TemperatureScaler``, and the reference recipe of
+Guo et al. 2017 written out as a baseline (LBFGS lr=0.01, max_iter=50 on T, start 1.5).
+
+Usage:
+    python benchmarks/fit_temperature.py                 # all sizes
+    python benchmarks/fit_temperature.py --sizes 10000x10 --repeats 3 --no-memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import scipy.optimize
+import torch
+
+import torchcal
+
+SIZES = ["10000x10", "10000x100", "50000x1000", "2000x32000"]
+
+
+def make_logits(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits 3 * randn with labels drawn from softmax(logits / 2): T* is near 2."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, k, generator=generator) * 3
+    labels = torch.multinomial(torch.softmax(logits / 2, 1), 1, generator=generator).squeeze(1)
+    return logits, labels
+
+
+def exact_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """T* by scipy's bounded Brent on log T over the float64 NLL, in row chunks."""
+    z_label = logits.gather(1, labels[:, None]).squeeze(1).double()
+
+    def nll(log_t: float) -> float:
+        beta = math.exp(-log_t)
+        total = 0.0
+        for start in range(0, len(labels), 4096):
+            chunk = logits[start : start + 4096].double() * beta
+            total += float(torch.logsumexp(chunk, 1).sum())
+        return total / len(labels) - beta * float(z_label.mean())
+
+    result = scipy.optimize.minimize_scalar(
+        nll, bounds=(math.log(1e-2), math.log(1e2)), method="bounded", options={"xatol": 1e-10}
+    )
+    return math.exp(result.x)
+
+
+# ------------------------------------------------------------------------------- the fitters
+def fit_torchcal(logits, labels):
+    scaler = torchcal.TemperatureScaler().fit(logits, labels, progress=False)
+    return scaler.temperature, scaler.fit_result.data_passes
+
+
+def fit_torchcal_newton(logits, labels):
+    scaler = torchcal.TemperatureScaler(method="newton").fit(logits, labels, progress=False)
+    return scaler.temperature, scaler.fit_result.data_passes
+
+
+def fit_reference_recipe(logits, labels):
+    """Guo et al.'s ModelWithTemperature.set_temperature, minus the model and the CUDA calls."""
+    temperature = torch.nn.Parameter(torch.ones(1) * 1.5)
+    optimizer = torch.optim.LBFGS([temperature], lr=0.01, max_iter=50)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def closure():
+        optimizer.zero_grad()
+        loss = criterion(logits / temperature, labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(temperature.detach()), None
+
+
+def fit_sklearn(logits, labels):
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    class PassThrough(ClassifierMixin, BaseEstimator):
+        """A fitted 'classifier' whose decision function is its input: the logits."""
+
+        def fit(self, x, y):
+            self.classes_ = np.arange(x.shape[1])
+            return self
+
+        def decision_function(self, x):
+            return x
+
+        def predict(self, x):
+            return x.argmax(axis=1)
+
+    x, y = logits.numpy(), labels.numpy()
+    estimator = FrozenEstimator(PassThrough().fit(x, y))
+    calibrated = CalibratedClassifierCV(estimator, method="temperature").fit(x, y)
+    beta = float(calibrated.calibrated_classifiers_[0].calibrators[0].beta_)
+    return 1.0 / beta, None
+
+
+def fit_netcal(logits, labels):
+    from netcal.scaling import TemperatureScaling
+
+    # netcal takes probabilities and works on their logarithm
+    probs = torch.softmax(logits.double(), 1).numpy()
+    model = TemperatureScaling()
+    model.fit(probs, labels.numpy())
+    weight = float(np.ravel(model.weights)[0])  # netcal scales log-probabilities by 1/T
+    return 1.0 / weight, None
+
+
+def fit_torch_uncertainty(logits, labels):
+    from torch_uncertainty.post_processing import TemperatureScaler
+
+    dataset = torch.utils.data.TensorDataset(logits, labels)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=len(labels))
+    scaler = TemperatureScaler(model=torch.nn.Identity())
+    scaler.fit(loader, progress=False)
+    return float(scaler.temperature[0]), None
+
+
+def peers() -> dict[str, Callable]:
+    """torchcal's own fitters first, then each peer whose package imports."""
+    fitters: dict[str, Callable] = {
+        "torchcal (lbfgs)": fit_torchcal,
+        "torchcal (newton)": fit_torchcal_newton,
+        "reference recipe": fit_reference_recipe,
+    }
+    for name, module, fitter in [
+        ("scikit-learn", "sklearn.frozen", fit_sklearn),
+        ("netcal", "netcal.scaling", fit_netcal),
+        ("torch-uncertainty", "torch_uncertainty.post_processing", fit_torch_uncertainty),
+    ]:
+        try:
+            __import__(module)
+        except Exception as error:
+            print(f"# {name}: not run ({type(error).__name__}: {error})", file=sys.stderr)
+        else:
+            fitters[name] = fitter
+    return fitters
+
+
+# ------------------------------------------------------------------------------- measurement
+def time_fit(fitter: Callable, logits, labels, repeats: int) -> tuple[float, float, int | None]:
+    fitter(logits[:256], labels[:256])  # warm-up: imports, allocator, thread pool
+    times, temperature, passes = [], math.nan, None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        temperature, passes = fitter(logits, labels)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), temperature, passes
+
+
+def peak_memory_ratio(name: str, size: str) -> float | None:
+    """Growth of peak RSS during one fit, over the logits' size, in a fresh process."""
+    command = [sys.executable, __file__, "--memory-probe", name, "--sizes", size]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])["ratio"]
+    except (IndexError, ValueError, KeyError):
+        return None
+
+
+def memory_probe(name: str, size: str) -> None:
+    import resource
+
+    n, k = map(int, size.split("x"))
+    logits, labels = make_logits(n, k)
+    fitter = peers()[name]
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    fitter(logits, labels)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ratio = (peak - baseline) * 1024 / (logits.numel() * logits.element_size())
+    print(json.dumps({"ratio": ratio}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=SIZES, help="N x K problems, e.g. 10000x10")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS probes")
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    args = parser.parse_args()
+    if args.memory_probe:
+        memory_probe(args.memory_probe, args.sizes[0])
+        return
+
+    torch.manual_seed(0)
+    fitters = peers()
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, float32 logits, "
+        f"median of {args.repeats}"
+    )
+    header = ["N x K", "method", "time", "x torchcal", "T", "|T/T*-1|", "passes", "peak mem"]
+    rows = []
+    for size in args.sizes:
+        n, k = map(int, size.split("x"))
+        logits, labels = make_logits(n, k)
+        reference = exact_temperature(logits, labels)
+        fitter_times = {}
+        for name, fitter in fitters.items():
+            if name == "torch-uncertainty" and n * k > 5e7:
+                continue
+            seconds, temperature, passes = time_fit(fitter, logits, labels, args.repeats)
+            fitter_times[name] = seconds
+            memory = None if args.no_memory else peak_memory_ratio(name, size)
+            rows.append(
+                [
+                    f"{n:,} x {k:,}",
+                    name,
+                    seconds,
+                    None,
+                    temperature,
+                    abs(temperature / reference - 1),
+                    passes,
+                    memory,
+                ]
+            )
+        base = fitter_times["torchcal (lbfgs)"]
+        for row in rows:
+            if row[0] == f"{n:,} x {k:,}":
+                row[3] = row[2] / base
+    print_table(header, rows, args.markdown)
+
+
+def print_table(header, rows, markdown: bool) -> None:
+    def cell(value, column):
+        if value is None:
+            return "-"
+        if column == 2:
+            return f"{value * 1000:.0f} ms" if value < 10 else f"{value:.1f} s"
+        if column == 3:
+            return f"{value:.1f}x"
+        if column == 4:
+            return f"{value:.6f}"
+        if column == 5:
+            return f"{value:.1e}"
+        if column == 7:
+            return f"{value:.2f}x"
+        return str(value)
+
+    table = [[cell(v, c) for c, v in enumerate(row)] for row in rows]
+    widths = [max(len(h), *(len(r[c]) for r in table)) for c, h in enumerate(header)]
+    if markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "|".join("---" for _ in header) + "|")
+        for r in table:
+            print("| " + " | ".join(r) + " |")
+        return
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()
