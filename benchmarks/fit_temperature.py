@@ -5,7 +5,7 @@ against the float64 optimum T* (scipy bounded Brent, xatol 1e-10), and peak memo
 logits (measured in a fresh subprocess per fit, as the growth of peak RSS).
 
 Peers run if installed (``pip install ".[bench]"``): scikit-learn's temperature calibration
-(``CalibratedClassifierCV(method="temperature")`` on a frozen pass-through estimator), netcal's
+(the calibrator ``CalibratedClassifierCV(method="temperature")`` fits), netcal's
 ``TemperatureScaling``, torch-uncertainty's ``TemperatureScaler``, and the reference recipe of
 Guo et al. 2017 written out as a baseline (LBFGS lr=0.01, max_iter=50 on T, start 1.5).
 
@@ -88,28 +88,11 @@ def fit_reference_recipe(logits, labels):
 
 
 def fit_sklearn(logits, labels):
-    from sklearn.base import BaseEstimator, ClassifierMixin
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.frozen import FrozenEstimator
+    """The calibrator that ``CalibratedClassifierCV(method="temperature")`` fits per fold."""
+    from sklearn.calibration import _TemperatureScaling
 
-    class PassThrough(ClassifierMixin, BaseEstimator):
-        """A fitted 'classifier' whose decision function is its input: the logits."""
-
-        def fit(self, x, y):
-            self.classes_ = np.arange(x.shape[1])
-            return self
-
-        def decision_function(self, x):
-            return x
-
-        def predict(self, x):
-            return x.argmax(axis=1)
-
-    x, y = logits.numpy(), labels.numpy()
-    estimator = FrozenEstimator(PassThrough().fit(x, y))
-    calibrated = CalibratedClassifierCV(estimator, method="temperature").fit(x, y)
-    beta = float(calibrated.calibrated_classifiers_[0].calibrators[0].beta_)
-    return 1.0 / beta, None
+    calibrator = _TemperatureScaling().fit(logits.numpy(), labels.numpy())
+    return 1.0 / float(calibrator.beta_), None
 
 
 def fit_netcal(logits, labels):
@@ -141,7 +124,7 @@ def peers() -> dict[str, Callable]:
         "reference recipe": fit_reference_recipe,
     }
     for name, module, fitter in [
-        ("scikit-learn", "sklearn.frozen", fit_sklearn),
+        ("scikit-learn", "sklearn.calibration", fit_sklearn),
         ("netcal", "netcal.scaling", fit_netcal),
         ("torch-uncertainty", "torch_uncertainty.post_processing", fit_torch_uncertainty),
     ]:

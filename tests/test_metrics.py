@@ -157,7 +157,7 @@ def test_metrics_on_cuda_equal_cpu():
         (torch.tensor([[0.5, 0.2]]), torch.tensor([0]), "rows must sum to 1"),
         (torch.tensor([[0.5, float("nan")]]), torch.tensor([0]), "NaN"),
         (torch.tensor([[0.5, 0.5]]), torch.tensor([2]), r"\[0, 2\)"),
-        (torch.tensor([[0.5, 0.5]]), torch.tensor([0, 1]), "2 entries but the logits have 1 rows"),
+        (torch.tensor([[0.5, 0.5]]), torch.tensor([0, 1]), "do not match"),
         (torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), "empty"),
     ],
 )

@@ -298,11 +298,10 @@ def test_cuda_fit_equals_cpu_fit_and_stays_on_the_device():
             torch.tensor([[0.0, 1.0], [1.0, 2.0]]),
             torch.tensor([0, 1, 1]),
             ValueError,
-            "3 entries but the logits have 2 rows",
+            r"labels of shape \(3,\) do not match logits of shape \(2, 2\)",
         ),
         (torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), ValueError, "empty"),
-        (torch.zeros(4), torch.zeros(4, dtype=torch.long), ValueError, r"shape \(N, K\)"),
-        (torch.zeros(4, 1), torch.zeros(4, dtype=torch.long), ValueError, "K >= 2"),
+        (torch.tensor(1.0), torch.tensor(0), ValueError, "need a class dimension"),
         (torch.tensor([[1, 2], [3, 4]]), torch.tensor([0, 1]), TypeError, "floating tensor"),
         (
             torch.tensor([[0.7, 0.3], [0.2, 0.8]]),
@@ -343,3 +342,8 @@ def test_empty_loader_is_an_error():
 def test_bad_options_are_rejected_at_construction(options, message):
     with pytest.raises((ValueError, TypeError), match=message):
         TemperatureScaler(**options)
+
+
+def test_one_logit_per_sample_cannot_be_a_softmax():
+    with pytest.raises(ValueError, match="K >= 2"):
+        fit(torch.zeros(4, 1), torch.zeros(4, dtype=torch.long), activation="softmax")

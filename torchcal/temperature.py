@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchcal._objective import SoftmaxTemperatureNLL
+from torchcal._objective import SigmoidTemperatureNLL, SoftmaxTemperatureNLL
+from torchcal._shapes import ACTIVATIONS, INPUTS, Rows, to_rows
 from torchcal._solver import Solution, solve_temperature
 from torchcal._validation import check_choice, check_positive_finite, check_positive_int
 from torchcal._version import __version__
@@ -26,12 +27,28 @@ DEFAULT_TEMPERATURE_BOUNDS = (1e-3, 1e3)
 class TemperatureScaler(nn.Module):
     """Wrap a classifier so that its logits are divided by a temperature fitted on held-out data.
 
-    ``T`` minimises the mean negative log-likelihood of ``softmax(logits / T)`` on the data given
-    to :meth:`fit`. The fit is exact: it stops when the estimated distance to the optimum,
+    ``T`` minimises the mean negative log-likelihood of ``softmax(logits / T)`` (or, for sigmoid
+    models, the binary cross-entropy of ``sigmoid(logits / T)``) on the data given to
+    :meth:`fit`. The fit is exact: it stops when the estimated distance to the optimum,
     ``|log T - log T*|``, is below ``tol``, and T stays inside ``temperature_bounds``.
+
+    Every classifier shape is accepted: (N, K) logits with (N,) labels; segmentation maps
+    (N, K, H, W) with (N, H, W) labels and volumes (N, K, D, H, W); token sequences (B, L, V) with
+    (B, L) labels; binary (N,) or (N, 1) logits; multi-label (N, K) logits with (N, K) 0/1 targets
+    (``activation="sigmoid"``, one shared T or one per label with ``per_class=True``). Labels equal
+    to ``ignore_index`` are left out of the fit and of the reported metrics. One-hot labels are
+    rejected for softmax models (pass class indices).
 
     Args:
         model: the trained classifier; ``None`` to calibrate logits directly.
+        activation: ``"auto"`` (sigmoid for one logit per sample, else softmax), ``"softmax"``
+            or ``"sigmoid"`` (binary or multi-label).
+        class_dim: the class dimension of the logits; ``None`` infers it from the labels' shape
+            (dim 1 for (N, K, ...) with (N, ...) labels, the last dim for (B, L, V) with (B, L)).
+        ignore_index: label value to leave out (default -100, as in ``F.cross_entropy``).
+        per_class: one temperature per label of a multi-label sigmoid model.
+        inputs: ``"logits"``, or ``"probs"`` when only probabilities are at hand (they are fitted
+            as log-probabilities, or log-odds for sigmoid models).
         method: ``"lbfgs"`` (``torch.optim.LBFGS`` with strong-Wolfe line search on log T) or
             ``"newton"`` (safeguarded Newton on 1/T, where the NLL is convex).
         temperature_bounds: the range T is kept in; an optimum beyond it ends at the bound with a
@@ -55,6 +72,11 @@ class TemperatureScaler(nn.Module):
         self,
         model: nn.Module | None = None,
         *,
+        activation: str = "auto",
+        class_dim: int | None = None,
+        ignore_index: int | None = -100,
+        per_class: bool = False,
+        inputs: str = "logits",
         method: str = "lbfgs",
         temperature_bounds: tuple[float, float] = DEFAULT_TEMPERATURE_BOUNDS,
         tol: float = 1e-6,
@@ -65,6 +87,11 @@ class TemperatureScaler(nn.Module):
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
         self.model = model
+        self.activation = check_choice(activation, "activation", ACTIVATIONS)
+        self.class_dim = class_dim
+        self.ignore_index = ignore_index
+        self.per_class = bool(per_class)
+        self.inputs = check_choice(inputs, "inputs", INPUTS)
         self.method = check_choice(method, "method", METHODS)
         low, high = (check_positive_finite(b, "temperature_bounds") for b in temperature_bounds)
         if not low < high:
@@ -76,15 +103,28 @@ class TemperatureScaler(nn.Module):
         self.max_iter = check_positive_int(max_iter, "max_iter")
         self.n_bins = check_positive_int(n_bins, "n_bins")
         self.register_buffer("temperature_", torch.tensor(math.nan))
-        self.fit_result: FitResult | None = None
+        self.fit_result: FitResult | tuple[FitResult, ...] | None = None
         self._fitted = False
+        self._fitted_activation = "softmax"
+        self._fitted_class_dim: int | None = -1
 
     # ----------------------------------------------------------------------------- state
     @property
     def temperature(self) -> float:
         """The fitted temperature T (read-only)."""
         self._check_fitted()
+        if self.temperature_.ndim:
+            raise ValueError(
+                f"this scaler has one temperature per label ({self.temperature_.numel()}); "
+                "read them from .temperatures"
+            )
         return float(self.temperature_)
+
+    @property
+    def temperatures(self) -> Tensor:
+        """The fitted temperature(s) as a tensor: shape () or, with ``per_class``, (K,)."""
+        self._check_fitted()
+        return self.temperature_.detach().clone()
 
     @property
     def is_fitted(self) -> bool:
@@ -99,29 +139,52 @@ class TemperatureScaler(nn.Module):
             )
 
     def get_extra_state(self) -> dict[str, Any]:
+        results = self.fit_result
+        if isinstance(results, FitResult):
+            results = [results.to_dict()]
+        elif results is not None:
+            results = [result.to_dict() for result in results]
         return {
             "torchcal_version": __version__,
-            "fit_result": None if self.fit_result is None else self.fit_result.to_dict(),
+            "fit_results": results,
+            "activation": self._fitted_activation,
+            "class_dim": self._fitted_class_dim,
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        result = state.get("fit_result")
-        self.fit_result = None if result is None else FitResult.from_dict(result)
+        results = state.get("fit_results")
+        if results is None:
+            self.fit_result = None
+        else:
+            loaded = tuple(FitResult.from_dict(result) for result in results)
+            self.fit_result = loaded[0] if len(loaded) == 1 and not self.per_class else loaded
+        self._fitted_activation = state.get("activation", "softmax")
+        self._fitted_class_dim = state.get("class_dim", -1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        stored = state_dict.get(prefix + "temperature_")
+        if isinstance(stored, Tensor) and stored.shape != self.temperature_.shape:
+            self.temperature_ = torch.full_like(stored, math.nan, device=self.temperature_.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._fitted = not bool(torch.isnan(self.temperature_))
+        self._fitted = not bool(torch.isnan(self.temperature_).any())
 
     # ----------------------------------------------------------------------------- use
     def forward(self, inputs: Any) -> Tensor:
         """Calibrated logits: ``model(inputs) / T``, or ``inputs / T`` without a model."""
         self._check_fitted()
         logits = inputs if self.model is None else self.model(inputs)
-        return logits / self.temperature_
+        temperature = self.temperature_
+        if temperature.ndim:  # one per class: broadcast along the class dimension
+            trailing = -self._fitted_class_dim - 1
+            temperature = temperature.reshape(temperature.shape + (1,) * trailing)
+        return logits / temperature
 
     def predict_proba(self, inputs: Any) -> Tensor:
-        """Calibrated probabilities ``softmax(model(inputs) / T)`` over dim 1."""
-        return torch.softmax(self(inputs), dim=1)
+        """Calibrated probabilities: softmax over the class dimension, or sigmoid."""
+        calibrated = self(inputs)
+        if self._fitted_activation == "sigmoid":
+            return torch.sigmoid(calibrated)
+        return torch.softmax(calibrated, dim=self._fitted_class_dim)
 
     # ----------------------------------------------------------------------------- fit
     def fit(
@@ -146,22 +209,58 @@ class TemperatureScaler(nn.Module):
             logits, labels = collect_logits(self.model, data, progress=progress)
         else:
             logits = data
-        objective = SoftmaxTemperatureNLL(logits, labels)
-        solution = solve_temperature(
-            objective,
-            method=self.method,
-            temperature_bounds=self.temperature_bounds,
-            rtol=self.tol,
-            max_iter=self.max_iter,
+        rows = to_rows(
+            logits,
+            labels,
+            activation=self.activation,
+            class_dim=self.class_dim,
+            ignore_index=self.ignore_index,
+            per_class=self.per_class,
+            inputs=self.inputs,
         )
-        self.fit_result = self._result(objective, solution)
-        with torch.no_grad():
-            self.temperature_.fill_(solution.temperature)
+        results, temperatures = [], []
+        for objective in self._objectives(rows):
+            solution = solve_temperature(
+                objective,
+                method=self.method,
+                temperature_bounds=self.temperature_bounds,
+                rtol=self.tol,
+                max_iter=self.max_iter,
+            )
+            results.append(self._result(objective, solution))
+            temperatures.append(solution.temperature)
+            self._warn_about(objective, solution)
+        fitted = torch.tensor(temperatures if self.per_class else temperatures[0])
+        self.temperature_ = fitted.to(self.temperature_.device, self.temperature_.dtype)
+        self.fit_result = tuple(results) if self.per_class else results[0]
+        self._fitted_activation, self._fitted_class_dim = rows.activation, rows.class_dim
         self._fitted = True
-        self._warn_about(objective, solution)
         return self
 
-    def _result(self, objective: SoftmaxTemperatureNLL, solution: Solution) -> FitResult:
+    def _objectives(self, rows: Rows) -> list[SoftmaxTemperatureNLL | SigmoidTemperatureNLL]:
+        if rows.activation == "softmax":
+            self._warn_if_one_class(rows.labels)
+            return [SoftmaxTemperatureNLL(rows.logits, rows.labels)]
+        if rows.logits.ndim == 1:
+            return [SigmoidTemperatureNLL(rows.logits, rows.labels)]
+        return [
+            SigmoidTemperatureNLL(rows.logits[:, k].contiguous(), rows.labels[:, k].contiguous())
+            for k in range(rows.logits.shape[1])
+        ]
+
+    def _warn_if_one_class(self, labels: Tensor) -> None:
+        first = labels[0]
+        if labels.numel() > 1 and bool((labels == first).all()):
+            warnings.warn(
+                f"all {labels.numel()} labels are class {int(first)}: a temperature fitted on one "
+                "class says little about the others; validate on data with every class",
+                CalibrationWarning,
+                stacklevel=4,
+            )
+
+    def _result(
+        self, objective: SoftmaxTemperatureNLL | SigmoidTemperatureNLL, solution: Solution
+    ) -> FitResult:
         def ece(confidences: Tensor) -> float:
             bins = top_label_bins(confidences, objective.top1_correct, self.n_bins)
             return float(bins.calibration_error())
@@ -181,7 +280,9 @@ class TemperatureScaler(nn.Module):
             bound=solution.bound,
         )
 
-    def _warn_about(self, objective: SoftmaxTemperatureNLL, solution: Solution) -> None:
+    def _warn_about(
+        self, objective: SoftmaxTemperatureNLL | SigmoidTemperatureNLL, solution: Solution
+    ) -> None:
         low, high = self.temperature_bounds
         if solution.bound == "lower":
             why = (

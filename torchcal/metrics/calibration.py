@@ -11,8 +11,12 @@ Conventions (those of Guo et al. 2017, torchmetrics and netcal):
   error ``sqrt(sum_b (acc_b - conf_b)^2 n_b / N)`` and ``norm="max"`` the MCE
   ``max_b |acc_b - conf_b|`` over non-empty bins.
 
-Every function takes probabilities (N, K) and integer labels (N,) on any device and returns a
-0-dim float64 tensor on that device.
+Every function takes probabilities and labels on any device and returns a 0-dim float64 tensor on
+that device. Shapes are those the scalers take: (N, K) with (N,) labels, dense (N, K, *spatial)
+with (N, *spatial) labels or token sequences (B, L, V) with (B, L) labels (``class_dim`` as in
+:class:`~torchcal.TemperatureScaler`, ``ignore_index`` positions left out), binary (N,) sigmoid
+probabilities with 0/1 labels, and multi-label (N, K) probabilities with (N, K) 0/1 targets, where
+every (sample, label) pair counts as one binary prediction.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from torchcal._shapes import to_rows
 from torchcal._validation import (
     check_choice,
     check_labels,
     check_positive_int,
     check_probabilities_matrix,
+    check_tensor,
 )
 
 STRATEGIES = ("uniform", "quantile")
@@ -111,10 +117,34 @@ def top_label_bins(
     )
 
 
-def check_probs_and_labels(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Validate probabilities (N, K) whose rows sum to 1 and integer labels (N,)."""
-    probs = check_probabilities_matrix(probs)
-    labels = check_labels(labels, probs.shape[0], probs.shape[1]).to(probs.device)
+def check_probs_and_labels(
+    probs: Tensor,
+    labels: Tensor,
+    class_dim: int | None = None,
+    ignore_index: int | None = -100,
+) -> tuple[Tensor, Tensor]:
+    """Validate probabilities and labels of any supported shape; return (M, K) rows, (M,) labels.
+
+    Binary and multi-label sigmoid probabilities become two-column rows ``[1 - p, p]``.
+    """
+    probs, labels = check_tensor(probs, "probs"), check_tensor(labels, "labels")
+    sigmoid = probs.ndim == 1 or (probs.ndim == 2 and probs.shape[1] == 1)
+    sigmoid |= labels.shape == probs.shape and (
+        labels.dtype.is_floating_point or labels.dtype == torch.bool
+    )
+    rows = to_rows(
+        probs,
+        labels,
+        activation="sigmoid" if sigmoid else "softmax",
+        class_dim=class_dim,
+        ignore_index=ignore_index,
+    )
+    if rows.activation == "sigmoid":
+        positive = rows.logits
+        two_columns = check_probabilities_matrix(torch.stack([1 - positive, positive], 1))
+        return two_columns, rows.labels.long()
+    probs = check_probabilities_matrix(rows.logits, "probs")
+    labels = check_labels(rows.labels, probs.shape[0], probs.shape[1]).to(probs.device)
     row_sums = probs.sum(dim=1, dtype=torch.float64)
     off = (row_sums - 1).abs() > 1e-3
     if bool(off.any()):
@@ -126,18 +156,26 @@ def check_probs_and_labels(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tenso
     return probs, labels
 
 
-def _top_label(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    probs, labels = check_probs_and_labels(probs, labels)
+def _top_label(
+    probs: Tensor, labels: Tensor, class_dim: int | None, ignore_index: int | None
+) -> tuple[Tensor, Tensor]:
+    probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
     confidences = probs.max(dim=1).values
     correct = probs.gather(1, labels[:, None]).squeeze(1) == confidences
     return confidences, correct
 
 
 def reliability_bins(
-    probs: Tensor, labels: Tensor, n_bins: int = 15, strategy: str = "uniform"
+    probs: Tensor,
+    labels: Tensor,
+    n_bins: int = 15,
+    strategy: str = "uniform",
+    *,
+    class_dim: int | None = None,
+    ignore_index: int | None = -100,
 ) -> ReliabilityBins:
-    """Top-label reliability bins of ``probs`` (N, K) against integer ``labels`` (N,)."""
-    confidences, correct = _top_label(probs, labels)
+    """Top-label reliability bins of ``probs`` against ``labels``."""
+    confidences, correct = _top_label(probs, labels, class_dim, ignore_index)
     return top_label_bins(confidences, correct, n_bins, strategy)
 
 
@@ -147,6 +185,9 @@ def expected_calibration_error(
     n_bins: int = 15,
     strategy: str = "uniform",
     norm: str = "l1",
+    *,
+    class_dim: int | None = None,
+    ignore_index: int | None = -100,
 ) -> Tensor:
     """Top-label expected calibration error.
 
@@ -156,14 +197,25 @@ def expected_calibration_error(
         0.3333
     """
     check_choice(norm, "norm", NORMS)
-    return reliability_bins(probs, labels, n_bins, strategy).calibration_error(norm)
+    bins = reliability_bins(
+        probs, labels, n_bins, strategy, class_dim=class_dim, ignore_index=ignore_index
+    )
+    return bins.calibration_error(norm)
 
 
 def maximum_calibration_error(
-    probs: Tensor, labels: Tensor, n_bins: int = 15, strategy: str = "uniform"
+    probs: Tensor,
+    labels: Tensor,
+    n_bins: int = 15,
+    strategy: str = "uniform",
+    *,
+    class_dim: int | None = None,
+    ignore_index: int | None = -100,
 ) -> Tensor:
     """Top-label maximum calibration error (MCE): the largest gap over non-empty bins."""
-    return expected_calibration_error(probs, labels, n_bins, strategy, norm="max")
+    return expected_calibration_error(
+        probs, labels, n_bins, strategy, "max", class_dim=class_dim, ignore_index=ignore_index
+    )
 
 
 def classwise_calibration_error(
@@ -172,6 +224,9 @@ def classwise_calibration_error(
     n_bins: int = 15,
     strategy: str = "uniform",
     norm: str = "l1",
+    *,
+    class_dim: int | None = None,
+    ignore_index: int | None = -100,
 ) -> Tensor:
     """Class-wise (marginal) calibration error: the mean over classes of the one-vs-rest error.
 
@@ -182,7 +237,7 @@ def classwise_calibration_error(
         >>> round(float(classwise_calibration_error(probs, torch.tensor([0, 1, 1]))), 4)
         0.3333
     """
-    probs, labels = check_probs_and_labels(probs, labels)
+    probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
     check_choice(norm, "norm", NORMS)
     errors = [
         top_label_bins(probs[:, k], labels == k, n_bins, strategy).calibration_error(norm)

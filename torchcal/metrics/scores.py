@@ -8,7 +8,13 @@ from torch import Tensor
 from torchcal.metrics.calibration import check_probs_and_labels
 
 
-def negative_log_likelihood(probs: Tensor, labels: Tensor) -> Tensor:
+def negative_log_likelihood(
+    probs: Tensor,
+    labels: Tensor,
+    *,
+    class_dim: int | None = None,
+    ignore_index: int | None = -100,
+) -> Tensor:
     """Mean ``-log p_y`` in float64; a zero probability on the label gives ``inf``.
 
     Example:
@@ -16,12 +22,18 @@ def negative_log_likelihood(probs: Tensor, labels: Tensor) -> Tensor:
         >>> round(float(negative_log_likelihood(probs, torch.tensor([0, 1, 1]))), 4)
         0.4594
     """
-    probs, labels = check_probs_and_labels(probs, labels)
+    probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
     label_probs = probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
     return -label_probs.log().mean()
 
 
-def brier_score(probs: Tensor, labels: Tensor) -> Tensor:
+def brier_score(
+    probs: Tensor,
+    labels: Tensor,
+    *,
+    class_dim: int | None = None,
+    ignore_index: int | None = -100,
+) -> Tensor:
     """Mean over samples of ``sum_k (p_k - 1[y = k])^2`` (multi-class Brier score), in float64.
 
     Example:
@@ -29,7 +41,7 @@ def brier_score(probs: Tensor, labels: Tensor) -> Tensor:
         >>> round(float(brier_score(probs, torch.tensor([0, 1, 1]))), 4)
         0.3067
     """
-    probs, labels = check_probs_and_labels(probs, labels)
+    probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
     squared = probs.to(torch.float64).square().sum(dim=1)
     label_probs = probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
     return (squared - 2 * label_probs + 1).mean()

@@ -1,0 +1,248 @@
+"""Every classifier shape reduced to rows: (M, K) softmax rows or (M,) independent sigmoids.
+
+Supported inputs (``class_dim`` is where the classes are in ``logits``):
+
+* softmax, ``(N, K)`` logits with ``(N,)`` integer labels;
+* softmax, dense ``(N, K, *spatial)`` logits with ``(N, *spatial)`` labels (segmentation maps,
+  volumes), ``class_dim=1``;
+* softmax, token sequences ``(B, L, V)`` with ``(B, L)`` labels, ``class_dim=-1``;
+* sigmoid, binary ``(N,)`` or ``(N, 1)`` logits with 0/1 labels of the same length;
+* sigmoid, multi-label ``(N, K, ...)`` logits with 0/1 targets of the same shape.
+
+Labels equal to ``ignore_index`` (default -100, as in ``torch.nn.functional.cross_entropy``) are
+dropped. ``class_dim=None`` infers the class dimension as the only one whose removal leaves the
+labels' shape. One-hot labels for softmax are rejected with a message saying how to convert them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from torchcal._validation import FLOAT_DTYPES, check_choice, check_tensor
+
+ACTIVATIONS = ("auto", "softmax", "sigmoid")
+INPUTS = ("logits", "probs")
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A classification problem flattened to rows.
+
+    ``activation == "softmax"``: ``logits`` is (M, K) and ``labels`` (M,) integer class indices.
+    ``activation == "sigmoid"``: ``logits`` is (M,) or, with per-class columns kept, (M, K), and
+    ``labels`` holds 0/1 targets of the same shape as float.
+    ``class_dim`` is the class dimension of the original input, counted from the end (< 0), or
+    ``None`` for binary inputs without one.
+    """
+
+    activation: str
+    logits: Tensor
+    labels: Tensor
+    class_dim: int | None
+    n_ignored: int
+
+
+def _check_float(logits: Tensor, name: str) -> None:
+    if logits.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
+            f"got dtype {logits.dtype}"
+        )
+
+
+def resolve_class_dim(
+    logits_shape: torch.Size, labels_shape: torch.Size, class_dim: int | None
+) -> int:
+    """The (non-negative) class dimension of softmax logits whose labels have ``labels_shape``."""
+    ndim = len(logits_shape)
+    if ndim < 2:
+        raise ValueError(
+            f"softmax logits need a class dimension, got shape {tuple(logits_shape)}; "
+            "for one logit per sample use activation='sigmoid' (binary)"
+        )
+
+    def fits(dim: int) -> bool:
+        return logits_shape[:dim] + logits_shape[dim + 1 :] == labels_shape
+
+    if class_dim is not None:
+        if not -ndim <= class_dim < ndim:
+            raise ValueError(f"class_dim={class_dim} is out of range for {ndim}-d logits")
+        dim = class_dim % ndim
+        if not fits(dim):
+            raise ValueError(
+                f"labels of shape {tuple(labels_shape)} do not match logits of shape "
+                f"{tuple(logits_shape)} with classes in dim {class_dim}: the labels must have the "
+                "logits' shape without the class dimension"
+            )
+        return dim
+    candidates = [dim for dim in range(ndim) if fits(dim)]
+    if ndim == 2:  # (N, K): classes are always the columns
+        candidates = [1] if fits(1) else []
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        if tuple(labels_shape) == tuple(logits_shape):
+            raise ValueError(
+                f"labels have the logits' shape {tuple(logits_shape)}: one-hot labels are not "
+                "accepted for softmax; pass class indices (labels.argmax(dim=class_dim)), or "
+                "activation='sigmoid' for multi-label 0/1 targets"
+            )
+        raise ValueError(
+            f"labels of shape {tuple(labels_shape)} do not match logits of shape "
+            f"{tuple(logits_shape)}: expected the logits' shape without its class dimension, "
+            "e.g. logits (N, K) with labels (N,), (N, K, H, W) with (N, H, W), or (B, L, V) "
+            "with (B, L)"
+        )
+    raise ValueError(
+        f"the class dimension of logits {tuple(logits_shape)} with labels "
+        f"{tuple(labels_shape)} is ambiguous (dims {candidates} fit); pass class_dim"
+    )
+
+
+def _drop_ignored(
+    logits: Tensor, labels: Tensor, ignore_index: int | None
+) -> tuple[Tensor, Tensor, int]:
+    if ignore_index is None or labels.dtype.is_floating_point:
+        return logits, labels, 0
+    keep = labels != ignore_index
+    n_ignored = int(labels.numel() - keep.sum())
+    if n_ignored == 0:
+        return logits, labels, 0
+    if n_ignored == labels.numel():
+        raise ValueError(
+            f"every one of the {labels.numel()} labels equals ignore_index={ignore_index}: "
+            "nothing is left to calibrate on"
+        )
+    return logits[keep], labels[keep], n_ignored
+
+
+def _softmax_rows(
+    logits: Tensor, labels: Tensor, class_dim: int | None, ignore_index: int | None
+) -> Rows:
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        if labels.shape == logits.shape:
+            resolve_class_dim(logits.shape, labels.shape, None)  # raises the one-hot message
+        raise TypeError(
+            f"labels must be an integer tensor of class indices, got dtype {labels.dtype}; "
+            "convert with labels.long() if the values are whole numbers"
+        )
+    dim = resolve_class_dim(logits.shape, labels.shape, class_dim)
+    n_classes = logits.shape[dim]
+    if logits.ndim == 2 and dim == 1:
+        rows, flat_labels = logits, labels
+    else:
+        rows = logits.movedim(dim, -1).reshape(-1, n_classes)
+        flat_labels = labels.reshape(-1)
+    rows, flat_labels, n_ignored = _drop_ignored(rows, flat_labels, ignore_index)
+    return Rows("softmax", rows, flat_labels, dim - logits.ndim, n_ignored)
+
+
+def _binary_targets(labels: Tensor) -> Tensor:
+    if labels.numel() and not bool(((labels == 0) | (labels == 1)).all()):
+        bad = labels[(labels != 0) & (labels != 1)]
+        raise ValueError(
+            f"sigmoid targets must be 0 or 1; found {bad.numel()} other value(s), "
+            f"e.g. {bad[0].item()}"
+        )
+    return labels
+
+
+def _sigmoid_rows(
+    logits: Tensor,
+    labels: Tensor,
+    class_dim: int | None,
+    ignore_index: int | None,
+    per_class: bool,
+) -> Rows:
+    ndim = logits.ndim
+    class_axis: int | None = None
+    if ndim == 1 or (ndim == 2 and logits.shape[1] == 1):  # binary
+        if per_class:
+            raise ValueError("per_class=True needs multi-label logits (N, K) with K >= 2")
+        if labels.shape not in ((logits.shape[0],), (logits.shape[0], 1)):
+            raise ValueError(
+                f"binary logits have {logits.shape[0]} entries but labels have shape "
+                f"{tuple(labels.shape)}; they must match one to one"
+            )
+        logits, labels = logits.reshape(-1), labels.reshape(-1)
+    else:
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"multi-label targets must have the logits' shape {tuple(logits.shape)}, "
+                f"got {tuple(labels.shape)}"
+            )
+        if class_dim is not None and not -ndim <= class_dim < ndim:
+            raise ValueError(f"class_dim={class_dim} is out of range for {ndim}-d logits")
+        dim = (1 if class_dim is None else class_dim) % ndim
+        class_axis = dim - ndim
+        if per_class:
+            n_classes = logits.shape[dim]
+            logits = logits.movedim(dim, -1).reshape(-1, n_classes)
+            labels = labels.movedim(dim, -1).reshape(-1, n_classes)
+        else:
+            logits, labels = logits.reshape(-1), labels.reshape(-1)
+    n_ignored = 0
+    if not per_class:
+        logits, labels, n_ignored = _drop_ignored(logits, labels, ignore_index)
+    target_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    return Rows("sigmoid", logits, _binary_targets(labels).to(target_dtype), class_axis, n_ignored)
+
+
+def _probs_to_logits(probs: Tensor, activation: str) -> Tensor:
+    """log p for softmax probabilities, log(p / (1 - p)) for sigmoid ones (a new tensor)."""
+    if not bool(((probs >= 0) & (probs <= 1)).all()):
+        raise ValueError(
+            f"inputs='probs' needs probabilities in [0, 1], found values in "
+            f"[{float(probs.min()):.4g}, {float(probs.max()):.4g}]; "
+            "pass logits with inputs='logits'"
+        )
+    tiny = torch.finfo(probs.dtype).tiny
+    if activation == "softmax":
+        return probs.clamp_min(tiny).log()
+    return probs.clamp_min(tiny).log() - (1 - probs).clamp_min(tiny).log()
+
+
+def to_rows(
+    logits: object,
+    labels: object,
+    *,
+    activation: str = "auto",
+    class_dim: int | None = None,
+    ignore_index: int | None = -100,
+    per_class: bool = False,
+    inputs: str = "logits",
+) -> Rows:
+    """Validate shapes and flatten ``logits``/``labels`` to rows (see the module docstring).
+
+    Example:
+        >>> rows = to_rows(torch.zeros(2, 4, 3, 3), torch.zeros(2, 3, 3, dtype=torch.long))
+        >>> rows.activation, tuple(rows.logits.shape), rows.class_dim
+        ('softmax', (18, 4), -3)
+    """
+    logits = check_tensor(logits, "logits")
+    labels = check_tensor(labels, "labels")
+    _check_float(logits, "logits")
+    check_choice(activation, "activation", ACTIVATIONS)
+    check_choice(inputs, "inputs", INPUTS)
+    if logits.numel() == 0:
+        raise ValueError(
+            f"logits are empty (shape {tuple(logits.shape)}): at least 1 sample is needed"
+        )
+    if activation == "auto":
+        binary = logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1)
+        activation = "sigmoid" if binary else "softmax"
+    if per_class and activation != "sigmoid":
+        raise ValueError(
+            "per_class=True is for multi-label sigmoid models: pass activation='sigmoid'"
+        )
+    if activation == "softmax":
+        rows = _softmax_rows(logits, labels, class_dim, ignore_index)
+    else:
+        rows = _sigmoid_rows(logits, labels, class_dim, ignore_index, per_class)
+    if inputs == "probs":
+        converted = _probs_to_logits(rows.logits, rows.activation)
+        rows = Rows(rows.activation, converted, rows.labels, rows.class_dim, rows.n_ignored)
+    return rows
