@@ -16,14 +16,29 @@ from torchcal._version import __version__
 from torchcal.collect import collect_logits
 from torchcal.errors import CalibrationWarning, NotFittedError
 from torchcal.result import FitResult
+from torchcal.selective import (
+    EscalationThreshold,
+    RiskCoverageCurve,
+    aurc,
+    escalation_threshold,
+    risk_coverage_curve,
+)
 from torchcal.temperature import TemperatureScaler
+from torchcal.tempered import log_softmax, softmax
 
 __all__ = [
     "CalibrationWarning",
+    "EscalationThreshold",
     "FitResult",
     "NotFittedError",
+    "RiskCoverageCurve",
     "TemperatureScaler",
     "__version__",
+    "aurc",
     "collect_logits",
+    "escalation_threshold",
+    "log_softmax",
     "metrics",
+    "risk_coverage_curve",
+    "softmax",
 ]
