@@ -41,3 +41,28 @@ def test_digits_example_prints_the_readme_table():
     readme = (ROOT / "README.md").read_text()
     for line in result.stdout.strip().splitlines()[-3:]:
         assert line in readme, line
+
+
+def test_escalation_example_keeps_its_target_on_the_test_split():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "escalation_digits.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    lines = result.stdout.strip().splitlines()
+    readme = (ROOT / "README.md").read_text()
+    for line in lines:
+        assert line in readme, line
+    validation = re.search(r"accuracy ([\d.]+) \(target ([\d.]+)\) at coverage ([\d.]+)", lines[1])
+    accuracy, target, coverage = map(float, validation.groups())
+    assert accuracy >= target == 0.995 and coverage > 0.8
+    test = re.search(
+        r"accepted (\d+) of (\d+) images \(coverage ([\d.]+)\) at accuracy ([\d.]+)", lines[2]
+    )
+    accepted, total, test_coverage, test_accuracy = test.groups()
+    assert round(int(accepted) / int(total), 4) == float(test_coverage) >= 0.85
+    assert float(test_accuracy) >= 0.995
+    overall = float(lines[2].rsplit(" ", 1)[1])
+    assert overall < float(test_accuracy)

@@ -14,16 +14,39 @@ Example:
 from torchcal import metrics
 from torchcal._version import __version__
 from torchcal.collect import collect_logits
+from torchcal.distill import distillation_loss
 from torchcal.errors import CalibrationWarning, NotFittedError
 from torchcal.result import FitResult
+from torchcal.sampling import sample
+from torchcal.selective import (
+    EscalationThreshold,
+    RiskCoverageCurve,
+    aurc,
+    escalation_threshold,
+    risk_coverage_curve,
+)
+from torchcal.sweep import TemperatureSweep, plot_temperature_sweep, temperature_sweep
 from torchcal.temperature import TemperatureScaler
+from torchcal.tempered import log_softmax, softmax
 
 __all__ = [
     "CalibrationWarning",
+    "EscalationThreshold",
     "FitResult",
     "NotFittedError",
+    "RiskCoverageCurve",
     "TemperatureScaler",
+    "TemperatureSweep",
     "__version__",
+    "aurc",
     "collect_logits",
+    "distillation_loss",
+    "escalation_threshold",
+    "log_softmax",
     "metrics",
+    "plot_temperature_sweep",
+    "risk_coverage_curve",
+    "sample",
+    "softmax",
+    "temperature_sweep",
 ]

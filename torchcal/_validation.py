@@ -121,3 +121,93 @@ def check_positive_finite(value: object, name: str) -> float:
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"{name} must be finite and > 0, got {value}")
     return value
+
+
+def check_floating(value: object, name: str) -> Tensor:
+    """Check that ``value`` is a floating tensor (float16, bfloat16, float32 or float64)."""
+    value = check_tensor(value, name)
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
+            f"got dtype {value.dtype}"
+        )
+    return value
+
+
+def check_dim(dim: object, ndim: int, name: str = "dim") -> int:
+    """Check that ``dim`` indexes a tensor with ``ndim`` dimensions; return it as a negative int."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"{name} must be an int, got {type(dim).__name__}")
+    if not -ndim <= dim < ndim:
+        raise ValueError(
+            f"{name}={dim} is out of range for a tensor with {ndim} dimension(s); "
+            f"use a value in [{-ndim}, {ndim - 1}]"
+        )
+    return dim - ndim if dim >= 0 else dim
+
+
+def check_temperature(temperature: object, shape: torch.Size, name: str = "temperature") -> Tensor:
+    """Check a temperature for logits of ``shape``: a real number or a tensor, finite and > 0.
+
+    A tensor must broadcast against the logits without changing their shape, e.g. (N, 1) for one
+    temperature per row of (N, K) logits or (K,) for one per class. Returns a tensor (0-dim for a
+    number) that the logits can be divided by.
+    """
+    if isinstance(temperature, Tensor):
+        if temperature.dtype.is_complex or temperature.dtype == torch.bool:
+            raise TypeError(f"{name} must hold real numbers, got dtype {temperature.dtype}")
+        try:
+            broadcast = torch.broadcast_shapes(temperature.shape, shape)
+        except RuntimeError:
+            broadcast = None
+        if broadcast != shape:
+            raise ValueError(
+                f"{name} of shape {tuple(temperature.shape)} does not broadcast to the logits' "
+                f"shape {tuple(shape)}; use shape (N, 1) for one temperature per row or (K,) for "
+                "one per class"
+            )
+        if temperature.numel():
+            bad = ~torch.isfinite(temperature) | (temperature <= 0)
+            if bool(bad.any()):
+                example = float(temperature[bad].flatten()[0])
+                raise ValueError(
+                    f"{name} must be finite and > 0 everywhere; found {int(bad.sum())} value(s) "
+                    f"that are not, e.g. {example}"
+                )
+        return temperature
+    return torch.tensor(check_positive_finite(temperature, name), dtype=torch.float64)
+
+
+def check_probabilities(probs: object, dim: int = -1, name: str = "probs") -> tuple[Tensor, int]:
+    """Check probabilities over ``dim`` of any shape: finite, in [0, 1], summing to 1.
+
+    The sums may be off by ``max(1e-4, sqrt(eps))`` of the dtype (about 0.03 for float16).
+    Returns the tensor and ``dim`` as a negative int.
+    """
+    probs = check_floating(probs, name)
+    if probs.ndim == 0:
+        raise ValueError(f"{name} must have a class dimension, got a 0-dim tensor")
+    dim = check_dim(dim, probs.ndim)
+    if probs.shape[dim] == 0:
+        raise ValueError(f"{name} has no classes: dimension {dim} has size 0")
+    if probs.numel() == 0:
+        return probs, dim
+    finite = torch.isfinite(probs)
+    if not bool(finite.all()):
+        raise ValueError(f"{name} contains {int((~finite).sum())} NaN or infinite value(s)")
+    low, high = float(probs.min()), float(probs.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"{name} must hold probabilities in [0, 1], found values in [{low:.4g}, {high:.4g}]; "
+            "if these are logits, apply torchcal.softmax(logits) first"
+        )
+    tolerance = max(1e-4, torch.finfo(probs.dtype).eps ** 0.5)
+    error = (probs.to(torch.float64).sum(dim=dim) - 1.0).abs()
+    worst = float(error.max())
+    if worst > tolerance:
+        raise ValueError(
+            f"{name} must sum to 1 over dim {dim}; {int((error > tolerance).sum())} row(s) do "
+            f"not, off by up to {worst:.4g} (tolerance {tolerance:.1g}); normalise them, or pass "
+            "the dim that holds the classes"
+        )
+    return probs, dim

@@ -16,13 +16,17 @@ from torchcal.metrics.calibration import (
     reliability_bins,
 )
 from torchcal.metrics.scores import brier_score, negative_log_likelihood
+from torchcal.metrics.uncertainty import entropy, max_probability, top1_margin
 
 __all__ = [
     "ReliabilityBins",
     "brier_score",
     "classwise_calibration_error",
+    "entropy",
     "expected_calibration_error",
+    "max_probability",
     "maximum_calibration_error",
     "negative_log_likelihood",
     "reliability_bins",
+    "top1_margin",
 ]
