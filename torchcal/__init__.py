@@ -15,15 +15,21 @@ from torchcal import metrics
 from torchcal._version import __version__
 from torchcal.collect import collect_logits
 from torchcal.errors import CalibrationWarning, NotFittedError
+from torchcal.export import CalibratedModel, TemperatureHead
+from torchcal.io import load, save
 from torchcal.result import FitResult
 from torchcal.temperature import TemperatureScaler
 
 __all__ = [
+    "CalibratedModel",
     "CalibrationWarning",
     "FitResult",
     "NotFittedError",
+    "TemperatureHead",
     "TemperatureScaler",
     "__version__",
     "collect_logits",
+    "load",
     "metrics",
+    "save",
 ]

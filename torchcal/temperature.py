@@ -16,6 +16,7 @@ from torchcal._validation import check_choice, check_positive_finite, check_posi
 from torchcal._version import __version__
 from torchcal.collect import collect_logits
 from torchcal.errors import CalibrationWarning, NotFittedError
+from torchcal.export import CalibratedModel, TemperatureHead
 from torchcal.metrics.calibration import top_label_bins
 from torchcal.result import FitResult
 
@@ -108,6 +109,13 @@ class TemperatureScaler(nn.Module):
         result = state.get("fit_result")
         self.fit_result = None if result is None else FitResult.from_dict(result)
 
+    def _set_fitted(self, temperature: float, fit_result: FitResult | None) -> None:
+        """Make this scaler fitted with ``temperature`` (used by :meth:`fit` and by loading)."""
+        with torch.no_grad():
+            self.temperature_.fill_(temperature)
+        self.fit_result = fit_result
+        self._fitted = True
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._fitted = not bool(torch.isnan(self.temperature_))
@@ -122,6 +130,29 @@ class TemperatureScaler(nn.Module):
     def predict_proba(self, inputs: Any) -> Tensor:
         """Calibrated probabilities ``softmax(model(inputs) / T)`` over dim 1."""
         return torch.softmax(self(inputs), dim=1)
+
+    def export(self, output: str = "logits") -> CalibratedModel:
+        """A plain inference-only module: the wrapped model followed by the fitted calibration.
+
+        ``output="logits"`` gives ``model(x) / T``, ``"probs"`` gives its softmax over dim 1;
+        without a wrapped model the module maps logits to calibrated logits or probabilities.
+        T is copied into a buffer (refitting this scaler leaves the export unchanged); the
+        wrapped model is shared, not copied. The result works with ``torch.jit.script``,
+        ``torch.export.export`` and ``torch.onnx.export``.
+
+        Example:
+            >>> _ = torch.manual_seed(0)
+            >>> logits = torch.randn(500, 4) * 4
+            >>> labels = torch.distributions.Categorical(logits=logits / 2).sample()
+            >>> scaler = TemperatureScaler().fit(logits, labels, progress=False)
+            >>> deployed = scaler.export("probs")
+            >>> torch.equal(deployed(logits), scaler.predict_proba(logits))
+            True
+            >>> [name for name, _ in deployed.named_buffers()], list(deployed.parameters())
+            (['head.temperature'], [])
+        """
+        self._check_fitted()
+        return CalibratedModel(self.model, TemperatureHead(self.temperature_), output)
 
     # ----------------------------------------------------------------------------- fit
     def fit(
@@ -154,10 +185,7 @@ class TemperatureScaler(nn.Module):
             rtol=self.tol,
             max_iter=self.max_iter,
         )
-        self.fit_result = self._result(objective, solution)
-        with torch.no_grad():
-            self.temperature_.fill_(solution.temperature)
-        self._fitted = True
+        self._set_fitted(solution.temperature, self._result(objective, solution))
         self._warn_about(objective, solution)
         return self
 
