@@ -44,8 +44,8 @@ class CalibratedModel(nn.Module):
     Args:
         model: the classifier mapping inputs to (N, K) logits, or ``None`` to take logits as input.
             It is shared, not copied: the calibrated model reuses its modules, parameters and
-            train/eval mode, so a large network is not duplicated in memory. Call ``.eval()``
-            before deploying, as for the model itself.
+            train/eval mode, so a large network is not duplicated in memory. The calibrated model
+            starts in the model's mode; deploy it in eval mode, as the model itself.
         head: a pure-tensor module mapping logits to calibrated logits, e.g.
             :class:`TemperatureHead`.
         output: ``"logits"`` for calibrated logits, ``"probs"`` for their softmax over dim 1.
@@ -65,6 +65,13 @@ class CalibratedModel(nn.Module):
         self.model = nn.Identity() if model is None else model
         self.head = head
         self.link = nn.Softmax(dim=1) if output == "probs" else nn.Identity()
+        # Start in the wrapped model's mode (eval without a model) without changing that model.
+        if model is None:
+            self.eval()
+        else:
+            self.head.train(model.training)
+            self.link.train(model.training)
+            self.training = model.training
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.link(self.head(self.model(inputs)))
