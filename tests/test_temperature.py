@@ -183,6 +183,24 @@ def test_state_dict_deepcopy_and_to_carry_the_temperature():
     torch.testing.assert_close(fresh(logits), logits / scaler.temperature)
 
 
+def test_state_dict_of_a_wrapped_model_round_trips_into_a_fresh_scaler(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = torch.randn(300, 6)
+    with torch.no_grad():
+        logits = model(x)
+    labels = torch.distributions.Categorical(logits=logits / 2).sample()
+    scaler = TemperatureScaler(model).fit(logits, labels, progress=False)
+    torch.save(scaler.state_dict(), tmp_path / "scaler.pt")
+    fresh_model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    fresh = TemperatureScaler(fresh_model)
+    fresh.load_state_dict(torch.load(tmp_path / "scaler.pt", weights_only=True))
+    assert fresh.is_fitted and fresh.temperature == scaler.temperature
+    assert fresh.fit_result == scaler.fit_result
+    torch.testing.assert_close(fresh_model.state_dict(), model.state_dict(), rtol=0, atol=0)
+    torch.testing.assert_close(fresh(x), scaler(x), rtol=0, atol=0)
+
+
 def test_temperature_is_read_only():
     scaler = fit(*tempered_logits(200, 4, seed=9))
     with pytest.raises(AttributeError):

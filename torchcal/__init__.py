@@ -16,6 +16,8 @@ from torchcal._version import __version__
 from torchcal.collect import collect_logits
 from torchcal.distill import distillation_loss
 from torchcal.errors import CalibrationWarning, NotFittedError
+from torchcal.export import CalibratedModel, TemperatureHead
+from torchcal.io import load, save
 from torchcal.result import FitResult
 from torchcal.sampling import sample
 from torchcal.selective import (
@@ -30,11 +32,13 @@ from torchcal.temperature import TemperatureScaler
 from torchcal.tempered import log_softmax, softmax
 
 __all__ = [
+    "CalibratedModel",
     "CalibrationWarning",
     "EscalationThreshold",
     "FitResult",
     "NotFittedError",
     "RiskCoverageCurve",
+    "TemperatureHead",
     "TemperatureScaler",
     "TemperatureSweep",
     "__version__",
@@ -49,4 +53,6 @@ __all__ = [
     "sample",
     "softmax",
     "temperature_sweep",
+    "load",
+    "save",
 ]

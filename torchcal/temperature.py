@@ -17,6 +17,7 @@ from torchcal._validation import check_choice, check_positive_finite, check_posi
 from torchcal._version import __version__
 from torchcal.collect import collect_logits
 from torchcal.errors import CalibrationWarning, NotFittedError
+from torchcal.export import CalibratedModel, TemperatureHead
 from torchcal.metrics.calibration import top_label_bins
 from torchcal.result import FitResult
 
@@ -161,6 +162,17 @@ class TemperatureScaler(nn.Module):
         self._fitted_activation = state.get("activation", "softmax")
         self._fitted_class_dim = state.get("class_dim", -1)
 
+    def _set_fitted(
+        self,
+        temperature: float | Tensor,
+        fit_result: FitResult | tuple[FitResult, ...] | None,
+    ) -> None:
+        """Make this scaler fitted with ``temperature`` (used by :meth:`fit` and by loading)."""
+        buffer = self.temperature_
+        self.temperature_ = torch.as_tensor(temperature).to(buffer.device, buffer.dtype).clone()
+        self.fit_result = fit_result
+        self._fitted = True
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         stored = state_dict.get(prefix + "temperature_")
         if isinstance(stored, Tensor) and stored.shape != self.temperature_.shape:
@@ -185,6 +197,29 @@ class TemperatureScaler(nn.Module):
         if self._fitted_activation == "sigmoid":
             return torch.sigmoid(calibrated)
         return torch.softmax(calibrated, dim=self._fitted_class_dim)
+
+    def export(self, output: str = "logits") -> CalibratedModel:
+        """A plain inference-only module: the wrapped model followed by the fitted calibration.
+
+        ``output="logits"`` gives ``model(x) / T``, ``"probs"`` gives its softmax over dim 1;
+        without a wrapped model the module maps logits to calibrated logits or probabilities.
+        T is copied into a buffer (refitting this scaler leaves the export unchanged); the
+        wrapped model is shared, not copied. The result works with ``torch.jit.script``,
+        ``torch.export.export`` and ``torch.onnx.export``.
+
+        Example:
+            >>> _ = torch.manual_seed(0)
+            >>> logits = torch.randn(500, 4) * 4
+            >>> labels = torch.distributions.Categorical(logits=logits / 2).sample()
+            >>> scaler = TemperatureScaler().fit(logits, labels, progress=False)
+            >>> deployed = scaler.export("probs")
+            >>> torch.equal(deployed(logits), scaler.predict_proba(logits))
+            True
+            >>> [name for name, _ in deployed.named_buffers()], list(deployed.parameters())
+            (['head.temperature'], [])
+        """
+        self._check_fitted()
+        return CalibratedModel(self.model, TemperatureHead(self.temperature_), output)
 
     # ----------------------------------------------------------------------------- fit
     def fit(
@@ -230,11 +265,11 @@ class TemperatureScaler(nn.Module):
             results.append(self._result(objective, solution))
             temperatures.append(solution.temperature)
             self._warn_about(objective, solution)
-        fitted = torch.tensor(temperatures if self.per_class else temperatures[0])
-        self.temperature_ = fitted.to(self.temperature_.device, self.temperature_.dtype)
-        self.fit_result = tuple(results) if self.per_class else results[0]
         self._fitted_activation, self._fitted_class_dim = rows.activation, rows.class_dim
-        self._fitted = True
+        self._set_fitted(
+            torch.tensor(temperatures if self.per_class else temperatures[0]),
+            tuple(results) if self.per_class else results[0],
+        )
         return self
 
     def _objectives(self, rows: Rows) -> list[SoftmaxTemperatureNLL | SigmoidTemperatureNLL]:

@@ -1,0 +1,77 @@
+"""Inference-only modules for deploying a calibrated classifier.
+
+A deployed model is the trained classifier followed by a small *calibration head*: a pure-tensor
+module that maps logits to calibrated logits, holding its fitted values as buffers. Nothing else
+travels with it: no fitting code, no options, no Python-side state, so ``torch.jit.script``,
+``torch.export.export`` and ``torch.onnx.export`` see plain tensor operations.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from torchcal._validation import check_choice
+
+OUTPUTS = ("logits", "probs")
+
+
+class TemperatureHead(nn.Module):
+    """Divide logits by a fixed temperature T, held as a buffer (not a parameter).
+
+    The temperature is copied, so the head is a snapshot: changing the tensor it was built from
+    (for instance by refitting a scaler) leaves the head as it was.
+
+    Example:
+        >>> import torch
+        >>> head = TemperatureHead(torch.tensor(2.0))
+        >>> head(torch.tensor([[2.0, 4.0]]))
+        tensor([[1., 2.]])
+        >>> [name for name, _ in head.named_buffers()], list(head.parameters())
+        (['temperature'], [])
+    """
+
+    def __init__(self, temperature: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("temperature", temperature.detach().clone())
+
+    def forward(self, logits: Tensor) -> Tensor:
+        return logits / self.temperature
+
+
+class CalibratedModel(nn.Module):
+    """A classifier followed by a fixed calibration head: ``inputs -> model -> head -> output``.
+
+    Args:
+        model: the classifier mapping inputs to (N, K) logits, or ``None`` to take logits as input.
+            It is shared, not copied: the calibrated model reuses its modules, parameters and
+            train/eval mode, so a large network is not duplicated in memory. The calibrated model
+            starts in the model's mode; deploy it in eval mode, as the model itself.
+        head: a pure-tensor module mapping logits to calibrated logits, e.g.
+            :class:`TemperatureHead`.
+        output: ``"logits"`` for calibrated logits, ``"probs"`` for their softmax over dim 1.
+
+    Example:
+        >>> import math, torch
+        >>> calibrated = CalibratedModel(None, TemperatureHead(torch.tensor(2.0)), output="probs")
+        >>> calibrated(torch.tensor([[0.0, 2.0 * math.log(3.0)]]))
+        tensor([[0.2500, 0.7500]])
+    """
+
+    def __init__(self, model: nn.Module | None, head: nn.Module, output: str = "logits") -> None:
+        super().__init__()
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
+        check_choice(output, "output", OUTPUTS)
+        self.model = nn.Identity() if model is None else model
+        self.head = head
+        self.link = nn.Softmax(dim=1) if output == "probs" else nn.Identity()
+        # Start in the wrapped model's mode (eval without a model) without changing that model.
+        if model is None:
+            self.eval()
+        else:
+            self.head.train(model.training)
+            self.link.train(model.training)
+            self.training = model.training
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.link(self.head(self.model(inputs)))

@@ -1,0 +1,126 @@
+"""Save a fitted calibrator to a small file, and load it back, without pickling the model.
+
+The file is a safetensors file: the fitted tensors (for temperature scaling, the scalar
+``temperature``) plus string metadata in its header: ``format`` (always ``"torchcal"``),
+``format_version``, ``torchcal_version``, ``calibrator`` (the kind, e.g. ``"temperature"``),
+``options`` (the constructor options, JSON) and ``fit_result`` (JSON, or ``null``). It holds no
+code and no model weights, so it is safe to load from anywhere and a few hundred bytes long.
+safetensors is an optional dependency: ``pip install "torchcal[export]"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from torch import nn
+
+from torchcal._version import __version__
+from torchcal.result import FitResult
+from torchcal.temperature import TemperatureScaler
+
+FORMAT = "torchcal"
+FORMAT_VERSION = 1
+PathLike = str | os.PathLike[str]
+
+
+def _safetensors() -> Any:
+    try:
+        import safetensors.torch
+    except ImportError as error:
+        raise ImportError(
+            "torchcal.save and torchcal.load need the safetensors package: "
+            'pip install safetensors (or pip install "torchcal[export]")'
+        ) from error
+    return safetensors
+
+
+def save(scaler: TemperatureScaler, path: PathLike) -> None:
+    """Write a fitted scaler's temperature, fit result and options to ``path``.
+
+    The wrapped model is not saved: save it as usual (``torch.save(model.state_dict(), ...)``)
+    and pass it to :func:`load`.
+
+    Example:
+        >>> import tempfile, torch, torchcal
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.randn(500, 4) * 4
+        >>> labels = torch.distributions.Categorical(logits=logits / 2).sample()
+        >>> scaler = torchcal.TemperatureScaler().fit(logits, labels, progress=False)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     torchcal.save(scaler, f"{folder}/calibration.safetensors")
+        ...     loaded = torchcal.load(f"{folder}/calibration.safetensors")
+        >>> loaded.temperature == scaler.temperature, loaded.fit_result == scaler.fit_result
+        (True, True)
+    """
+    if not isinstance(scaler, TemperatureScaler):
+        raise TypeError(f"save expects a TemperatureScaler, got {type(scaler).__name__}")
+    scaler._check_fitted()
+    options = {
+        "method": scaler.method,
+        "temperature_bounds": list(scaler.temperature_bounds),
+        "tol": scaler.tol,
+        "max_iter": scaler.max_iter,
+        "n_bins": scaler.n_bins,
+    }
+    result = None if scaler.fit_result is None else scaler.fit_result.to_dict()
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "torchcal_version": __version__,
+        "calibrator": "temperature",
+        "options": json.dumps(options),
+        "fit_result": json.dumps(result),
+    }
+    tensors = {"temperature": scaler.temperature_.detach().cpu().clone()}
+    _safetensors().torch.save_file(tensors, os.fspath(path), metadata=metadata)
+
+
+def load(path: PathLike, model: nn.Module | None = None) -> TemperatureScaler:
+    """Read a file written by :func:`save` into a fitted :class:`TemperatureScaler`.
+
+    Args:
+        path: the file.
+        model: the classifier to wrap; ``None`` gives a scaler that calibrates logits.
+
+    Raises:
+        ValueError: the file is not a torchcal file, or was written in a newer format version or
+            for a calibrator this version does not know.
+    """
+    safetensors = _safetensors()
+    path = os.fspath(path)
+    try:
+        with safetensors.safe_open(path, framework="pt") as file:
+            metadata = file.metadata() or {}
+            tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
+    except (OSError, ValueError, RuntimeError, safetensors.SafetensorError) as error:
+        raise ValueError(
+            f"{path!r} is not a torchcal file: it cannot be read as safetensors ({error})"
+        ) from error
+    if metadata.get("format") != FORMAT or not metadata.get("format_version", "").isdigit():
+        raise ValueError(
+            f"{path!r} is not a torchcal file: its header has no torchcal format marker; "
+            "write calibration files with torchcal.save(scaler, path)"
+        )
+    version = int(metadata["format_version"])
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path!r} has torchcal file format version {version} (written by torchcal "
+            f"{metadata.get('torchcal_version', '?')}), but this torchcal {__version__} reads "
+            f"format versions up to {FORMAT_VERSION}: upgrade torchcal to load it"
+        )
+    kind = metadata.get("calibrator")
+    if kind != "temperature" or "temperature" not in tensors:
+        raise ValueError(
+            f"{path!r} holds a calibrator of kind {kind!r}, which this torchcal {__version__} "
+            "cannot load (known: 'temperature')"
+        )
+    options = json.loads(metadata["options"])
+    options["temperature_bounds"] = tuple(options["temperature_bounds"])
+    result = json.loads(metadata["fit_result"])
+    scaler = TemperatureScaler(model, **options)
+    scaler._set_fitted(
+        float(tensors["temperature"]), None if result is None else FitResult.from_dict(result)
+    )
+    return scaler
