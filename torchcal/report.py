@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from torchcal.metrics import (
@@ -40,7 +41,12 @@ METRICS = {
 
 
 def calibration_summary(
-    probs: Tensor, labels: Tensor, *, n_resamples: int = 1000, confidence: float = 0.95, seed=0
+    probs: Tensor,
+    labels: Tensor,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int | torch.Generator = 0,
 ) -> dict[str, MetricInterval]:
     """Accuracy, NLL, ECE and MCE (15 equal-width bins) and Brier with bootstrap intervals."""
     return {
