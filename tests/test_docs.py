@@ -30,7 +30,25 @@ def test_quick_start_commands_are_two_lines_and_match_ci():
     assert lines[1] in (ROOT / ".ci" / "run").read_text()
 
 
-def test_digits_example_prints_the_readme_table():
+def test_demo_prints_the_readme_table(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "torchcal", "demo", "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    readme = (ROOT / "README.md").read_text()
+    lines = result.stdout.strip().splitlines()
+    table = lines[lines.index("metric   uncalibrated            calibrated") :][:6]
+    assert len(table) == 6
+    for line in [lines[0], *table]:
+        assert line in readme, line
+    for name in ("reliability.png", "report.json", "scaler.pt"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_digits_example_agrees_with_the_demo_table():
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "digits.py")],
         capture_output=True,
@@ -39,8 +57,11 @@ def test_digits_example_prints_the_readme_table():
         timeout=300,
     )
     readme = (ROOT / "README.md").read_text()
-    for line in result.stdout.strip().splitlines()[-3:]:
-        assert line in readme, line
+    for row in result.stdout.strip().splitlines()[-2:]:
+        name, *values = row.split()
+        assert name in ("uncalibrated", "calibrated")
+        for value in values:
+            assert f"{value} [" in readme, (name, value)
 
 
 def test_escalation_example_keeps_its_target_on_the_test_split():

@@ -8,6 +8,7 @@ Example:
     0.3333
 """
 
+from torchcal.metrics.bootstrap import MetricInterval, bootstrap_interval
 from torchcal.metrics.calibration import (
     ReliabilityBins,
     classwise_calibration_error,
@@ -15,18 +16,27 @@ from torchcal.metrics.calibration import (
     maximum_calibration_error,
     reliability_bins,
 )
-from torchcal.metrics.scores import brier_score, negative_log_likelihood
+from torchcal.metrics.debiased import debiased_calibration_error
+from torchcal.metrics.scores import accuracy, brier_score, negative_log_likelihood
+from torchcal.metrics.smooth import smooth_calibration_error
+from torchcal.metrics.streaming import CalibrationErrorMeter
 from torchcal.metrics.uncertainty import entropy, max_probability, top1_margin
 
 __all__ = [
+    "CalibrationErrorMeter",
+    "MetricInterval",
     "ReliabilityBins",
+    "accuracy",
+    "bootstrap_interval",
     "brier_score",
     "classwise_calibration_error",
+    "debiased_calibration_error",
     "entropy",
     "expected_calibration_error",
     "max_probability",
     "maximum_calibration_error",
     "negative_log_likelihood",
     "reliability_bins",
+    "smooth_calibration_error",
     "top1_margin",
 ]

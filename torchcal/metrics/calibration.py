@@ -66,20 +66,25 @@ class ReliabilityBins:
         return int(self.counts.sum())
 
     def calibration_error(self, norm: str = "l1") -> Tensor:
-        """The ECE (``"l1"``), RMS error (``"l2"``) or MCE (``"max"``) of these bins."""
+        """The ECE (``"l1"``), RMS error (``"l2"``) or MCE (``"max"``) of these bins.
+
+        Works on a batch of bins too (``counts`` etc. of shape (..., n_bins)), as the bootstrap
+        uses it.
+        """
         check_choice(norm, "norm", NORMS)
         gaps = (self.accuracy - self.confidence).abs()
+        counts = self.counts.to(gaps.dtype)
         if norm == "max":
-            return gaps[self.counts > 0].max()
-        weights = self.counts.to(gaps.dtype) / self.n_samples
+            return gaps.masked_fill(counts == 0, -torch.inf).amax(dim=-1)
+        weights = counts / counts.sum(dim=-1, keepdim=True)
         if norm == "l1":
-            return (gaps * weights).sum()
-        return (gaps.square() * weights).sum().sqrt()
+            return (gaps * weights).sum(dim=-1)
+        return (gaps.square() * weights).sum(dim=-1).sqrt()
 
 
 def _bin_edges(confidences: Tensor, n_bins: int, strategy: str) -> Tensor:
     if strategy == "uniform":
-        return torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=confidences.device)
+        return uniform_edges(n_bins, confidences.device)
     ordered = confidences.to(torch.float64).sort().values
     positions = torch.linspace(0, ordered.numel() - 1, n_bins + 1, device=ordered.device)
     below = positions.floor().long()
@@ -95,19 +100,39 @@ def top_label_bins(
 ) -> ReliabilityBins:
     """Reliability bins from per-sample top-label confidences and 0/1 correctness.
 
-    This is the one place binning happens; :func:`reliability_bins` and the fitted scalers'
-    reports both call it.
+    This is the one place binning happens; :func:`reliability_bins`, the fitted scalers' reports,
+    the streaming meter and the bootstrap all call it or its per-bin sums.
     """
     check_positive_int(n_bins, "n_bins")
     check_choice(strategy, "strategy", STRATEGIES)
     confidences = confidences.reshape(-1).to(torch.float64).contiguous()
     edges = _bin_edges(confidences, n_bins, strategy)
-    index = torch.bucketize(confidences, edges[1:-1], right=True)
+    counts, sum_confidence, sum_correct = bin_sums(confidences, correct, edges)
+    return bins_from_sums(edges, counts, sum_confidence, sum_correct)
+
+
+def bin_index(confidences: Tensor, edges: Tensor) -> Tensor:
+    """The bin of each confidence: ``i`` such that ``edges[i] <= c < edges[i + 1]``."""
+    return torch.bucketize(confidences.to(torch.float64), edges[1:-1], right=True)
+
+
+def bin_sums(confidences: Tensor, correct: Tensor, edges: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-bin count, sum of confidence and sum of correctness (float64) for fixed ``edges``."""
+    confidences = confidences.reshape(-1).to(torch.float64)
+    n_bins = edges.numel() - 1
+    index = bin_index(confidences, edges)
     counts = torch.bincount(index, minlength=n_bins)
     sum_confidence = torch.bincount(index, weights=confidences, minlength=n_bins)
     sum_correct = torch.bincount(
         index, weights=correct.reshape(-1).to(torch.float64), minlength=n_bins
     )
+    return counts, sum_confidence, sum_correct
+
+
+def bins_from_sums(
+    edges: Tensor, counts: Tensor, sum_confidence: Tensor, sum_correct: Tensor
+) -> ReliabilityBins:
+    """:class:`ReliabilityBins` from per-bin sums (empty bins get mean 0)."""
     denominator = counts.clamp(min=1).to(torch.float64)
     return ReliabilityBins(
         edges=edges,
@@ -115,6 +140,12 @@ def top_label_bins(
         confidence=sum_confidence / denominator,
         accuracy=sum_correct / denominator,
     )
+
+
+def uniform_edges(n_bins: int, device: torch.device | str | None = None) -> Tensor:
+    """``n_bins + 1`` equal-width edges from 0 to 1 in float64."""
+    check_positive_int(n_bins, "n_bins")
+    return torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=device)
 
 
 def check_probs_and_labels(
@@ -156,9 +187,13 @@ def check_probs_and_labels(
     return probs, labels
 
 
-def _top_label(
-    probs: Tensor, labels: Tensor, class_dim: int | None, ignore_index: int | None
+def top_label(
+    probs: Tensor,
+    labels: Tensor,
+    class_dim: int | None = None,
+    ignore_index: int | None = -100,
 ) -> tuple[Tensor, Tensor]:
+    """Validated top-label confidences (M,) and correctness (M,, bool) of ``probs``."""
     probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
     confidences = probs.max(dim=1).values
     correct = probs.gather(1, labels[:, None]).squeeze(1) == confidences
@@ -175,7 +210,7 @@ def reliability_bins(
     ignore_index: int | None = -100,
 ) -> ReliabilityBins:
     """Top-label reliability bins of ``probs`` against ``labels``."""
-    confidences, correct = _top_label(probs, labels, class_dim, ignore_index)
+    confidences, correct = top_label(probs, labels, class_dim, ignore_index)
     return top_label_bins(confidences, correct, n_bins, strategy)
 
 

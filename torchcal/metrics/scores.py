@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from torchcal.metrics.calibration import check_probs_and_labels
+from torchcal.metrics.calibration import check_probs_and_labels, top_label
 
 
 def negative_log_likelihood(
@@ -45,3 +45,16 @@ def brier_score(
     squared = probs.to(torch.float64).square().sum(dim=1)
     label_probs = probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
     return (squared - 2 * label_probs + 1).mean()
+
+
+def accuracy(probs: Tensor, labels: Tensor) -> Tensor:
+    """Fraction of samples whose label has the top probability (a tie counts as correct), float64.
+
+    This is the correctness the reliability bins use, so it equals their count-weighted accuracy.
+
+    Example:
+        >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+        >>> round(float(accuracy(probs, torch.tensor([0, 1, 1]))), 4)
+        0.6667
+    """
+    return top_label(probs, labels)[1].to(torch.float64).mean()

@@ -1,0 +1,99 @@
+"""The ``torchcal`` command end to end, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import tempered_logits
+from torchcal import TemperatureScaler
+from torchcal.files import load_scaler
+from torchcal.metrics import expected_calibration_error
+
+
+def torchcal(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "torchcal", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**os.environ},
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    logits, labels = tempered_logits(2000, 10, temperature=2.0, seed=3)
+    torch.save(logits, folder / "logits.pt")
+    np.save(folder / "labels.npy", labels.numpy())
+    np.savez(folder / "both.npz", logits=logits.numpy(), labels=labels.numpy())
+    from safetensors.torch import save_file
+
+    save_file({"logits": logits}, folder / "logits.safetensors")
+    return folder, logits, labels
+
+
+def test_help_lists_the_commands():
+    result = torchcal("--help")
+    assert result.returncode == 0
+    for command in ("demo", "fit", "report"):
+        assert command in result.stdout
+
+
+def test_fit_then_report(files, tmp_path):
+    folder, logits, labels = files
+    fitted = torchcal("fit", folder / "logits.pt", folder / "labels.npy", "-o", tmp_path / "s.pt")
+    assert fitted.returncode == 0, fitted.stderr
+    expected = TemperatureScaler().fit(logits, labels, progress=False).temperature
+    assert load_scaler(tmp_path / "s.pt").temperature == pytest.approx(expected, rel=1e-9)
+    assert fitted.stdout.startswith(f"T = {expected:.6g} on 2000 samples")
+    out = tmp_path / "report"
+    report = torchcal(
+        "report", folder / "logits.safetensors", folder / "both.npz", "--labels-key", "labels",
+        "--scaler", tmp_path / "s.pt", "--output-dir", out, "--resamples", "200",
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    assert "uncalibrated" in report.stdout and "calibrated" in report.stdout
+    data = json.loads((out / "report.json").read_text())
+    assert data["temperature"] == pytest.approx(expected, rel=1e-9)
+    ece = data["metrics"]["uncalibrated"]["ECE"]
+    probs = torch.softmax(logits.double(), dim=1)
+    assert ece["value"] == pytest.approx(float(expected_calibration_error(probs, labels)), 1e-9)
+    assert ece["low"] <= ece["value"] <= ece["high"]
+    assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_bad_inputs_end_in_one_clear_line(files, tmp_path):
+    folder, _, labels = files
+    np.save(tmp_path / "short.npy", labels[:10].numpy())
+    np.save(tmp_path / "float.npy", labels.double().numpy())
+    (tmp_path / "junk.pt").write_bytes(b"not a tensor")
+    (tmp_path / "x.csv").write_text("1,2")
+    out = ["-o", tmp_path / "s.pt"]
+    one_line_error(torchcal("fit", folder / "logits.pt", tmp_path / "short.npy", *out), "10")
+    one_line_error(torchcal("fit", folder / "logits.pt", tmp_path / "float.npy", *out), "integer")
+    one_line_error(torchcal("fit", tmp_path / "junk.pt", folder / "labels.npy", *out), "junk.pt")
+    one_line_error(torchcal("fit", tmp_path / "x.csv", folder / "labels.npy", *out), ".csv")
+    one_line_error(torchcal("fit", tmp_path / "nope.pt", folder / "labels.npy", *out), "no such")
+    one_line_error(torchcal("fit", folder / "both.npz", folder / "labels.npy", *out), "key")
+    report = torchcal(
+        "report", folder / "logits.pt", folder / "labels.npy", "--scaler", tmp_path / "junk.pt"
+    )
+    one_line_error(report, "scaler")

@@ -1,0 +1,149 @@
+"""Debiased ECE, smooth ECE and bootstrap intervals against independent implementations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from torchcal.metrics import (
+    MetricInterval,
+    accuracy,
+    bootstrap_interval,
+    brier_score,
+    debiased_calibration_error,
+    expected_calibration_error,
+    maximum_calibration_error,
+    negative_log_likelihood,
+    reliability_bins,
+    smooth_calibration_error,
+)
+from torchcal.metrics.calibration import top_label
+
+kumar = pytest.importorskip("calibration")  # uncertainty-calibration (Kumar et al.)
+relplot = pytest.importorskip("relplot")
+
+CASES = [
+    (0, 5000, 10, 2.0),
+    (1, 300, 4, 4.0),
+    (2, 20000, 100, 1.0),
+    (3, 65, 3, 0.5),
+]  # N - 1 coprime with 15: no quantile edge on a sample
+
+
+def overconfident(seed: int, n: int, k: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, k, generator=generator, dtype=torch.float64) * scale
+    labels = torch.multinomial(torch.softmax(logits / 1.5, dim=1), 1, generator=generator)
+    return torch.softmax(logits, dim=1), labels.squeeze(1)
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "quantile"])
+@pytest.mark.parametrize(("seed", "n", "k", "scale"), CASES)
+def test_debiased_ece_matches_uncertainty_calibration(seed, n, k, scale, strategy):
+    probs, labels = overconfident(seed, n, k, scale)
+    edges = reliability_bins(probs, labels, 15, strategy).edges[1:].tolist()
+    reference = kumar.lower_bound_scaling_ce(
+        probs.numpy(),
+        labels.numpy(),
+        p=2,
+        debias=True,
+        num_bins=15,
+        binning_scheme=lambda probs, num_bins: edges,  # identical bins
+        mode="top-label",
+    )
+    ours = float(debiased_calibration_error(probs, labels, 15, strategy))
+    assert ours == pytest.approx(reference, abs=1e-12)  # measured: <= 1e-16
+    assert ours <= float(expected_calibration_error(probs, labels, 15, strategy, norm="l2"))
+
+
+def test_uniform_ece_matches_uncertainty_calibration_plug_in():
+    probs, labels = overconfident(0, 5000, 10, 2.0)
+    reference = kumar.get_ece(probs.numpy(), labels.numpy(), num_bins=15)
+    assert float(expected_calibration_error(probs, labels)) == pytest.approx(reference, abs=1e-12)
+
+
+def test_debiased_ece_is_near_zero_for_calibrated_probabilities():
+    generator = torch.Generator().manual_seed(5)
+    probs = torch.softmax(torch.randn(20000, 5, generator=generator, dtype=torch.float64), dim=1)
+    labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    plug_in = float(expected_calibration_error(probs, labels, norm="l2"))
+    assert float(debiased_calibration_error(probs, labels)) < 0.5 * plug_in
+
+
+@pytest.mark.parametrize(("seed", "n", "k", "scale"), CASES)
+def test_smooth_ece_matches_relplot(seed, n, k, scale):
+    probs, labels = overconfident(seed, n, k, scale)
+    confidences, correct = top_label(probs, labels)
+    f, y = confidences.numpy(), correct.double().numpy()
+    reference = relplot.smECE(f, y)
+    assert float(smooth_calibration_error(probs, labels)) == pytest.approx(reference, abs=1e-12)
+    fixed = relplot.smECE_sigma(f, y, 0.05)
+    ours = float(smooth_calibration_error(probs, labels, bandwidth=0.05))
+    assert ours == pytest.approx(fixed, abs=1e-12)  # measured: <= 1e-16 on these cases
+
+
+def test_smooth_ece_rejects_a_bad_bandwidth():
+    probs, labels = overconfident(0, 100, 3, 1.0)
+    with pytest.raises(ValueError, match="bandwidth"):
+        smooth_calibration_error(probs, labels, bandwidth=0.0)
+
+
+VECTORISED = [
+    (accuracy, {}),
+    (negative_log_likelihood, {}),
+    (brier_score, {}),
+    (expected_calibration_error, {}),
+    (expected_calibration_error, {"n_bins": 10, "norm": "l2"}),
+    (maximum_calibration_error, {"n_bins": 5}),
+]
+
+
+@pytest.mark.parametrize(("metric", "kwargs"), VECTORISED)
+def test_vectorised_bootstrap_equals_one_resample_at_a_time(metric, kwargs):
+    probs, labels = overconfident(1, 400, 4, 3.0)
+    fast = bootstrap_interval(metric, probs, labels, n_resamples=200, seed=7, **kwargs)
+    slow = bootstrap_interval(
+        lambda p, y, **kw: metric(p, y, **kw), probs, labels, n_resamples=200, seed=7, **kwargs
+    )
+    assert fast.value == slow.value
+    assert fast.low == pytest.approx(slow.low, abs=1e-12)
+    assert fast.high == pytest.approx(slow.high, abs=1e-12)
+
+
+def test_bootstrap_interval_is_the_numpy_percentile_interval_of_the_same_draws():
+    probs, labels = overconfident(2, 300, 5, 2.0)
+    interval = bootstrap_interval(
+        debiased_calibration_error, probs, labels, n_resamples=100, confidence=0.9, seed=3
+    )
+    indices = torch.randint(300, (100, 300), generator=torch.Generator().manual_seed(3))
+    values = [float(debiased_calibration_error(probs[i], labels[i])) for i in indices]
+    assert isinstance(interval, MetricInterval)
+    assert interval.value == float(debiased_calibration_error(probs, labels))
+    assert interval.low == pytest.approx(np.percentile(values, 5), abs=1e-12)
+    assert interval.high == pytest.approx(np.percentile(values, 95), abs=1e-12)
+
+
+def test_bootstrap_accuracy_interval_matches_the_normal_approximation():
+    probs, labels = overconfident(4, 4000, 10, 2.0)
+    interval = bootstrap_interval(accuracy, probs, labels, n_resamples=2000, seed=0)
+    p = interval.value
+    half_width = 1.959964 * (p * (1 - p) / 4000) ** 0.5
+    assert interval.high - interval.low == pytest.approx(2 * half_width, rel=0.1)
+    assert interval.low < p < interval.high
+
+
+def test_bootstrap_is_reproducible_and_validates_arguments():
+    probs, labels = overconfident(0, 200, 3, 1.0)
+    first = bootstrap_interval(expected_calibration_error, probs, labels, n_resamples=50, seed=1)
+    again = bootstrap_interval(expected_calibration_error, probs, labels, n_resamples=50, seed=1)
+    assert first == again
+    generator = torch.Generator().manual_seed(1)
+    same = bootstrap_interval(
+        expected_calibration_error, probs, labels, n_resamples=50, seed=generator
+    )
+    assert same == first
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_interval(accuracy, probs, labels, confidence=1.5)
+    with pytest.raises(ValueError, match="n_resamples"):
+        bootstrap_interval(accuracy, probs, labels, n_resamples=0)

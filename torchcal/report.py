@@ -1,0 +1,80 @@
+"""Before/after calibration reports: a table with bootstrap intervals, JSON, a diagram.
+
+Example:
+    >>> import torch
+    >>> probs = torch.softmax(torch.randn(300, 4, generator=torch.Generator().manual_seed(0)), 1)
+    >>> labels = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(1))[:, 0]
+    >>> summary = calibration_summary(probs, labels, n_resamples=50)
+    >>> list(summary)
+    ['accuracy', 'NLL', 'ECE', 'MCE', 'Brier']
+    >>> print(format_table({"model": summary}).splitlines()[0])
+    metric   model
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from torchcal.metrics import (
+    MetricInterval,
+    accuracy,
+    bootstrap_interval,
+    brier_score,
+    expected_calibration_error,
+    maximum_calibration_error,
+    negative_log_likelihood,
+)
+
+__all__ = ["calibration_summary", "format_table", "write_json"]
+
+METRICS = {
+    "accuracy": accuracy,
+    "NLL": negative_log_likelihood,
+    "ECE": expected_calibration_error,
+    "MCE": maximum_calibration_error,
+    "Brier": brier_score,
+}
+
+
+def calibration_summary(
+    probs: Tensor,
+    labels: Tensor,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int | torch.Generator = 0,
+) -> dict[str, MetricInterval]:
+    """Accuracy, NLL, ECE and MCE (15 equal-width bins) and Brier with bootstrap intervals."""
+    return {
+        name: bootstrap_interval(
+            metric, probs, labels, n_resamples=n_resamples, confidence=confidence, seed=seed
+        )
+        for name, metric in METRICS.items()
+    }
+
+
+def format_table(summaries: dict[str, dict[str, MetricInterval]]) -> str:
+    """A plain-text table: one row per metric, one column per named summary."""
+    names = list(summaries)
+    width = max(24, *(len(name) + 2 for name in names))
+    lines = ["metric   " + "".join(f"{name:<{width}}" for name in names).rstrip()]
+    for metric in METRICS:
+        cells = "".join(f"{summaries[name][metric]!s:<{width}}" for name in names)
+        lines.append(f"{metric:<9}" + cells.rstrip())
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, summaries: dict[str, dict[str, MetricInterval]], **extra) -> None:
+    """Write the summaries (and any extra JSON-able fields) to ``path``."""
+    report = {
+        **extra,
+        "metrics": {
+            name: {metric: interval.to_dict() for metric, interval in summary.items()}
+            for name, summary in summaries.items()
+        },
+    }
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
