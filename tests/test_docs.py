@@ -87,3 +87,21 @@ def test_escalation_example_keeps_its_target_on_the_test_split():
     assert float(test_accuracy) >= 0.995
     overall = float(lines[2].rsplit(" ", 1)[1])
     assert overall < float(test_accuracy)
+
+
+def test_shapes_example_recovers_each_true_temperature():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "shapes.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    found = dict(line.split(maxsplit=1) for line in result.stdout.strip().splitlines())
+    assert set(found) == {"binary", "multi-label", "segmentation", "tokens"}
+    for name in ("binary", "segmentation", "tokens"):
+        temperature = float(re.search(r"T = ([\d.]+)", found[name]).group(1))
+        assert abs(temperature - 2.0) < 0.2, (name, temperature)
+    per_label = [float(t) for t in re.findall(r"[\d.]+", found["multi-label"].split("=")[1])]
+    assert [round(t) for t in per_label] == [1, 2, 3]
+    assert "on 768 positions" in found["tokens"]
