@@ -35,10 +35,20 @@ SIZES = ["10000x10", "10000x100", "50000x1000", "2000x32000"]
 
 
 def make_logits(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits 3 * randn with labels drawn from softmax(logits / 2): T* is near 2."""
+    """Float32 logits 3 * randn with labels drawn from softmax(logits / 2): T* is near 2.
+
+    Filled in row blocks so that making them needs no temporary as large as the logits (the
+    memory probe measures the growth of peak RSS beyond them).
+    """
     generator = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, k, generator=generator) * 3
-    labels = torch.multinomial(torch.softmax(logits / 2, 1), 1, generator=generator).squeeze(1)
+    logits = torch.empty(n, k)
+    labels = torch.empty(n, dtype=torch.long)
+    block = max(1, (1 << 20) // k)
+    for start in range(0, n, block):
+        rows = torch.randn(min(block, n - start), k, generator=generator) * 3
+        logits[start : start + len(rows)] = rows
+        probs = torch.softmax(rows / 2, 1)
+        labels[start : start + len(rows)] = torch.multinomial(probs, 1, generator=generator)[:, 0]
     return logits, labels
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tempered_logits
+from conftest import tempered_logits
 from torchcal import TemperatureScaler
 from torchcal.files import load_scaler
 from torchcal.metrics import expected_calibration_error
