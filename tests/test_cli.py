@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import tempered_logits
+
 from torchcal import TemperatureScaler
 from torchcal.files import load_scaler
 from torchcal.metrics import expected_calibration_error

@@ -51,7 +51,10 @@ def test_the_file_holds_one_tensor_and_json_metadata_but_no_model(tmp_path):
     assert metadata["format_version"] == str(FORMAT_VERSION)
     assert metadata["torchcal_version"] == torchcal.__version__
     assert metadata["calibrator"] == "temperature"
-    assert json.loads(metadata["fit_result"])["temperature"] == scaler.fit_result.temperature
+    assert (
+        json.loads(metadata["fit_result"])["fit_results"][0]["temperature"]
+        == scaler.fit_result.temperature
+    )
     loaded = torchcal.load(path, model=model)
     assert loaded.model is model
     x = torch.randn(5, 1_000)
@@ -120,3 +123,15 @@ def test_without_safetensors_the_error_says_what_to_install(scaler, tmp_path, mo
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
     with pytest.raises(ImportError, match=r"need the safetensors package: pip install safetensors"):
         torchcal.save(scaler, tmp_path / "t.safetensors")
+
+
+def test_per_class_and_shape_options_round_trip(tmp_path):
+    logits = torch.randn(400, 3) * 3
+    targets = torch.bernoulli(torch.sigmoid(logits / 2)).float()
+    scaler = torchcal.TemperatureScaler(activation="sigmoid", per_class=True)
+    scaler.fit(logits, targets, progress=False)
+    torchcal.save(scaler, tmp_path / "multi.safetensors")
+    loaded = torchcal.load(tmp_path / "multi.safetensors")
+    torch.testing.assert_close(loaded.temperatures, scaler.temperatures)
+    assert loaded.fit_result == scaler.fit_result
+    torch.testing.assert_close(loaded.predict_proba(logits), scaler.predict_proba(logits))

@@ -80,24 +80,23 @@ def load_tensor(path: str | Path, key: str | None = None) -> Tensor:
 
 
 def save_scaler(scaler: TemperatureScaler, path: str | Path) -> Path:
-    """Save a fitted scaler's state (T and its fit record) to ``path`` with ``torch.save``."""
+    """Save a fitted scaler (T, its fit record and options, no model) with :func:`torchcal.save`."""
+    from torchcal.io import save
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v for k, v in scaler.state_dict().items() if not k.startswith("model.")}
-    torch.save(state, path)
+    save(scaler, path)
     return path
 
 
 def load_scaler(path: str | Path) -> TemperatureScaler:
-    """A model-less :class:`TemperatureScaler` with the state saved by :func:`save_scaler`."""
+    """A model-less :class:`TemperatureScaler` read by :func:`torchcal.load`."""
+    from torchcal.io import load
+
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"{path}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        scaler = TemperatureScaler()
-        scaler.load_state_dict(state)
-    except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataFileError(f"{path}: not a saved temperature scaler: {reason}") from error
-    return scaler
+        return load(path)
+    except (ValueError, ImportError) as error:
+        raise DataFileError(f"{path}: not a saved temperature scaler: {error}") from error

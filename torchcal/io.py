@@ -17,7 +17,6 @@ from typing import Any
 from torch import nn
 
 from torchcal._version import __version__
-from torchcal.result import FitResult
 from torchcal.temperature import TemperatureScaler
 
 FORMAT = "torchcal"
@@ -63,8 +62,13 @@ def save(scaler: TemperatureScaler, path: PathLike) -> None:
         "tol": scaler.tol,
         "max_iter": scaler.max_iter,
         "n_bins": scaler.n_bins,
+        "activation": scaler.activation,
+        "class_dim": scaler.class_dim,
+        "ignore_index": scaler.ignore_index,
+        "per_class": scaler.per_class,
+        "inputs": scaler.inputs,
     }
-    result = None if scaler.fit_result is None else scaler.fit_result.to_dict()
+    result = scaler.get_extra_state()
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -120,7 +124,8 @@ def load(path: PathLike, model: nn.Module | None = None) -> TemperatureScaler:
     options["temperature_bounds"] = tuple(options["temperature_bounds"])
     result = json.loads(metadata["fit_result"])
     scaler = TemperatureScaler(model, **options)
-    scaler._set_fitted(
-        float(tensors["temperature"]), None if result is None else FitResult.from_dict(result)
-    )
+    if result is None or "fit_results" not in result:  # format 1 as first written: one result
+        result = {"fit_results": None if result is None else [result]}
+    scaler.set_extra_state(result)
+    scaler._set_fitted(tensors["temperature"], scaler.fit_result)
     return scaler
