@@ -199,7 +199,16 @@ def main() -> None:
         f"# torch {torch.__version__}, {torch.get_num_threads()} threads, float32 logits, "
         f"median of {args.repeats}"
     )
-    header = ["N x K", "method", "time", "x torchcal", "T", "|T/T*-1|", "passes", "peak mem"]
+    header = [
+        "N x K",
+        "method",
+        "time",
+        "x torchcal",
+        "T",
+        "error of T vs T*",
+        "passes",
+        "peak mem",
+    ]
     rows = []
     for size in args.sizes:
         n, k = map(int, size.split("x"))
