@@ -74,6 +74,19 @@ def check_labels(labels: object, n_samples: int, n_classes: int, name: str = "la
     return labels
 
 
+def check_unit_interval(probs: Tensor, name: str, conversion: str) -> None:
+    """Check that every value of ``probs`` is finite and in [0, 1]; ``conversion`` fixes logits."""
+    finite = torch.isfinite(probs)
+    if not bool(finite.all()):
+        raise ValueError(f"{name} contains {int((~finite).sum())} NaN or infinite value(s)")
+    low, high = float(probs.min()), float(probs.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"{name} must hold probabilities in [0, 1], found values in [{low:.4g}, {high:.4g}]; "
+            f"if these are logits, apply {conversion} first"
+        )
+
+
 def check_probabilities_matrix(probs: object, name: str = "probs") -> Tensor:
     """Check that ``probs`` is a floating (N, K) tensor of values in [0, 1]."""
     probs = check_tensor(probs, name)
@@ -85,15 +98,7 @@ def check_probabilities_matrix(probs: object, name: str = "probs") -> Tensor:
         raise ValueError(f"{name} is empty: it has 0 rows, at least 1 sample is needed")
     if probs.shape[1] < 2:
         raise ValueError(f"{name} must have K >= 2 class columns, got K={probs.shape[1]}")
-    finite = torch.isfinite(probs)
-    if not bool(finite.all()):
-        raise ValueError(f"{name} contains {int((~finite).sum())} NaN or infinite value(s)")
-    low, high = float(probs.min()), float(probs.max())
-    if low < 0.0 or high > 1.0:
-        raise ValueError(
-            f"{name} must hold probabilities in [0, 1], found values in [{low:.4g}, {high:.4g}]; "
-            "if these are logits, apply torch.softmax(logits, dim=1) first"
-        )
+    check_unit_interval(probs, name, "torch.softmax(logits, dim=1)")
     return probs
 
 
@@ -192,15 +197,7 @@ def check_probabilities(probs: object, dim: int = -1, name: str = "probs") -> tu
         raise ValueError(f"{name} has no classes: dimension {dim} has size 0")
     if probs.numel() == 0:
         return probs, dim
-    finite = torch.isfinite(probs)
-    if not bool(finite.all()):
-        raise ValueError(f"{name} contains {int((~finite).sum())} NaN or infinite value(s)")
-    low, high = float(probs.min()), float(probs.max())
-    if low < 0.0 or high > 1.0:
-        raise ValueError(
-            f"{name} must hold probabilities in [0, 1], found values in [{low:.4g}, {high:.4g}]; "
-            "if these are logits, apply torchcal.softmax(logits) first"
-        )
+    check_unit_interval(probs, name, "torchcal.softmax(logits)")
     tolerance = max(1e-4, torch.finfo(probs.dtype).eps ** 0.5)
     error = (probs.to(torch.float64).sum(dim=dim) - 1.0).abs()
     worst = float(error.max())
