@@ -10,6 +10,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_stdout(*command: str) -> str:
+    """Run a command with this interpreter's environment and return what it printed."""
+    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
+    return result.stdout
+
+
 def python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.DOTALL)
 
@@ -31,15 +37,9 @@ def test_quick_start_commands_are_two_lines_and_match_ci():
 
 
 def test_demo_prints_the_readme_table(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "torchcal", "demo", "--output-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
+    stdout = run_stdout(sys.executable, "-m", "torchcal", "demo", "--output-dir", str(tmp_path))
     readme = (ROOT / "README.md").read_text()
-    lines = result.stdout.strip().splitlines()
+    lines = stdout.strip().splitlines()
     table = lines[lines.index("metric   uncalibrated            calibrated") :][:6]
     assert len(table) == 6
     for line in [lines[0], *table]:
@@ -49,15 +49,9 @@ def test_demo_prints_the_readme_table(tmp_path):
 
 
 def test_digits_example_agrees_with_the_demo_table():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "digits.py")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
+    stdout = run_stdout(sys.executable, str(ROOT / "examples" / "digits.py"))
     readme = (ROOT / "README.md").read_text()
-    for row in result.stdout.strip().splitlines()[-2:]:
+    for row in stdout.strip().splitlines()[-2:]:
         name, *values = row.split()
         assert name in ("uncalibrated", "calibrated")
         for value in values:
@@ -65,14 +59,8 @@ def test_digits_example_agrees_with_the_demo_table():
 
 
 def test_escalation_example_keeps_its_target_on_the_test_split():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "escalation_digits.py")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    lines = result.stdout.strip().splitlines()
+    stdout = run_stdout(sys.executable, str(ROOT / "examples" / "escalation_digits.py"))
+    lines = stdout.strip().splitlines()
     readme = (ROOT / "README.md").read_text()
     for line in lines:
         assert line in readme, line
@@ -90,14 +78,8 @@ def test_escalation_example_keeps_its_target_on_the_test_split():
 
 
 def test_shapes_example_recovers_each_true_temperature():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "shapes.py")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    found = dict(line.split(maxsplit=1) for line in result.stdout.strip().splitlines())
+    stdout = run_stdout(sys.executable, str(ROOT / "examples" / "shapes.py"))
+    found = dict(line.split(maxsplit=1) for line in stdout.strip().splitlines())
     assert set(found) == {"binary", "multi-label", "segmentation", "tokens"}
     for name in ("binary", "segmentation", "tokens"):
         temperature = float(re.search(r"T = ([\d.]+)", found[name]).group(1))
