@@ -103,3 +103,27 @@ def collect_logits(
     if not logits_parts:
         raise ValueError("the loader yielded no batches: at least one sample is needed to fit")
     return torch.cat(logits_parts), torch.cat(label_parts)
+
+
+def logits_and_labels(
+    model: nn.Module | None,
+    data: Tensor | Iterable[Any],
+    labels: Tensor | None,
+    *,
+    progress: bool | None = None,
+) -> tuple[Tensor, Tensor]:
+    """What ``fit(data, labels)`` fits on: the tensors themselves, or a loader's collected logits.
+
+    Example:
+        >>> logits, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+        >>> logits_and_labels(None, logits, labels)[0] is logits
+        True
+    """
+    if labels is not None:
+        return data, labels  # type: ignore[return-value]
+    if isinstance(data, Tensor):
+        raise TypeError(
+            "fit(logits) needs labels: call fit(logits, labels), or fit(loader) with a "
+            "loader of (inputs, labels) batches"
+        )
+    return collect_logits(model, data, progress=progress)

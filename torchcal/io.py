@@ -1,9 +1,11 @@
 """Save a fitted calibrator to a small file, and load it back, without pickling the model.
 
 The file is a safetensors file: the fitted tensors (for temperature scaling, the scalar
-``temperature``) plus string metadata in its header: ``format`` (always ``"torchcal"``),
-``format_version``, ``torchcal_version``, ``calibrator`` (the kind, e.g. ``"temperature"``),
-``options`` (the constructor options, JSON) and ``fit_result`` (JSON, or ``null``). It holds no
+``temperature``; for the other calibrators their fitted buffers) plus string metadata in its
+header: ``format`` (always ``"torchcal"``), ``format_version``, ``torchcal_version``,
+``calibrator`` (the kind, e.g. ``"temperature"`` or ``"dirichlet"``), ``options`` (the
+constructor options, JSON) and ``fit_result`` (the fitted state: fit results, class dimension;
+JSON). It holds no
 code and no model weights, so it is safe to load from anywhere and a few hundred bytes long.
 safetensors is an optional dependency: ``pip install "torchcal[export]"``.
 """
@@ -17,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from torchcal._version import __version__
-from torchcal.temperature import TemperatureScaler
+from torchcal.calibrator import Calibrator
 
 FORMAT = "torchcal"
 FORMAT_VERSION = 1
@@ -35,11 +37,12 @@ def _safetensors() -> Any:
     return safetensors
 
 
-def save(scaler: TemperatureScaler, path: PathLike) -> None:
-    """Write a fitted scaler's temperature, fit result and options to ``path``.
+def save(calibrator: Calibrator, path: PathLike) -> None:
+    """Write a fitted calibrator's values, fit result and options to ``path``.
 
-    The wrapped model is not saved: save it as usual (``torch.save(model.state_dict(), ...)``)
-    and pass it to :func:`load`.
+    Every calibrator saves the same way (:class:`~torchcal.TemperatureScaler` and the others
+    in :attr:`Calibrator.registry`). The wrapped model is not saved: save it as usual
+    (``torch.save(model.state_dict(), ...)``) and pass it to :func:`load`.
 
     Example:
         >>> import tempfile, torch, torchcal
@@ -53,40 +56,30 @@ def save(scaler: TemperatureScaler, path: PathLike) -> None:
         >>> loaded.temperature == scaler.temperature, loaded.fit_result == scaler.fit_result
         (True, True)
     """
-    if not isinstance(scaler, TemperatureScaler):
-        raise TypeError(f"save expects a TemperatureScaler, got {type(scaler).__name__}")
-    scaler._check_fitted()
-    options = {
-        "method": scaler.method,
-        "temperature_bounds": list(scaler.temperature_bounds),
-        "tol": scaler.tol,
-        "max_iter": scaler.max_iter,
-        "n_bins": scaler.n_bins,
-        "activation": scaler.activation,
-        "class_dim": scaler.class_dim,
-        "ignore_index": scaler.ignore_index,
-        "per_class": scaler.per_class,
-        "inputs": scaler.inputs,
-    }
-    result = scaler.get_extra_state()
+    if not isinstance(calibrator, Calibrator):
+        raise TypeError(
+            f"save expects a torchcal calibrator (e.g. a TemperatureScaler), got "
+            f"{type(calibrator).__name__}"
+        )
+    calibrator._check_fitted()
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "torchcal_version": __version__,
-        "calibrator": "temperature",
-        "options": json.dumps(options),
-        "fit_result": json.dumps(result),
+        "calibrator": calibrator.kind,
+        "options": json.dumps(calibrator.options()),
+        "fit_result": json.dumps(calibrator.get_extra_state()),
     }
-    tensors = {"temperature": scaler.temperature_.detach().cpu().clone()}
+    tensors = {name: tensor.contiguous() for name, tensor in calibrator.fitted_tensors().items()}
     _safetensors().torch.save_file(tensors, os.fspath(path), metadata=metadata)
 
 
-def load(path: PathLike, model: nn.Module | None = None) -> TemperatureScaler:
-    """Read a file written by :func:`save` into a fitted :class:`TemperatureScaler`.
+def load(path: PathLike, model: nn.Module | None = None) -> Calibrator:
+    """Read a file written by :func:`save` into a fitted calibrator of the kind saved.
 
     Args:
         path: the file.
-        model: the classifier to wrap; ``None`` gives a scaler that calibrates logits.
+        model: the classifier to wrap; ``None`` gives a calibrator of logits.
 
     Raises:
         ValueError: the file is not a torchcal file, or was written in a newer format version or
@@ -105,7 +98,7 @@ def load(path: PathLike, model: nn.Module | None = None) -> TemperatureScaler:
     if metadata.get("format") != FORMAT or not metadata.get("format_version", "").isdigit():
         raise ValueError(
             f"{path!r} is not a torchcal file: its header has no torchcal format marker; "
-            "write calibration files with torchcal.save(scaler, path)"
+            "write calibration files with torchcal.save(calibrator, path)"
         )
     version = int(metadata["format_version"])
     if version > FORMAT_VERSION:
@@ -115,17 +108,14 @@ def load(path: PathLike, model: nn.Module | None = None) -> TemperatureScaler:
             f"format versions up to {FORMAT_VERSION}: upgrade torchcal to load it"
         )
     kind = metadata.get("calibrator")
-    if kind != "temperature" or "temperature" not in tensors:
+    cls = Calibrator.registry.get(kind or "")
+    if cls is None:
+        known = ", ".join(repr(name) for name in sorted(Calibrator.registry))
         raise ValueError(
             f"{path!r} holds a calibrator of kind {kind!r}, which this torchcal {__version__} "
-            "cannot load (known: 'temperature')"
+            f"cannot load (known: {known})"
         )
-    options = json.loads(metadata["options"])
-    options["temperature_bounds"] = tuple(options["temperature_bounds"])
-    result = json.loads(metadata["fit_result"])
-    scaler = TemperatureScaler(model, **options)
-    if result is None or "fit_results" not in result:  # format 1 as first written: one result
-        result = {"fit_results": None if result is None else [result]}
-    scaler.set_extra_state(result)
-    scaler._set_fitted(tensors["temperature"], scaler.fit_result)
-    return scaler
+    calibrator = cls(model, **json.loads(metadata["options"]))
+    state = json.loads(metadata["fit_result"])
+    calibrator._restore(tensors, {} if state is None else state)
+    return calibrator

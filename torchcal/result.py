@@ -1,13 +1,30 @@
-"""The record of a temperature fit."""
+"""The records of a fit: :class:`FitResult` for temperature scaling, :class:`CalibratorFitResult`
+for the other calibrators."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
+
+_Record = TypeVar("_Record", bound="_JSONRecord")
+
+
+class _JSONRecord:
+    """Conversion of a frozen dataclass to and from a plain dict (JSON, state dicts)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of the fields, for JSON or a state dict."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[_Record], values: dict[str, Any]) -> _Record:
+        """Rebuild from :meth:`to_dict` output, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 @dataclass(frozen=True)
-class FitResult:
+class FitResult(_JSONRecord):
     """What a fit found and what it cost.
 
     Attributes:
@@ -38,16 +55,6 @@ class FitResult:
     method: str
     bound: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict of the fields, for JSON or a state dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> FitResult:
-        """Rebuild from :meth:`to_dict` output, ignoring keys this version does not know."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
     def __str__(self) -> str:
         at_bound = f", held at the {self.bound} bound" if self.bound else ""
         status = "converged" if self.converged else "NOT converged"
@@ -55,5 +62,38 @@ class FitResult:
             f"T = {self.temperature:.6g} on {self.n_samples} samples ({self.method}, {status}"
             f"{at_bound}, {self.function_evaluations} evaluations): "
             f"NLL {self.nll_before:.4f} -> {self.nll_after:.4f}, "
+            f"ECE {self.ece_before:.4f} -> {self.ece_after:.4f}"
+        )
+
+
+@dataclass(frozen=True)
+class CalibratorFitResult(_JSONRecord):
+    """What a calibrator's fit found, measured on the data it was fitted on.
+
+    Attributes:
+        method: the calibrator's kind, e.g. ``"vector"`` or ``"isotonic"``.
+        nll_before, nll_after: mean negative log-likelihood before and after calibration.
+        ece_before, ece_after: top-label ECE (``n_bins`` equal-width bins) before and after.
+        n_samples: number of samples fitted on.
+        n_parameters: number of fitted values.
+        iterations: optimiser iterations (0 for methods fitted in closed form).
+        converged: whether the optimiser met its tolerance.
+    """
+
+    method: str
+    nll_before: float
+    nll_after: float
+    ece_before: float
+    ece_after: float
+    n_samples: int
+    n_parameters: int
+    iterations: int
+    converged: bool
+
+    def __str__(self) -> str:
+        status = "converged" if self.converged else "NOT converged"
+        return (
+            f"{self.method} calibration on {self.n_samples} samples ({self.n_parameters} "
+            f"values, {status}): NLL {self.nll_before:.4f} -> {self.nll_after:.4f}, "
             f"ECE {self.ece_before:.4f} -> {self.ece_after:.4f}"
         )

@@ -15,8 +15,9 @@ from torchcal._shapes import ACTIVATIONS, INPUTS, Rows, to_rows
 from torchcal._solver import Solution, solve_temperature
 from torchcal._validation import check_choice, check_positive_finite, check_positive_int
 from torchcal._version import __version__
-from torchcal.collect import collect_logits
-from torchcal.errors import CalibrationWarning, NotFittedError
+from torchcal.calibrator import Calibrator
+from torchcal.collect import logits_and_labels
+from torchcal.errors import CalibrationWarning
 from torchcal.export import CalibratedModel, TemperatureHead
 from torchcal.metrics.calibration import top_label_bins
 from torchcal.result import FitResult
@@ -25,7 +26,7 @@ METHODS = ("lbfgs", "newton")
 DEFAULT_TEMPERATURE_BOUNDS = (1e-3, 1e3)
 
 
-class TemperatureScaler(nn.Module):
+class TemperatureScaler(Calibrator):
     """Wrap a classifier so that its logits are divided by a temperature fitted on held-out data.
 
     ``T`` minimises the mean negative log-likelihood of ``softmax(logits / T)`` (or, for sigmoid
@@ -68,6 +69,8 @@ class TemperatureScaler(nn.Module):
         >>> scaler.predict_proba(logits[:2]).sum(dim=1)
         tensor([1., 1.])
     """
+
+    kind = "temperature"
 
     def __init__(
         self,
@@ -127,17 +130,31 @@ class TemperatureScaler(nn.Module):
         self._check_fitted()
         return self.temperature_.detach().clone()
 
-    @property
-    def is_fitted(self) -> bool:
-        """Whether a temperature has been fitted or loaded."""
-        return self._fitted
+    def options(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "temperature_bounds": list(self.temperature_bounds),
+            "tol": self.tol,
+            "max_iter": self.max_iter,
+            "n_bins": self.n_bins,
+            "activation": self.activation,
+            "class_dim": self.class_dim,
+            "ignore_index": self.ignore_index,
+            "per_class": self.per_class,
+            "inputs": self.inputs,
+        }
 
-    def _check_fitted(self) -> None:
-        if not self._fitted:
-            raise NotFittedError(
-                f"this {type(self).__name__} has no temperature yet: call .fit(logits, labels) or "
-                ".fit(loader), or load a fitted state with .load_state_dict(...)"
-            )
+    def fitted_tensors(self) -> dict[str, Tensor]:
+        self._check_fitted()
+        return {"temperature": self.temperature_.detach().cpu().clone()}
+
+    def _restore(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
+        if "temperature" not in tensors:
+            raise ValueError("the saved temperature calibrator has no tensor 'temperature'")
+        if state.get("fit_results") is None and "temperature" in state:
+            state = {"fit_results": [state]}  # format 1 as first written: one bare fit result
+        self.set_extra_state(state)
+        self._set_fitted(tensors["temperature"], self.fit_result)
 
     def get_extra_state(self) -> dict[str, Any]:
         results = self.fit_result
@@ -235,15 +252,7 @@ class TemperatureScaler(nn.Module):
         device, and every submodule's mode is restored afterwards. ``progress`` shows a tqdm bar
         while collecting logits (``None``: only on a terminal). Returns ``self``.
         """
-        if labels is None:
-            if isinstance(data, Tensor):
-                raise TypeError(
-                    "fit(logits) needs labels: call fit(logits, labels), or fit(loader) with a "
-                    "loader of (inputs, labels) batches"
-                )
-            logits, labels = collect_logits(self.model, data, progress=progress)
-        else:
-            logits = data
+        logits, labels = logits_and_labels(self.model, data, labels, progress=progress)
         rows = to_rows(
             logits,
             labels,

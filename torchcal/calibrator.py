@@ -1,0 +1,287 @@
+"""One interface for every calibrator: fit on logits or a loader, calibrate, export, save.
+
+:class:`Calibrator` is what every method shares: it wraps an optional model, is fitted with
+``fit(logits, labels)`` or ``fit(loader)``, maps inputs to calibrated logits in ``forward``
+(``predict_proba`` gives probabilities), reports :attr:`fit_result`, exports an inference-only
+module and saves with :func:`torchcal.save`. Subclasses register themselves under their
+:attr:`~Calibrator.kind`, the name used in save files and in :func:`torchcal.compare`.
+
+:class:`SoftmaxCalibrator` is the common base of the calibrators that map a softmax classifier's
+K class scores to K calibrated logits (vector, matrix and Dirichlet scaling, ensemble temperature
+scaling, histogram binning, isotonic regression): it validates and flattens the inputs once,
+hands ``(M, K)`` rows to :meth:`SoftmaxCalibrator._fit_rows`, and applies
+:meth:`SoftmaxCalibrator._calibrate` along the class dimension.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from torchcal._objective import SoftmaxTemperatureNLL
+from torchcal._shapes import INPUTS, to_rows
+from torchcal._validation import check_choice, check_positive_int
+from torchcal._version import __version__
+from torchcal.collect import logits_and_labels
+from torchcal.errors import CalibrationWarning, NotFittedError
+from torchcal.export import CalibratedModel
+from torchcal.metrics.calibration import expected_calibration_error, top_label_bins
+from torchcal.metrics.scores import negative_log_likelihood
+from torchcal.result import CalibratorFitResult
+
+
+class Calibrator(nn.Module):
+    """What every torchcal calibrator offers (see the module docstring).
+
+    Subclasses set :attr:`kind` and implement ``fit``, ``forward``, ``export``, :meth:`options`,
+    :meth:`fitted_tensors` and :meth:`_restore`.
+    """
+
+    #: The calibrator's name in save files, tables and the command line.
+    kind: ClassVar[str] = ""
+    #: Every calibrator class by kind (filled in as subclasses are defined).
+    registry: ClassVar[dict[str, type[Calibrator]]] = {}
+
+    model: nn.Module | None
+    fit_result: Any
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("kind"):
+            Calibrator.registry[cls.kind] = cls
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the calibrator has been fitted or loaded."""
+        return bool(getattr(self, "_fitted", False))
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call .fit(logits, labels) or "
+                ".fit(loader), or load a fitted state with .load_state_dict(...)"
+            )
+
+    def fit(
+        self,
+        data: Tensor | Iterable[Any],
+        labels: Tensor | None = None,
+        *,
+        progress: bool | None = None,
+    ) -> Calibrator:
+        raise NotImplementedError
+
+    def predict_proba(self, inputs: Any) -> Tensor:
+        raise NotImplementedError
+
+    def export(self, output: str = "logits") -> CalibratedModel:
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        """The constructor's keyword arguments (JSON-serialisable), saved by ``torchcal.save``."""
+        raise NotImplementedError
+
+    def fitted_tensors(self) -> dict[str, Tensor]:
+        """The fitted values by name, on the CPU, as saved by ``torchcal.save``."""
+        raise NotImplementedError
+
+    def _restore(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
+        """Become fitted from :meth:`fitted_tensors` output and :meth:`get_extra_state` output."""
+        raise NotImplementedError
+
+
+class SoftmaxCalibrator(Calibrator):
+    """Base of the calibrators that map a softmax classifier's K scores to K calibrated logits.
+
+    Inputs of every softmax shape are accepted, as for :class:`~torchcal.TemperatureScaler`:
+    (N, K) with (N,) labels, dense (N, K, *spatial) maps, token sequences (B, L, V), with labels
+    equal to ``ignore_index`` left out. The calibrated logits are log-probabilities (or scores
+    whose softmax is the calibrated distribution) with the classes where they were.
+
+    Subclasses register their fitted values as buffers in ``__init__`` (any shape; loading a state
+    dict resizes them) and implement :meth:`_fit_rows`, :meth:`_calibrate` and :meth:`head`.
+
+    Args:
+        model: the trained classifier; ``None`` to calibrate logits directly.
+        class_dim: the class dimension of the logits; ``None`` infers it from the labels' shape.
+        ignore_index: label value to leave out (default -100, as in ``F.cross_entropy``).
+        inputs: ``"logits"``, or ``"probs"`` when only probabilities are at hand (they are used as
+            log-probabilities).
+        n_bins: equal-width bins of the ECE reported in :attr:`fit_result`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        class_dim: int | None = None,
+        ignore_index: int | None = -100,
+        inputs: str = "logits",
+        n_bins: int = 15,
+    ) -> None:
+        super().__init__()
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
+        self.model = model
+        self.class_dim = class_dim
+        self.ignore_index = ignore_index
+        self.inputs = check_choice(inputs, "inputs", INPUTS)
+        self.n_bins = check_positive_int(n_bins, "n_bins")
+        self.fit_result: CalibratorFitResult | None = None
+        self._fitted = False
+        self._fitted_class_dim = -1
+        self._n_classes = 0
+
+    # ------------------------------------------------------------------------- subclass hooks
+    def _fit_rows(self, logits: Tensor, labels: Tensor) -> tuple[int, bool]:
+        """Fit on (M, K) validated logits and (M,) labels; return (iterations, converged)."""
+        raise NotImplementedError
+
+    def _calibrate(self, logits: Tensor) -> Tensor:
+        """Calibrated logits for logits with the classes in the last dimension."""
+        raise NotImplementedError
+
+    def head(self) -> nn.Module:
+        """A pure-tensor module doing :meth:`_calibrate` with a snapshot of the fitted values."""
+        raise NotImplementedError
+
+    def _hyperparameters(self) -> dict[str, Any]:
+        """Subclass constructor options beyond the shared ones (for :meth:`options`)."""
+        return {}
+
+    # ------------------------------------------------------------------------- state
+    def options(self) -> dict[str, Any]:
+        return {
+            "class_dim": self.class_dim,
+            "ignore_index": self.ignore_index,
+            "inputs": self.inputs,
+            "n_bins": self.n_bins,
+            **self._hyperparameters(),
+        }
+
+    def _own_buffers(self) -> dict[str, Tensor]:
+        return {name: buffer for name, buffer in self.named_buffers(recurse=False)}
+
+    def fitted_tensors(self) -> dict[str, Tensor]:
+        self._check_fitted()
+        return {name: buffer.detach().cpu().clone() for name, buffer in self._own_buffers().items()}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "torchcal_version": __version__,
+            "fitted": self._fitted,
+            "fit_result": None if self.fit_result is None else self.fit_result.to_dict(),
+            "class_dim": self._fitted_class_dim,
+            "n_classes": self._n_classes,
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        result = state.get("fit_result")
+        self.fit_result = None if result is None else CalibratorFitResult.from_dict(result)
+        self._fitted = bool(state.get("fitted", False))
+        self._fitted_class_dim = int(state.get("class_dim", -1))
+        self._n_classes = int(state.get("n_classes", 0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        for name, buffer in self._own_buffers().items():
+            stored = state_dict.get(prefix + name)
+            if isinstance(stored, Tensor) and stored.shape != buffer.shape:
+                setattr(self, name, torch.empty_like(stored, device=buffer.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _restore(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
+        for name, buffer in self._own_buffers().items():
+            if name not in tensors:
+                raise ValueError(f"the saved {self.kind} calibrator has no tensor {name!r}")
+            setattr(self, name, tensors[name].to(buffer.device))
+        self.set_extra_state(state)
+
+    def _set_buffer(self, name: str, value: Tensor) -> None:
+        """Store a fitted value as the float32 buffer ``name`` on the buffer's device."""
+        device = getattr(self, name).device
+        setattr(self, name, value.detach().to(device=device, dtype=torch.float32).clone())
+
+    # ------------------------------------------------------------------------- fit
+    def fit(
+        self,
+        data: Tensor | Iterable[Any],
+        labels: Tensor | None = None,
+        *,
+        progress: bool | None = None,
+    ) -> SoftmaxCalibrator:
+        """Fit on ``(logits, labels)`` tensors or on a loader of ``(inputs, labels)`` batches.
+
+        With a loader the wrapped model runs in eval mode under ``torch.no_grad()`` on its own
+        device, and every submodule's mode is restored afterwards. Returns ``self``.
+        """
+        logits, labels = logits_and_labels(self.model, data, labels, progress=progress)
+        rows = to_rows(
+            logits,
+            labels,
+            activation="softmax",
+            class_dim=self.class_dim,
+            ignore_index=self.ignore_index,
+            inputs=self.inputs,
+        )
+        # One validating pass (NaN/inf, probabilities given as logits) that also yields the
+        # uncalibrated NLL and top-label confidences.
+        uncalibrated = SoftmaxTemperatureNLL(rows.logits, rows.labels)
+        with torch.no_grad():
+            iterations, converged = self._fit_rows(rows.logits, rows.labels)
+        self._fitted_class_dim = -1 if rows.class_dim is None else rows.class_dim
+        self._n_classes = rows.logits.shape[1]
+        self._fitted = True
+        probs = torch.softmax(self._calibrate(rows.logits), dim=-1)
+        bins_before = top_label_bins(
+            uncalibrated.initial.confidences, uncalibrated.top1_correct, self.n_bins
+        )
+        self.fit_result = CalibratorFitResult(
+            method=self.kind,
+            nll_before=uncalibrated.initial.nll,
+            nll_after=float(negative_log_likelihood(probs, rows.labels)),
+            ece_before=float(bins_before.calibration_error()),
+            ece_after=float(expected_calibration_error(probs, rows.labels, n_bins=self.n_bins)),
+            n_samples=rows.logits.shape[0],
+            n_parameters=sum(t.numel() for t in self._own_buffers().values()),
+            iterations=iterations,
+            converged=converged,
+        )
+        if not converged:
+            warnings.warn(
+                f"the {self.kind} fit stopped after {iterations} iterations without converging; "
+                "its parameters may be inexact",
+                CalibrationWarning,
+                stacklevel=2,
+            )
+        return self
+
+    # ------------------------------------------------------------------------- use
+    def forward(self, inputs: Any) -> Tensor:
+        """Calibrated logits of ``model(inputs)`` (or of ``inputs`` without a model)."""
+        self._check_fitted()
+        logits = inputs if self.model is None else self.model(inputs)
+        class_dim = self._fitted_class_dim
+        if logits.ndim < -class_dim or logits.shape[class_dim] != self._n_classes:
+            raise ValueError(
+                f"this {type(self).__name__} was fitted on {self._n_classes} classes in dim "
+                f"{class_dim}, but got logits of shape {tuple(logits.shape)}"
+            )
+        return self._calibrate(logits.movedim(class_dim, -1)).movedim(-1, class_dim)
+
+    def predict_proba(self, inputs: Any) -> Tensor:
+        """Calibrated probabilities: the softmax of :meth:`forward` over the class dimension."""
+        return torch.softmax(self(inputs), dim=self._fitted_class_dim)
+
+    def export(self, output: str = "logits") -> CalibratedModel:
+        """An inference-only module: the wrapped model, then :meth:`head` (a snapshot).
+
+        ``output="logits"`` gives calibrated logits, ``"probs"`` their softmax over dim 1; the
+        export expects (N, K) logits. It works with ``torch.jit.script``, ``torch.export.export``
+        and ``torch.onnx.export``.
+        """
+        self._check_fitted()
+        return CalibratedModel(self.model, self.head(), output)
