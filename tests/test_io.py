@@ -72,7 +72,7 @@ def test_a_scaler_loaded_from_a_state_dict_without_fit_result_saves_and_loads(tm
 def test_an_unfitted_scaler_cannot_be_saved(tmp_path):
     with pytest.raises(NotFittedError):
         torchcal.save(TemperatureScaler(), tmp_path / "t.safetensors")
-    with pytest.raises(TypeError, match="save expects a torchcal calibrator .*got Linear"):
+    with pytest.raises(TypeError, match=r"save expects a torchcal calibrator .*got Linear"):
         torchcal.save(nn.Linear(2, 2), tmp_path / "t.safetensors")
 
 

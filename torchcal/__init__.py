@@ -13,12 +13,14 @@ Example:
 
 from torchcal import metrics
 from torchcal._version import __version__
+from torchcal.calibrator import Calibrator, SoftmaxCalibrator
 from torchcal.collect import collect_logits
+from torchcal.compare import Comparison, compare
 from torchcal.distill import distillation_loss
 from torchcal.errors import CalibrationWarning, NotFittedError
 from torchcal.export import CalibratedModel, TemperatureHead
 from torchcal.io import load, save
-from torchcal.result import FitResult
+from torchcal.result import CalibratorFitResult, FitResult
 from torchcal.sampling import sample
 from torchcal.selective import (
     EscalationThreshold,
@@ -34,16 +36,21 @@ from torchcal.tempered import log_softmax, softmax
 __all__ = [
     "CalibratedModel",
     "CalibrationWarning",
+    "Calibrator",
+    "CalibratorFitResult",
+    "Comparison",
     "EscalationThreshold",
     "FitResult",
     "NotFittedError",
     "RiskCoverageCurve",
+    "SoftmaxCalibrator",
     "TemperatureHead",
     "TemperatureScaler",
     "TemperatureSweep",
     "__version__",
     "aurc",
     "collect_logits",
+    "compare",
     "distillation_loss",
     "escalation_threshold",
     "load",

@@ -1,4 +1,4 @@
-"""The ``torchcal`` command: ``demo``, ``fit`` and ``report``.
+"""The ``torchcal`` command: ``demo``, ``fit``, ``report`` and ``compare``.
 
 Example:
     >>> main(["--version"])  # doctest: +ELLIPSIS
@@ -28,17 +28,19 @@ measure calibration (accuracy, NLL, ECE, MCE, Brier with 95% bootstrap intervals
   torchcal demo                             train, calibrate and report on bundled digits data
   torchcal fit val_logits.pt val_labels.pt -o scaler.pt
   torchcal report test_logits.npy test_labels.npy --scaler scaler.pt
+  torchcal compare val_logits.npy val_labels.npy test_logits.npy test_labels.npy
 
 Logits are (N, K) float arrays and labels (N,) integer class indices, saved as .pt, .npy,
 .npz or .safetensors (use --logits-key/--labels-key when a file holds several arrays).
 """
 
 
-def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("logits", type=Path, help="(N, K) logits file")
-    parser.add_argument("labels", type=Path, help="(N,) integer labels file")
-    parser.add_argument("--logits-key", help="array name inside the logits file")
-    parser.add_argument("--labels-key", help="array name inside the labels file")
+def _data_arguments(parser: argparse.ArgumentParser, splits: tuple[str, ...] = ("",)) -> None:
+    for split in splits:
+        parser.add_argument(f"{split}logits", type=Path, help=f"(N, K) {split}logits file")
+        parser.add_argument(f"{split}labels", type=Path, help=f"(N,) integer {split}labels file")
+    parser.add_argument("--logits-key", help="array name inside the logits file(s)")
+    parser.add_argument("--labels-key", help="array name inside the labels file(s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,18 +77,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the diagram and report go (default: ./torchcal-report)",
     )
     report.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+
+    compare = commands.add_parser(
+        "compare",
+        help="fit every calibrator on a validation split and score each on a test split",
+    )
+    _data_arguments(compare, ("val_", "test_"))
+    compare.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        help="calibrators to compare (default: all of " + ", ".join(_method_names()) + ")",
+    )
+    compare.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    compare.add_argument("--markdown", action="store_true", help="print a markdown table")
     return parser
 
 
-def _load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+def _method_names() -> tuple[str, ...]:
+    from torchcal.compare import DEFAULT_METHODS
+
+    return DEFAULT_METHODS
+
+
+def _load_data(args: argparse.Namespace, split: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     from torchcal._validation import check_labels, check_logits_matrix
     from torchcal.files import load_tensor
 
+    logits_path, labels_path = getattr(args, f"{split}logits"), getattr(args, f"{split}labels")
     logits = check_logits_matrix(
-        load_tensor(args.logits, args.logits_key), f"logits ({args.logits})"
+        load_tensor(logits_path, args.logits_key), f"logits ({logits_path})"
     )
-    labels = load_tensor(args.labels, args.labels_key)
-    labels = check_labels(labels, logits.shape[0], logits.shape[1], f"labels ({args.labels})")
+    labels = load_tensor(labels_path, args.labels_key)
+    labels = check_labels(labels, logits.shape[0], logits.shape[1], f"labels ({labels_path})")
     return logits, labels
 
 
@@ -143,7 +166,23 @@ def _report(args: argparse.Namespace) -> None:
     print(f"\ndiagram: {diagram}\nreport:  {json_path}")
 
 
-COMMANDS = {"demo": _demo, "fit": _fit, "report": _report}
+def _compare(args: argparse.Namespace) -> None:
+    from torchcal.compare import DEFAULT_METHODS, compare
+
+    val_logits, val_labels = _load_data(args, "val_")
+    test_logits, test_labels = _load_data(args, "test_")
+    methods = args.methods or DEFAULT_METHODS
+    comparison = compare(
+        val_logits, val_labels, test_logits, test_labels, methods, n_resamples=args.resamples
+    )
+    print(
+        f"fitted on {val_labels.numel()} validation samples, scored on {test_labels.numel()} "
+        f"test samples, 95% bootstrap intervals ({args.resamples} resamples)"
+    )
+    print(comparison.to_markdown() if args.markdown else comparison)
+
+
+COMMANDS = {"demo": _demo, "fit": _fit, "report": _report, "compare": _compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

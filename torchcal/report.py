@@ -57,14 +57,27 @@ def calibration_summary(
     }
 
 
-def format_table(summaries: dict[str, dict[str, MetricInterval]]) -> str:
-    """A plain-text table: one row per metric, one column per named summary."""
+def format_table(summaries: dict[str, dict[str, MetricInterval]], rows: str = "metrics") -> str:
+    """A plain-text table of named summaries.
+
+    ``rows="metrics"``: one row per metric, one column per name (a before/after report);
+    ``rows="names"``: one row per name, one column per metric (a comparison of many methods).
+    """
     names = list(summaries)
-    width = max(24, *(len(name) + 2 for name in names))
-    lines = ["metric   " + "".join(f"{name:<{width}}" for name in names).rstrip()]
-    for metric in METRICS:
-        cells = "".join(f"{summaries[name][metric]!s:<{width}}" for name in names)
-        lines.append(f"{metric:<9}" + cells.rstrip())
+    if rows == "metrics":
+        width = max(24, *(len(name) + 2 for name in names))
+        lines = ["metric   " + "".join(f"{name:<{width}}" for name in names).rstrip()]
+        for metric in METRICS:
+            cells = "".join(f"{summaries[name][metric]!s:<{width}}" for name in names)
+            lines.append(f"{metric:<9}" + cells.rstrip())
+        return "\n".join(lines)
+    if rows != "names":
+        raise ValueError(f"rows must be 'metrics' or 'names', got {rows!r}")
+    first = max(len("method"), *(len(name) for name in names)) + 2
+    lines = [f"{'method':<{first}}" + "".join(f"{metric:<26}" for metric in METRICS).rstrip()]
+    for name in names:
+        cells = "".join(f"{summaries[name][metric]!s:<26}" for metric in METRICS)
+        lines.append(f"{name:<{first}}" + cells.rstrip())
     return "\n".join(lines)
 
 
