@@ -44,7 +44,7 @@ def files(tmp_path_factory):
 def test_help_lists_the_commands():
     result = torchcal("--help")
     assert result.returncode == 0
-    for command in ("demo", "fit", "report"):
+    for command in ("demo", "fit", "report", "compare"):
         assert command in result.stdout
 
 
@@ -97,3 +97,33 @@ def test_bad_inputs_end_in_one_clear_line(files, tmp_path):
         "report", folder / "logits.pt", folder / "labels.npy", "--scaler", tmp_path / "junk.pt"
     )
     one_line_error(report, "scaler")
+
+
+def test_compare_prints_one_row_per_method_with_the_library_values(files):
+    folder, logits, labels = files
+    np.save(folder / "val_labels.npy", labels[:1000].numpy())
+    np.save(folder / "test_labels.npy", labels[1000:].numpy())
+    torch.save(logits[:1000], folder / "val_logits.pt")
+    torch.save(logits[1000:], folder / "test_logits.pt")
+    result = torchcal(
+        "compare",
+        *(folder / name for name in ("val_logits.pt", "val_labels.npy")),
+        *(folder / name for name in ("test_logits.pt", "test_labels.npy")),
+        "--methods", "temperature", "isotonic", "--resamples", "50", "--markdown",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")][2:]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "uncalibrated",
+        "temperature",
+        "isotonic",
+    ]
+    from torchcal import compare
+
+    expected = compare(logits[:1000], labels[:1000], logits[1000:], labels[1000:],
+                       ["temperature", "isotonic"], n_resamples=50)  # fmt: skip
+    for row, (name, summary) in zip(rows, expected.summaries.items(), strict=True):
+        assert f"| {summary['NLL']} |" in row and f"| {summary['ECE']} |" in row, name
+    unknown = torchcal("compare", *(folder / "val_logits.pt", folder / "val_labels.npy") * 2,
+                       "--methods", "bogus")  # fmt: skip
+    assert unknown.returncode == 1 and "unknown calibration method 'bogus'" in unknown.stderr

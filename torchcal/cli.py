@@ -23,7 +23,9 @@ __all__ = ["main"]
 
 DESCRIPTION = """\
 Temperature scaling for classifiers: fit T so that softmax(logits / T) is calibrated, and
-measure calibration (accuracy, NLL, ECE, MCE, Brier with 95% bootstrap intervals).
+measure calibration (accuracy, NLL, ECE, MCE, Brier with 95% bootstrap intervals); compare it
+with vector, matrix and Dirichlet scaling, ensemble temperature scaling, histogram binning and
+isotonic regression.
 
   torchcal demo                             train, calibrate and report on bundled digits data
   torchcal fit val_logits.pt val_labels.pt -o scaler.pt
@@ -37,8 +39,9 @@ Logits are (N, K) float arrays and labels (N,) integer class indices, saved as .
 
 def _data_arguments(parser: argparse.ArgumentParser, splits: tuple[str, ...] = ("",)) -> None:
     for split in splits:
-        parser.add_argument(f"{split}logits", type=Path, help=f"(N, K) {split}logits file")
-        parser.add_argument(f"{split}labels", type=Path, help=f"(N,) integer {split}labels file")
+        name = {"val_": "validation ", "test_": "test "}.get(split, "")
+        parser.add_argument(f"{split}logits", type=Path, help=f"(N, K) {name}logits file")
+        parser.add_argument(f"{split}labels", type=Path, help=f"(N,) integer {name}labels file")
     parser.add_argument("--logits-key", help="array name inside the logits file(s)")
     parser.add_argument("--labels-key", help="array name inside the labels file(s)")
 
