@@ -96,7 +96,7 @@ def test_bad_inputs_end_in_one_clear_line(files, tmp_path):
     report = torchcal(
         "report", folder / "logits.pt", folder / "labels.npy", "--scaler", tmp_path / "junk.pt"
     )
-    one_line_error(report, "scaler")
+    one_line_error(report, "not a saved calibrator")
 
 
 def test_compare_prints_one_row_per_method_with_the_library_values(files):

@@ -67,12 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     fit = commands.add_parser("fit", help="fit a temperature on validation logits and labels")
     _data_arguments(fit)
     fit.add_argument("-o", "--output", type=Path, required=True, help="where to save the scaler")
+    fit.add_argument(
+        "--method",
+        default="temperature",
+        choices=_method_names(),
+        help="the calibrator to fit (default: temperature)",
+    )
 
     report = commands.add_parser(
         "report", help="calibration table, reliability diagram and JSON for logits and labels"
     )
     _data_arguments(report)
-    report.add_argument("--scaler", type=Path, help="a scaler saved by 'torchcal fit'")
+    report.add_argument(
+        "--scaler", type=Path, help="a calibrator (temperature or another) saved by 'torchcal fit'"
+    )
     report.add_argument(
         "--output-dir",
         type=Path,
@@ -129,11 +137,11 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _fit(args: argparse.Namespace) -> None:
+    from torchcal.calibrator import Calibrator
     from torchcal.files import save_scaler
-    from torchcal.temperature import TemperatureScaler
 
     logits, labels = _load_data(args)
-    scaler = TemperatureScaler().fit(logits, labels, progress=False)
+    scaler = Calibrator.registry[args.method]().fit(logits, labels, progress=False)
     print(scaler.fit_result)
     print(f"saved:   {save_scaler(scaler, args.output)}")
 
@@ -143,6 +151,7 @@ def _report(args: argparse.Namespace) -> None:
     from torchcal.metrics import reliability_bins
     from torchcal.plots import reliability_diagram
     from torchcal.report import calibration_summary, format_table, write_json
+    from torchcal.temperature import TemperatureScaler
 
     logits, labels = _load_data(args)
     probs = {"uncalibrated": torch.softmax(logits.double(), dim=1)}
@@ -150,9 +159,13 @@ def _report(args: argparse.Namespace) -> None:
     if args.scaler is not None:
         scaler = load_scaler(args.scaler)
         with torch.no_grad():
-            probs["calibrated"] = torch.softmax(scaler(logits.double()), dim=1)
-        extra["temperature"] = scaler.temperature
-        print(f"T = {scaler.temperature:.6g} from {args.scaler}")
+            probs["calibrated"] = scaler.predict_proba(logits.double()).double()
+        extra["calibrator"] = scaler.kind
+        if isinstance(scaler, TemperatureScaler):
+            extra["temperature"] = scaler.temperature
+            print(f"T = {scaler.temperature:.6g} from {args.scaler}")
+        else:
+            print(f"{scaler.kind} calibration from {args.scaler}")
     from tqdm.auto import tqdm
 
     summaries = {

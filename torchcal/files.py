@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from torchcal.temperature import TemperatureScaler
+from torchcal.calibrator import Calibrator
 
 __all__ = ["SUFFIXES", "DataFileError", "load_scaler", "load_tensor", "save_scaler"]
 
@@ -79,8 +79,9 @@ def load_tensor(path: str | Path, key: str | None = None) -> Tensor:
         raise DataFileError(f"{path}: cannot read it as {suffix}: {reason}") from error
 
 
-def save_scaler(scaler: TemperatureScaler, path: str | Path) -> Path:
-    """Save a fitted scaler (T, its fit record and options, no model) with :func:`torchcal.save`."""
+def save_scaler(scaler: Calibrator, path: str | Path) -> Path:
+    """Save a fitted calibrator (its values, fit record and options, no model) with
+    :func:`torchcal.save`, creating the folder if needed."""
     from torchcal.io import save
 
     path = Path(path)
@@ -89,8 +90,9 @@ def save_scaler(scaler: TemperatureScaler, path: str | Path) -> Path:
     return path
 
 
-def load_scaler(path: str | Path) -> TemperatureScaler:
-    """A model-less :class:`TemperatureScaler` read by :func:`torchcal.load`."""
+def load_scaler(path: str | Path) -> Calibrator:
+    """A model-less calibrator (a :class:`TemperatureScaler` or another kind) read by
+    :func:`torchcal.load`."""
     from torchcal.io import load
 
     path = Path(path)
@@ -99,4 +101,4 @@ def load_scaler(path: str | Path) -> TemperatureScaler:
     try:
         return load(path)
     except (ValueError, ImportError) as error:
-        raise DataFileError(f"{path}: not a saved temperature scaler: {error}") from error
+        raise DataFileError(f"{path}: not a saved calibrator: {error}") from error
