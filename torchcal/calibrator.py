@@ -135,6 +135,7 @@ class SoftmaxCalibrator(Calibrator):
         self._fitted = False
         self._fitted_class_dim = -1
         self._n_classes = 0
+        self._fit_device: torch.device | None = None
 
     # ------------------------------------------------------------------------- subclass hooks
     def _fit_rows(self, logits: Tensor, labels: Tensor) -> tuple[int, bool]:
@@ -201,8 +202,8 @@ class SoftmaxCalibrator(Calibrator):
         self.set_extra_state(state)
 
     def _set_buffer(self, name: str, value: Tensor) -> None:
-        """Store a fitted value as the float32 buffer ``name`` on the buffer's device."""
-        device = getattr(self, name).device
+        """Store a fitted value as the float32 buffer ``name``, on the device fitted on."""
+        device = self._fit_device or getattr(self, name).device
         setattr(self, name, value.detach().to(device=device, dtype=torch.float32).clone())
 
     # ------------------------------------------------------------------------- fit
@@ -230,6 +231,7 @@ class SoftmaxCalibrator(Calibrator):
         # One validating pass (NaN/inf, probabilities given as logits) that also yields the
         # uncalibrated NLL and top-label confidences.
         uncalibrated = SoftmaxTemperatureNLL(rows.logits, rows.labels)
+        self._fit_device = rows.logits.device  # fitted values live where the logits are
         with torch.no_grad():
             iterations, converged = self._fit_rows(rows.logits, rows.labels)
         self._fitted_class_dim = -1 if rows.class_dim is None else rows.class_dim
