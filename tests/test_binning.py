@@ -251,6 +251,20 @@ def test_dense_inputs_and_half_precision(cls):
     assert torch.allclose(half, calibrator._calibrate(logits[:32].half().float()))
 
 
+@pytest.mark.parametrize("cls", [HistogramBinning, IsotonicCalibrator])
+def test_the_head_is_a_snapshot_that_torchscript_compiles(cls):
+    logits, labels, test_logits, _ = split(k=4, seed=10)
+    calibrator = cls().fit(logits, labels, progress=False)
+    head = calibrator.head()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in torch 2.13
+        scripted = torch.jit.script(head)
+    assert torch.equal(scripted(test_logits), calibrator(test_logits))
+    assert list(head.parameters()) == []
+    calibrator.fit(test_logits, labels[: len(test_logits)], progress=False)  # refit: head unchanged
+    assert torch.equal(head(test_logits), scripted(test_logits))
+
+
 def test_options_rebuild_and_bins_are_checked():
     binning = HistogramBinning(bins=10, n_bins=20)
     assert binning.options()["bins"] == 10 and binning.options()["n_bins"] == 20

@@ -189,6 +189,19 @@ def test_a_temperature_at_its_bound_warns():
     assert ets.temperature == pytest.approx(2.0)
 
 
+def test_the_head_is_a_snapshot_that_torchscript_compiles():
+    logits, labels = mixture_problem(2_000, 5, seed=7)
+    ets = EnsembleTemperatureScaler().fit(logits, labels, progress=False)
+    head = ets.head()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in torch 2.13
+        scripted = torch.jit.script(head)
+    assert torch.equal(scripted(logits), ets(logits))
+    assert [name for name, _ in head.named_buffers()] == ["temperature", "weights"]
+    ets.fit(logits * 2, labels, progress=False)  # refitting leaves the head as it was
+    assert torch.equal(head(logits), scripted(logits))
+
+
 def test_options_rebuild_the_calibrator_and_bad_options_are_rejected():
     ets = EnsembleTemperatureScaler(loss="nll", temperature_bounds=(0.1, 10.0), tol=1e-7)
     options = ets.options()

@@ -1,9 +1,8 @@
 """One-vs-rest histogram binning and isotonic regression on softmax probabilities.
 
-Both calibrators work on ``p = softmax(z)`` class by class: for each class k they fit a
-non-decreasing-in-evidence map ``g_k`` from ``p_k`` to ``P(y = k)`` on the validation rows
-(Zadrozny & Elkan 2001, 2002), apply every ``g_k`` to its own class probability, and renormalise
-the K outputs so that they sum to 1:
+Both calibrators work on ``p = softmax(z)`` class by class: for each class k they fit a map
+``g_k`` from ``p_k`` to ``P(y = k)`` on the validation rows (Zadrozny & Elkan 2001, 2002), apply
+every ``g_k`` to its own class probability, and renormalise the K outputs so they sum to 1:
 
     q_k = max(g_k(p_k), PROBABILITY_FLOOR),    calibrated p_k = q_k / sum_j q_j .
 
@@ -103,22 +102,32 @@ class HistogramHead(nn.Module):
 def count_at_or_below(thresholds: Tensor, columns: Tensor) -> Tensor:
     """How many of each class's sorted ``thresholds`` (K, M) are <= each of ``columns`` (K, N).
 
-    The same as ``torch.searchsorted(thresholds, columns, right=True)``, computed by a binary
-    search unrolled into ``ceil(log2(M + 1))`` gathers and comparisons, because ``searchsorted``
-    has no ONNX translation: every export route sees only ``gather``, comparisons and ``where``,
-    in O(K N) memory and O(K N log M) time.
+    The same as ``torch.searchsorted(thresholds, columns, right=True)``, which has no ONNX
+    translation, computed instead by a binary search unrolled into ``ceil(log2(M + 1))`` rounds
+    of one gather, one comparison and one addition, over the thresholds padded with ``+inf`` to
+    ``2^rounds - 1``. Every export route sees only those plain ops, in O(K N) memory; the price is
+    time on CPU, about 2.5x ``searchsorted``'s (each round is a pass over the (K, N) values).
     """
     size = thresholds.shape[-1]
-    steps = 0
-    while (1 << steps) <= size:
-        steps += 1
-    position = torch.zeros(columns.shape, dtype=torch.long, device=columns.device)
-    for level in range(steps - 1, -1, -1):
-        candidate = position + (1 << level)  # take it if thresholds[candidate - 1] <= x
-        index = (candidate - 1).clamp(max=size - 1)
-        accept = (candidate <= size) & (thresholds.gather(1, index) <= columns)
-        position = torch.where(accept, candidate, position)
-    return position
+    rounds = 0
+    while (1 << rounds) <= size:
+        rounds += 1
+    padding = (1 << rounds) - 1 - size
+    knots = thresholds
+    if padding > 0:
+        fill = torch.full(
+            (thresholds.shape[0], padding),
+            float("inf"),
+            dtype=thresholds.dtype,
+            device=thresholds.device,
+        )
+        knots = torch.cat([thresholds, fill], dim=1)
+    # last index known to hold a knot <= x (-1: none yet); each round tests one more bit
+    last = torch.full(columns.shape, -1, dtype=torch.long, device=columns.device)
+    for level in range(rounds - 1, -1, -1):
+        step = 1 << level
+        last = last.add(knots.gather(1, last + step) <= columns, alpha=step)
+    return last + 1
 
 
 def isotonic_map(probs: Tensor, thresholds: Tensor, values: Tensor) -> Tensor:
@@ -164,7 +173,7 @@ class IsotonicHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------- calibrators
-def _warn_about_absent_classes(labels: Tensor, n_classes: int, kind: str) -> None:
+def _warn_about_absent_classes(labels: Tensor, n_classes: int, kind: str, stacklevel: int) -> None:
     counts = torch.bincount(labels, minlength=n_classes)
     absent = (counts == 0).nonzero().squeeze(1).tolist()
     if absent:
@@ -174,7 +183,7 @@ def _warn_about_absent_classes(labels: Tensor, n_classes: int, kind: str) -> Non
             f"(class {shown}): the {kind} map of such a class is 0 wherever it has data, so its "
             "calibrated probability ends near the floor; validate on data with every class",
             CalibrationWarning,
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
 
 
@@ -234,7 +243,7 @@ class HistogramBinning(SoftmaxCalibrator):
 
     def _fit_rows(self, logits: Tensor, labels: Tensor) -> tuple[int, bool]:
         n_classes = logits.shape[1]
-        _warn_about_absent_classes(labels, n_classes, "histogram")
+        _warn_about_absent_classes(labels, n_classes, "histogram", stacklevel=4)
         probs = torch.softmax(_compute(logits), dim=-1)
         index = (probs * self.bins).floor().clamp(0, self.bins - 1).long()
         # flat (class, bin) index of every probability; its positives are the label's column
@@ -341,7 +350,7 @@ class IsotonicCalibrator(SoftmaxCalibrator):
     def _fit_rows(self, logits: Tensor, labels: Tensor) -> tuple[int, bool]:
         isotonic_regression = _isotonic_regression()
         n_classes = logits.shape[1]
-        _warn_about_absent_classes(labels, n_classes, "isotonic")
+        _warn_about_absent_classes(labels, n_classes, "isotonic", stacklevel=5)
         # float32 probabilities (for non-float64 logits) passed as exact float64 values: the
         # knots are then float32 numbers, stored without rounding
         probs = torch.softmax(_compute(logits), dim=-1).double().cpu().numpy()

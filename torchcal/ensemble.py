@@ -6,13 +6,16 @@ The calibrated distribution is a convex combination of three softmax outputs,
 
 the temperature-scaled, the uncalibrated and the uniform distribution. T is fitted first, by
 torchcal's exact temperature scaling (the NLL optimum, as :class:`~torchcal.TemperatureScaler`
-finds it), then the weights with T held fixed. Every component ranks the classes as the logits
-do, so the predicted class never changes.
+finds it), then the weights with T held fixed. (The authors' reference code fits T by the same
+mean squared error as the weights; torchcal keeps the standard NLL temperature, so that the
+first component is exactly the temperature-scaled model.) Every component ranks the classes as
+the logits do, so the predicted class never changes.
 
 The weights minimise, over the simplex, either
 
-* ``loss="mse"`` (default, the authors' reference implementation): the Brier score
-  ``mean_i sum_k (p_ik - 1[y_i = k])^2``, a convex quadratic in w; or
+* ``loss="mse"`` (default, as in the authors' reference implementation): the Brier score
+  ``mean_i sum_k (p_ik - 1[y_i = k])^2``, a convex quadratic in w (their code averages over
+  classes too, which divides it by K and has the same minimiser); or
 * ``loss="nll"``: the mean negative log-likelihood ``-mean_i log p_i,y_i``, convex in w.
 
 Both are solved exactly in float64 by Newton's method on the simplex: each step minimises the
@@ -298,7 +301,7 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
                 f"{held:g} (see TemperatureScaler for what this says about the data); the weights "
                 "were fitted with that T",
                 CalibrationWarning,
-                stacklevel=4,
+                stacklevel=3,
             )
         weights, iterations, converged = fit_weights(
             logits, labels, solution.temperature, self.loss, self.max_iter
