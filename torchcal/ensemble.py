@@ -1,0 +1,319 @@
+"""Ensemble temperature scaling (Zhang, Kailkhura & Han 2020, "Mix-n-Match", ICML).
+
+The calibrated distribution is a convex combination of three softmax outputs,
+
+    p = w1 * softmax(z / T) + w2 * softmax(z) + w3 * (1 / K),    w >= 0, w1 + w2 + w3 = 1,
+
+the temperature-scaled, the uncalibrated and the uniform distribution. T is fitted first, by
+torchcal's exact temperature scaling (the NLL optimum, as :class:`~torchcal.TemperatureScaler`
+finds it), then the weights with T held fixed. (The authors' reference code fits T by the same
+mean squared error as the weights; torchcal keeps the standard NLL temperature, so that the
+first component is exactly the temperature-scaled model.) Every component ranks the classes as
+the logits do, so the predicted class never changes.
+
+The weights minimise, over the simplex, either
+
+* ``loss="mse"`` (default, as in the authors' reference implementation): the Brier score
+  ``mean_i sum_k (p_ik - 1[y_i = k])^2``, a convex quadratic in w (their code averages over
+  classes too, which divides it by K and has the same minimiser); or
+* ``loss="nll"``: the mean negative log-likelihood ``-mean_i log p_i,y_i``, convex in w.
+
+Both are solved exactly in float64 by Newton's method on the simplex: each step minimises the
+local quadratic model over the triangle in closed form (the best of its seven faces: three
+vertices, three edges and the interior), followed by a backtracking line search. For the Brier
+score the model is exact and one step lands on the optimum. The fit stops when the Frank-Wolfe
+gap ``g.w - min_j g_j`` (an upper bound on the distance to the optimal objective value, zero
+exactly at a KKT point) is below :data:`WEIGHT_GAP_TOL`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from torchcal._objective import SoftmaxTemperatureNLL, default_chunk_elements
+from torchcal._solver import solve_temperature
+from torchcal._validation import check_choice, check_positive_finite, check_positive_int
+from torchcal.calibrator import SoftmaxCalibrator
+from torchcal.errors import CalibrationWarning
+
+LOSSES = ("mse", "nll")
+#: Frank-Wolfe gap (objective units) at which the weight fit counts as converged.
+WEIGHT_GAP_TOL = 1e-12
+
+
+def ensemble_temperature_calibrate(logits: Tensor, temperature: Tensor, weights: Tensor) -> Tensor:
+    """``log(w1 softmax(z/T) + w2 softmax(z) + w3/K)`` over the last dimension of ``logits``.
+
+    Computed as a log-sum-exp of the three weighted log-probabilities, so it stays finite (and
+    accurate) where the probabilities underflow; a zero weight drops its component.
+    """
+    z = logits if logits.dtype == torch.float64 else logits.float()
+    log_weights = weights.to(z.dtype).log()
+    scaled = torch.log_softmax(z / temperature.to(z.dtype), dim=-1) + log_weights[0]
+    plain = torch.log_softmax(z, dim=-1) + log_weights[1]
+    uniform = torch.zeros_like(z) + (log_weights[2] - math.log(z.shape[-1]))
+    top = torch.maximum(torch.maximum(scaled, plain), uniform)  # finite: the weights sum to 1
+    total = (scaled - top).exp() + (plain - top).exp() + (uniform - top).exp()
+    return top + total.log()
+
+
+class EnsembleTemperatureHead(nn.Module):
+    """Ensemble temperature scaling with a fixed T and weights, held as buffers (a snapshot)."""
+
+    def __init__(self, temperature: Tensor, weights: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("temperature", temperature.detach().clone())
+        self.register_buffer("weights", weights.detach().clone())
+
+    def forward(self, logits: Tensor) -> Tensor:
+        return ensemble_temperature_calibrate(logits, self.temperature, self.weights)
+
+
+# ----------------------------------------------------------------------------- the weight fit
+def minimise_quadratic_on_simplex(hessian: np.ndarray, linear: np.ndarray) -> np.ndarray:
+    """The exact minimiser of ``w.H.w / 2 + c.w`` over ``{w >= 0, w1 + w2 + w3 = 1}``.
+
+    ``H`` (3, 3) must be positive semi-definite. A convex quadratic attains its minimum over the
+    triangle at the unconstrained minimiser of one of its faces (three vertices, three edges,
+    the interior), so the best feasible face minimiser is the answer. Faces on which the
+    quadratic is flat or singular are skipped: their minimum is also attained on their boundary.
+
+    Example:
+        >>> minimise_quadratic_on_simplex(np.eye(3), np.array([0.0, 0.0, -1.0])).round(6)
+        array([0., 0., 1.])
+        >>> minimise_quadratic_on_simplex(np.eye(3), np.zeros(3)).round(6)
+        array([0.333333, 0.333333, 0.333333])
+    """
+
+    def value(w: np.ndarray) -> float:
+        return float(0.5 * w @ hessian @ w + linear @ w)
+
+    candidates = [np.eye(3)[i] for i in range(3)]
+    for i, j in ((0, 1), (0, 2), (1, 2)):  # edges e_i + t (e_j - e_i), 0 < t < 1
+        start, direction = np.eye(3)[i], np.eye(3)[j] - np.eye(3)[i]
+        curvature = float(direction @ hessian @ direction)
+        slope = float(direction @ (hessian @ start + linear))
+        if curvature > 0 and 0 < -slope / curvature < 1:
+            candidates.append(start - slope / curvature * direction)
+    # interior: w = e3 + B u with B = [e1 - e3, e2 - e3], u = (w1, w2)
+    basis = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    reduced = basis.T @ hessian @ basis
+    gradient = basis.T @ (hessian @ np.eye(3)[2] + linear)
+    if np.linalg.det(reduced) > 1e-14 * max(1.0, float(np.abs(reduced).max())) ** 2:
+        inner = np.eye(3)[2] + basis @ np.linalg.solve(reduced, -gradient)
+        if bool((inner > 0).all()):
+            candidates.append(inner)
+    return min(candidates, key=value)
+
+
+def frank_wolfe_gap(gradient: np.ndarray, weights: np.ndarray) -> float:
+    """``g.w - min_j g_j`` >= 0: zero exactly when ``w`` satisfies the simplex KKT conditions."""
+    return float(gradient @ weights - gradient.min())
+
+
+class _WeightObjective:
+    """The weight objective of one loss, from the three components' statistics (float64)."""
+
+    def __init__(self, logits: Tensor, labels: Tensor, beta: float, loss: str) -> None:
+        self.loss = loss
+        n_rows, n_classes = logits.shape
+        chunk = max(1, default_chunk_elements(logits.device) // n_classes)
+        sums = torch.zeros(5, dtype=torch.float64, device=logits.device)
+        label_columns = []
+        for start in range(0, n_rows, chunk):
+            z = logits[start : start + chunk].double()
+            y = labels[start : start + chunk, None].to(z.device)
+            scaled, plain = torch.softmax(z * beta, dim=1), torch.softmax(z, dim=1)
+            if loss == "mse":  # sums over rows and classes of a^2, a b, b^2, a, b
+                sums += torch.stack(
+                    [
+                        scaled.square().sum(),
+                        (scaled * plain).sum(),
+                        plain.square().sum(),
+                        scaled.sum(),
+                        plain.sum(),
+                    ]
+                )
+            label_columns.append(torch.cat([scaled.gather(1, y), plain.gather(1, y)], dim=1))
+        # each component's probability of the label, (N, 3): softmax(z/T), softmax(z), 1/K
+        at_label = torch.cat(label_columns)
+        self.at_label = torch.cat([at_label, torch.full_like(at_label[:, :1], 1.0 / n_classes)], 1)
+        aa, ab, bb, a, b = (sums / n_rows).tolist()
+        u = 1.0 / n_classes
+        # mean_i sum_k v_ik v_ik^T with v_ik = (a_ik, b_ik, 1/K): the Brier score's Hessian / 2
+        self.gram = np.array([[aa, ab, a * u], [ab, bb, b * u], [a * u, b * u, u]])
+        self.label_mean = self.at_label.mean(dim=0).cpu().numpy()
+
+    def value(self, weights: np.ndarray) -> float:
+        if self.loss == "mse":
+            return float(weights @ self.gram @ weights - 2 * self.label_mean @ weights + 1.0)
+        at_label = self.at_label @ torch.from_numpy(weights).to(self.at_label.device)
+        return float(-at_label.log().mean())
+
+    def derivatives(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gradient (3,) and Hessian (3, 3) at ``weights``."""
+        if self.loss == "mse":
+            return 2 * self.gram @ weights - 2 * self.label_mean, 2 * self.gram
+        mixed = self.at_label @ torch.from_numpy(weights).to(self.at_label.device)
+        scaled = self.at_label / mixed[:, None]
+        gradient = -scaled.mean(dim=0)
+        hessian = scaled.T @ scaled / scaled.shape[0]
+        return gradient.cpu().numpy(), hessian.cpu().numpy()
+
+
+def fit_weights(
+    logits: Tensor, labels: Tensor, temperature: float, loss: str, max_iter: int
+) -> tuple[np.ndarray, int, bool]:
+    """The simplex weights minimising ``loss`` for a fixed T: (weights, iterations, converged).
+
+    Newton's method on the simplex (see the module docstring), from the centre of the simplex,
+    where every row's mixture probability is at least 1 / (3 K) so the NLL is finite.
+    """
+    objective = _WeightObjective(logits, labels, 1.0 / temperature, loss)
+    weights = np.full(3, 1.0 / 3.0)
+    current = objective.value(weights)
+    for iteration in range(1, max_iter + 1):
+        gradient, hessian = objective.derivatives(weights)
+        if frank_wolfe_gap(gradient, weights) <= WEIGHT_GAP_TOL:
+            return weights, iteration - 1, True
+        target = minimise_quadratic_on_simplex(hessian, gradient - hessian @ weights)
+        direction = target - weights
+        slope = float(gradient @ direction)
+        if not slope < 0:  # the model predicts no descent: stationary to rounding
+            return weights, iteration, frank_wolfe_gap(gradient, weights) <= 1e-9
+        step = 1.0
+        while step > 1e-12:
+            trial = np.clip(weights + step * direction, 0.0, None)
+            trial /= trial.sum()
+            value = objective.value(trial)
+            if value <= current + 1e-4 * step * slope:
+                break
+            step /= 2
+        else:
+            return weights, iteration, frank_wolfe_gap(gradient, weights) <= 1e-9
+        weights, current = trial, value
+    gradient, _ = objective.derivatives(weights)
+    return weights, max_iter, frank_wolfe_gap(gradient, weights) <= WEIGHT_GAP_TOL
+
+
+# ----------------------------------------------------------------------------- the calibrator
+class EnsembleTemperatureScaler(SoftmaxCalibrator):
+    """Ensemble temperature scaling: mix temperature-scaled, raw and uniform probabilities.
+
+    ``p = w1 softmax(z / T) + w2 softmax(z) + w3 / K`` with ``w`` on the simplex (Zhang et al.,
+    2020). T is the exact NLL temperature of :class:`~torchcal.TemperatureScaler` (same solver,
+    same defaults, so the same T); the weights then minimise the Brier score (``loss="mse"``,
+    the authors' reference implementation) or the NLL (``loss="nll"``) exactly, in float64. The
+    calibrated logits are ``log p``. The predicted class never changes. See the module docstring.
+
+    Args:
+        model: the trained classifier; ``None`` to calibrate logits directly.
+        loss: ``"mse"`` (Brier score) or ``"nll"``: the objective of the weights.
+        temperature_bounds: the range T is kept in; an optimum beyond it ends at the bound with a
+            :class:`~torchcal.errors.CalibrationWarning`.
+        tol: relative accuracy of T (the weights are solved to float64 precision).
+        max_iter: iteration limit of the temperature solver and of the weight solver.
+        class_dim, ignore_index, inputs, n_bins: as for
+            :class:`~torchcal.calibrator.SoftmaxCalibrator`.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.randn(2000, 5) * 4
+        >>> labels = torch.distributions.Categorical(logits=logits / 3).sample()
+        >>> ets = EnsembleTemperatureScaler().fit(logits, labels, progress=False)
+        >>> round(float(ets.weights_.sum()), 6), bool((ets.weights_ >= 0).all())
+        (1.0, True)
+        >>> torch.equal(ets(logits).argmax(dim=1), logits.argmax(dim=1))
+        True
+    """
+
+    kind = "ensemble_temperature"
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        loss: str = "mse",
+        temperature_bounds: tuple[float, float] = (1e-3, 1e3),
+        tol: float = 1e-6,
+        max_iter: int = 100,
+        class_dim: int | None = None,
+        ignore_index: int | None = -100,
+        inputs: str = "logits",
+        n_bins: int = 15,
+    ) -> None:
+        super().__init__(
+            model, class_dim=class_dim, ignore_index=ignore_index, inputs=inputs, n_bins=n_bins
+        )
+        self.loss = check_choice(loss, "loss", LOSSES)
+        low, high = (check_positive_finite(b, "temperature_bounds") for b in temperature_bounds)
+        if not low < high:
+            raise ValueError(
+                f"temperature_bounds must be (low, high) with low < high, got {temperature_bounds}"
+            )
+        self.temperature_bounds = (low, high)
+        self.tol = check_positive_finite(tol, "tol")
+        self.max_iter = check_positive_int(max_iter, "max_iter")
+        self.register_buffer("temperature_", torch.empty(0))
+        self.register_buffer("weights_", torch.empty(0))
+
+    def _hyperparameters(self) -> dict[str, Any]:
+        return {
+            "loss": self.loss,
+            "temperature_bounds": list(self.temperature_bounds),
+            "tol": self.tol,
+            "max_iter": self.max_iter,
+        }
+
+    @property
+    def temperature(self) -> float:
+        """The fitted temperature T of the first component."""
+        self._check_fitted()
+        return float(self.temperature_)
+
+    @property
+    def weights(self) -> tuple[float, float, float]:
+        """The fitted weights (w1, w2, w3) of softmax(z/T), softmax(z) and the uniform."""
+        self._check_fitted()
+        w1, w2, w3 = self.weights_.tolist()
+        return w1, w2, w3
+
+    def _fit_rows(self, logits: Tensor, labels: Tensor) -> tuple[int, bool]:
+        objective = SoftmaxTemperatureNLL(logits, labels)
+        solution = solve_temperature(
+            objective,
+            method="lbfgs",
+            temperature_bounds=self.temperature_bounds,
+            rtol=self.tol,
+            max_iter=self.max_iter,
+        )
+        if solution.bound is not None:
+            low, high = self.temperature_bounds
+            held = low if solution.bound == "lower" else high
+            warnings.warn(
+                f"the ensemble's temperature lies beyond the {solution.bound} bound: T was held at "
+                f"{held:g} (see TemperatureScaler for what this says about the data); the weights "
+                "were fitted with that T",
+                CalibrationWarning,
+                stacklevel=3,
+            )
+        weights, iterations, converged = fit_weights(
+            logits, labels, solution.temperature, self.loss, self.max_iter
+        )
+        self._set_buffer("temperature_", torch.tensor(solution.temperature, dtype=torch.float64))
+        self._set_buffer("weights_", torch.from_numpy(weights))
+        return solution.iterations + iterations, solution.converged and converged
+
+    def _calibrate(self, logits: Tensor) -> Tensor:
+        return ensemble_temperature_calibrate(logits, self.temperature_, self.weights_)
+
+    def head(self) -> nn.Module:
+        """An :class:`EnsembleTemperatureHead` with copies of the fitted T and weights."""
+        self._check_fitted()
+        return EnsembleTemperatureHead(self.temperature_, self.weights_)
