@@ -209,3 +209,24 @@ def test_state_dict_round_trip_into_a_fresh_calibrator(kind, fitted, data):
 def test_logits_of_the_wrong_width_are_refused(kind, fitted):
     with pytest.raises(ValueError, match="5"):
         fitted[kind](torch.randn(4, 7))
+
+
+# ------------------------------------------------------------------ probabilities as inputs
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_calibrator_of_probabilities_takes_probabilities_when_used_and_exported(kind, data):
+    logits, labels = data
+    probs = torch.softmax(logits, dim=1)
+    of_probs = fit_quietly(make(kind, inputs="probs"), probs, labels)
+    of_logits = fit_quietly(make(kind), torch.log_softmax(logits, dim=1), labels)
+    expected = of_logits.predict_proba(torch.log_softmax(logits, dim=1))
+    assert torch.allclose(of_probs.predict_proba(probs), expected, atol=1e-5)
+    assert torch.allclose(of_probs.export("probs")(probs), expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        of_probs(logits)
+
+
+def test_a_sigmoid_scaler_exports_sigmoid_probabilities():
+    logits = torch.randn(400) * 4
+    labels = torch.bernoulli(torch.sigmoid(logits / 2))
+    scaler = torchcal.TemperatureScaler().fit(logits, labels, progress=False)
+    assert torch.allclose(scaler.export("probs")(logits), scaler.predict_proba(logits))

@@ -13,10 +13,12 @@ Example:
 
 from torchcal import metrics
 from torchcal._version import __version__
+from torchcal.binning import HistogramBinning, IsotonicCalibrator
 from torchcal.calibrator import Calibrator, SoftmaxCalibrator
 from torchcal.collect import collect_logits
 from torchcal.compare import Comparison, compare
 from torchcal.distill import distillation_loss
+from torchcal.ensemble import EnsembleTemperatureScaler
 from torchcal.errors import CalibrationWarning, NotFittedError
 from torchcal.export import CalibratedModel, TemperatureHead
 from torchcal.io import load, save
@@ -39,8 +41,11 @@ __all__ = [
     "Calibrator",
     "CalibratorFitResult",
     "Comparison",
+    "EnsembleTemperatureScaler",
     "EscalationThreshold",
     "FitResult",
+    "HistogramBinning",
+    "IsotonicCalibrator",
     "NotFittedError",
     "RiskCoverageCurve",
     "SoftmaxCalibrator",

@@ -191,18 +191,35 @@ def _sigmoid_rows(
     return Rows("sigmoid", logits, _binary_targets(labels).to(target_dtype), class_axis, n_ignored)
 
 
-def _probs_to_logits(probs: Tensor, activation: str) -> Tensor:
-    """log p for softmax probabilities, log(p / (1 - p)) for sigmoid ones (a new tensor)."""
+def check_probabilities_input(probs: Tensor) -> None:
+    """Refuse ``inputs='probs'`` values outside [0, 1]."""
     if not bool(((probs >= 0) & (probs <= 1)).all()):
         raise ValueError(
             f"inputs='probs' needs probabilities in [0, 1], found values in "
             f"[{float(probs.min()):.4g}, {float(probs.max()):.4g}]; "
             "pass logits with inputs='logits'"
         )
+
+
+def probabilities_to_logits(probs: Tensor, activation: str) -> Tensor:
+    """log p for softmax probabilities, log(p / (1 - p)) for sigmoid ones (a new tensor).
+
+    Pure tensor arithmetic (no checks), so it exports; a zero probability maps to the log of the
+    smallest normal float rather than -inf.
+
+    Example:
+        >>> probabilities_to_logits(torch.tensor([0.5, 0.25, 0.25]), "softmax").exp()
+        tensor([0.5000, 0.2500, 0.2500])
+    """
     tiny = torch.finfo(probs.dtype).tiny
     if activation == "softmax":
         return probs.clamp_min(tiny).log()
     return probs.clamp_min(tiny).log() - (1 - probs).clamp_min(tiny).log()
+
+
+def _probs_to_logits(probs: Tensor, activation: str) -> Tensor:
+    check_probabilities_input(probs)
+    return probabilities_to_logits(probs, activation)
 
 
 def to_rows(

@@ -23,12 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from torchcal._objective import SoftmaxTemperatureNLL
-from torchcal._shapes import INPUTS, to_rows
+from torchcal._shapes import INPUTS, check_probabilities_input, probabilities_to_logits, to_rows
 from torchcal._validation import check_choice, check_positive_int
 from torchcal._version import __version__
 from torchcal.collect import logits_and_labels
 from torchcal.errors import CalibrationWarning, NotFittedError
-from torchcal.export import CalibratedModel
+from torchcal.export import CalibratedModel, ProbabilitiesToLogits
 from torchcal.metrics.calibration import expected_calibration_error, top_label_bins
 from torchcal.metrics.scores import negative_log_likelihood
 from torchcal.result import CalibratorFitResult
@@ -80,6 +80,21 @@ class Calibrator(nn.Module):
 
     def export(self, output: str = "logits") -> CalibratedModel:
         raise NotImplementedError
+
+    def _scores(self, inputs: Any, activation: str = "softmax") -> Tensor:
+        """The logits to calibrate: ``model(inputs)`` (or ``inputs`` without a model), turned
+        from probabilities into logits when the calibrator was built with ``inputs="probs"``."""
+        scores = inputs if self.model is None else self.model(inputs)
+        if getattr(self, "inputs", "logits") == "probs":
+            check_probabilities_input(scores)
+            scores = probabilities_to_logits(scores, activation)
+        return scores
+
+    def _export(self, head: nn.Module, output: str, activation: str = "softmax") -> CalibratedModel:
+        """``model -> [probabilities to logits] -> head -> [softmax or sigmoid]``."""
+        if getattr(self, "inputs", "logits") == "probs":
+            head = nn.Sequential(ProbabilitiesToLogits(activation), head)
+        return CalibratedModel(self.model, head, output, link=activation)
 
     def options(self) -> dict[str, Any]:
         """The constructor's keyword arguments (JSON-serialisable), saved by ``torchcal.save``."""
@@ -265,7 +280,7 @@ class SoftmaxCalibrator(Calibrator):
     def forward(self, inputs: Any) -> Tensor:
         """Calibrated logits of ``model(inputs)`` (or of ``inputs`` without a model)."""
         self._check_fitted()
-        logits = inputs if self.model is None else self.model(inputs)
+        logits = self._scores(inputs)
         class_dim = self._fitted_class_dim
         if logits.ndim < -class_dim or logits.shape[class_dim] != self._n_classes:
             raise ValueError(
@@ -286,4 +301,4 @@ class SoftmaxCalibrator(Calibrator):
         and ``torch.onnx.export``.
         """
         self._check_fitted()
-        return CalibratedModel(self.model, self.head(), output)
+        return self._export(self.head(), output)

@@ -10,9 +10,31 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from torchcal._shapes import probabilities_to_logits
 from torchcal._validation import check_choice
 
 OUTPUTS = ("logits", "probs")
+LINKS = ("softmax", "sigmoid")
+
+
+class ProbabilitiesToLogits(nn.Module):
+    """Map a model's probabilities to logits: ``log p`` (softmax) or ``log(p / (1 - p))``.
+
+    Put in front of a calibration head when the model outputs probabilities (a calibrator
+    fitted with ``inputs="probs"``).
+
+    Example:
+        >>> import torch
+        >>> ProbabilitiesToLogits("sigmoid")(torch.tensor([0.5, 0.75]))
+        tensor([0.0000, 1.0986])
+    """
+
+    def __init__(self, activation: str = "softmax") -> None:
+        super().__init__()
+        self.activation = check_choice(activation, "activation", LINKS)
+
+    def forward(self, probs: Tensor) -> Tensor:
+        return probabilities_to_logits(probs, self.activation)
 
 
 class TemperatureHead(nn.Module):
@@ -48,7 +70,10 @@ class CalibratedModel(nn.Module):
             starts in the model's mode; deploy it in eval mode, as the model itself.
         head: a pure-tensor module mapping logits to calibrated logits, e.g.
             :class:`TemperatureHead`.
-        output: ``"logits"`` for calibrated logits, ``"probs"`` for their softmax over dim 1.
+        output: ``"logits"`` for calibrated logits, ``"probs"`` for their softmax over dim 1
+            (or their sigmoid, with ``link="sigmoid"``).
+        link: ``"softmax"`` (one class per sample) or ``"sigmoid"`` (binary, multi-label): how
+            ``output="probs"`` turns calibrated logits into probabilities.
 
     Example:
         >>> import math, torch
@@ -57,14 +82,24 @@ class CalibratedModel(nn.Module):
         tensor([[0.2500, 0.7500]])
     """
 
-    def __init__(self, model: nn.Module | None, head: nn.Module, output: str = "logits") -> None:
+    def __init__(
+        self,
+        model: nn.Module | None,
+        head: nn.Module,
+        output: str = "logits",
+        link: str = "softmax",
+    ) -> None:
         super().__init__()
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
         check_choice(output, "output", OUTPUTS)
+        check_choice(link, "link", LINKS)
         self.model = nn.Identity() if model is None else model
         self.head = head
-        self.link = nn.Softmax(dim=1) if output == "probs" else nn.Identity()
+        if output == "logits":
+            self.link: nn.Module = nn.Identity()
+        else:
+            self.link = nn.Softmax(dim=1) if link == "softmax" else nn.Sigmoid()
         # Start in the wrapped model's mode (eval without a model) without changing that model.
         if model is None:
             self.eval()

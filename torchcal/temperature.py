@@ -199,9 +199,13 @@ class TemperatureScaler(Calibrator):
 
     # ----------------------------------------------------------------------------- use
     def forward(self, inputs: Any) -> Tensor:
-        """Calibrated logits: ``model(inputs) / T``, or ``inputs / T`` without a model."""
+        """Calibrated logits: ``model(inputs) / T``, or ``inputs / T`` without a model.
+
+        With ``inputs="probs"`` the probabilities are first mapped to logits (``log p``, or the
+        log-odds for a sigmoid model), as in :meth:`fit`.
+        """
         self._check_fitted()
-        logits = inputs if self.model is None else self.model(inputs)
+        logits = self._scores(inputs, self._fitted_activation)
         temperature = self.temperature_
         if temperature.ndim:  # one per class: broadcast along the class dimension
             trailing = -self._fitted_class_dim - 1
@@ -218,8 +222,10 @@ class TemperatureScaler(Calibrator):
     def export(self, output: str = "logits") -> CalibratedModel:
         """A plain inference-only module: the wrapped model followed by the fitted calibration.
 
-        ``output="logits"`` gives ``model(x) / T``, ``"probs"`` gives its softmax over dim 1;
-        without a wrapped model the module maps logits to calibrated logits or probabilities.
+        ``output="logits"`` gives ``model(x) / T``, ``"probs"`` gives its softmax over dim 1
+        (its sigmoid for a sigmoid model); without a wrapped model the module maps logits to
+        calibrated logits or probabilities. With ``inputs="probs"`` the module first takes the
+        log of the model's probabilities, as ``forward`` does.
         T is copied into a buffer (refitting this scaler leaves the export unchanged); the
         wrapped model is shared, not copied. The result works with ``torch.jit.script``,
         ``torch.export.export`` and ``torch.onnx.export``.
@@ -236,7 +242,7 @@ class TemperatureScaler(Calibrator):
             (['head.temperature'], [])
         """
         self._check_fitted()
-        return CalibratedModel(self.model, TemperatureHead(self.temperature_), output)
+        return self._export(TemperatureHead(self.temperature_), output, self._fitted_activation)
 
     # ----------------------------------------------------------------------------- fit
     def fit(
