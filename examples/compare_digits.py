@@ -25,7 +25,7 @@ def main() -> None:
         f"fitted on {len(val_labels)} validation images, scored on {len(test_labels)} test "
         "images (95% bootstrap intervals)"
     )
-    print(comparison.to_markdown())
+    print(comparison.to_markdown(fit_times=False))
     print(f"best NLL: {comparison.best('NLL')}, best ECE: {comparison.best('ECE')}")
 
 

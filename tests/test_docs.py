@@ -87,3 +87,15 @@ def test_shapes_example_recovers_each_true_temperature():
     per_label = [float(t) for t in re.findall(r"[\d.]+", found["multi-label"].split("=")[1])]
     assert [round(t) for t in per_label] == [1, 2, 3]
     assert "on 768 positions" in found["tokens"]
+
+
+def test_compare_example_prints_the_readme_table():
+    stdout = run_stdout(sys.executable, str(ROOT / "examples" / "compare_digits.py"))
+    readme = (ROOT / "README.md").read_text()
+    lines = stdout.strip().splitlines()
+    rows = [line for line in lines if line.startswith("| ")]
+    assert len(rows) == 2 + 1 + 7  # header, rule, uncalibrated and the seven methods
+    for line in lines:
+        assert line in readme, line
+    methods = [row.split("|")[1].strip() for row in rows[2:]]
+    assert methods[:2] == ["uncalibrated", "temperature"]

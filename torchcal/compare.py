@@ -68,16 +68,16 @@ class Comparison:
         sign = 1.0 if metric in _LOWER_IS_BETTER else -1.0
         return min(self.summaries, key=lambda name: sign * self.summaries[name][metric].value)
 
-    def to_markdown(self) -> str:
-        """A markdown table: one row per method, values with their bootstrap intervals."""
-        lines = [
-            "| method | " + " | ".join(METRICS) + " | fit time |",
-            "|---" * (len(METRICS) + 2) + "|",
-        ]
+    def to_markdown(self, *, fit_times: bool = True) -> str:
+        """A markdown table: one row per method, values with their bootstrap intervals, and the
+        fit times unless ``fit_times=False`` (they vary from run to run)."""
+        header = [*METRICS, "fit time"] if fit_times else list(METRICS)
+        lines = ["| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         for name, summary in self.summaries.items():
             cells = [f"{summary[metric]}" for metric in METRICS]
-            seconds = self.fit_seconds.get(name)
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_format_seconds(seconds)} |")
+            if fit_times:
+                cells.append(_format_seconds(self.fit_seconds.get(name)))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
     def __str__(self) -> str:
