@@ -18,6 +18,7 @@ from torchcal.distill import distillation_loss
 from torchcal.errors import CalibrationWarning, NotFittedError
 from torchcal.export import CalibratedModel, TemperatureHead
 from torchcal.io import load, save
+from torchcal.mapped import LogitsFile, open_logits
 from torchcal.result import FitResult
 from torchcal.sampling import sample
 from torchcal.selective import (
@@ -36,6 +37,7 @@ __all__ = [
     "CalibrationWarning",
     "EscalationThreshold",
     "FitResult",
+    "LogitsFile",
     "NotFittedError",
     "RiskCoverageCurve",
     "TemperatureHead",
@@ -49,6 +51,7 @@ __all__ = [
     "load",
     "log_softmax",
     "metrics",
+    "open_logits",
     "plot_temperature_sweep",
     "risk_coverage_curve",
     "sample",
