@@ -1,8 +1,12 @@
 """Fit one temperature with torchcal and with every installed peer, on the same logits.
 
 Prints, per problem size: time (median of --repeats), ratio to torchcal, fitted T, |T/T* - 1|
-against the float64 optimum T* (scipy bounded Brent, xatol 1e-10), and peak memory beyond the
-logits (measured in a fresh subprocess per fit, as the growth of peak RSS).
+against the float64 optimum T* (scipy bounded Brent, xatol 1e-10), the passes over the logits
+(torchcal only), and peak memory beyond the logits: in a fresh subprocess per fit, after a warm-up
+fit on 256 rows (imports, kernels and thread pools are not the fit's memory), the growth of peak
+RSS during the fit over the RSS just before it, as a multiple of the logits' size and in MB. The
+peak is reset with Linux's /proc/self/clear_refs; elsewhere RSS is sampled every millisecond
+(needs psutil).
 
 Peers run if installed (``pip install ".[bench]"``): scikit-learn's temperature calibration
 (the calibrator ``CalibratedClassifierCV(method="temperature")`` fits), netcal's
@@ -12,16 +16,21 @@ Guo et al. 2017 written out as a baseline (LBFGS lr=0.01, max_iter=50 on T, star
 Usage:
     python benchmarks/fit_temperature.py                 # all sizes
     python benchmarks/fit_temperature.py --sizes 10000x10 --repeats 3 --no-memory
+    python benchmarks/fit_temperature.py --sizes 50000x1000 --dtype bfloat16 --fitters torchcal
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
 import json
 import math
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -34,14 +43,15 @@ import torchcal
 SIZES = ["10000x10", "10000x100", "50000x1000", "2000x32000"]
 
 
-def make_logits(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits 3 * randn with labels drawn from softmax(logits / 2): T* is near 2.
+def make_logits(
+    n: int, k: int, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits 3 * randn (stored in ``dtype``) with labels drawn from softmax(logits / 2): T* ~ 2.
 
-    Filled in row blocks so that making them needs no temporary as large as the logits (the
-    memory probe measures the growth of peak RSS beyond them).
+    Filled in row blocks so that making them needs no temporary as large as the logits.
     """
     generator = torch.Generator().manual_seed(seed)
-    logits = torch.empty(n, k)
+    logits = torch.empty(n, k, dtype=dtype)
     labels = torch.empty(n, dtype=torch.long)
     block = max(1, (1 << 20) // k)
     for start in range(0, n, block):
@@ -158,45 +168,123 @@ def time_fit(fitter: Callable, logits, labels, repeats: int) -> tuple[float, flo
     return statistics.median(times), temperature, passes
 
 
-def peak_memory_ratio(name: str, size: str) -> float | None:
-    """Growth of peak RSS during one fit, over the logits' size, in a fresh process."""
-    command = [sys.executable, __file__, "--memory-probe", name, "--sizes", size]
+def peak_memory(name: str, size: str, dtype: str) -> tuple[float, float] | None:
+    """Growth of peak RSS during one fit, over the logits' size and in bytes, in a new process."""
+    command = [sys.executable, __file__, "--memory-probe", name, "--sizes", size, "--dtype", dtype]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     try:
-        return json.loads(result.stdout.strip().splitlines()[-1])["ratio"]
-    except (IndexError, ValueError, KeyError):
+        measured = json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        print(f"# memory probe of {name} failed: {result.stderr.strip()[-300:]}", file=sys.stderr)
         return None
+    return None if measured["ratio"] is None else (measured["ratio"], measured["bytes"])
 
 
-def memory_probe(name: str, size: str) -> None:
-    import resource
+def _proc_status(key: str) -> int | None:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in bytes, or None off Linux."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
+
+class PeakRSS:
+    """Peak resident memory during a ``with`` block, beyond the resident memory just before it.
+
+    ``ru_maxrss`` cannot be reset, so any earlier peak (imports, making the logits) would hide the
+    block's growth. On Linux writing "5" to /proc/self/clear_refs resets the peak (VmHWM) to the
+    current RSS; elsewhere a thread samples the RSS every millisecond with psutil.
+    """
+
+    def __enter__(self) -> PeakRSS:
+        self.growth: int | None = None
+        self._sampled: list[int] = []
+        self._stop = threading.Event()
+        self._thread = None
+        self.baseline = _proc_status("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")
+            self._reset = self.baseline is not None
+        except OSError:
+            self._reset = False
+        if not self._reset:
+            try:
+                import psutil
+            except ImportError:
+                return self
+            process = psutil.Process()
+            self.baseline = process.memory_info().rss
+
+            def sample() -> None:
+                while not self._stop.is_set():
+                    self._sampled.append(process.memory_info().rss)
+                    time.sleep(0.001)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._reset:
+            peak = _proc_status("VmHWM")
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._sampled, default=self.baseline)
+        else:
+            return
+        self.growth = max(0, peak - self.baseline)
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back, so that they are not reused unseen."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # glibc only
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def memory_probe(name: str, size: str, dtype: str) -> None:
     n, k = map(int, size.split("x"))
-    logits, labels = make_logits(n, k)
+    logits, labels = make_logits(n, k, dtype=getattr(torch, dtype))
     fitter = peers()[name]
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    fitter(logits, labels)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    ratio = (peak - baseline) * 1024 / (logits.numel() * logits.element_size())
-    print(json.dumps({"ratio": ratio}))
+    fitter(logits[:256], labels[:256])  # imports, kernels, thread pools: not the fit's memory
+    release_free_memory()
+    with PeakRSS() as peak:
+        fitter(logits, labels)
+    size_bytes = logits.numel() * logits.element_size()
+    ratio = None if peak.growth is None else peak.growth / size_bytes
+    print(json.dumps({"ratio": ratio, "bytes": peak.growth}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=SIZES, help="N x K problems, e.g. 10000x10")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"]
+    )
+    parser.add_argument("--fitters", nargs="+", help="run only fitters whose name contains one")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS probes")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = parser.parse_args()
     if args.memory_probe:
-        memory_probe(args.memory_probe, args.sizes[0])
+        memory_probe(args.memory_probe, args.sizes[0], args.dtype)
         return
 
     torch.manual_seed(0)
-    fitters = peers()
+    fitters = {
+        name: fitter
+        for name, fitter in peers().items()
+        if not args.fitters or any(part in name for part in args.fitters)
+    }
     print(
-        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, float32 logits, "
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype} logits, "
         f"median of {args.repeats}"
     )
     header = [
@@ -212,15 +300,19 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         n, k = map(int, size.split("x"))
-        logits, labels = make_logits(n, k)
+        logits, labels = make_logits(n, k, dtype=getattr(torch, args.dtype))
         reference = exact_temperature(logits, labels)
         fitter_times = {}
         for name, fitter in fitters.items():
             if name == "torch-uncertainty" and n * k > 5e7:
                 continue
-            seconds, temperature, passes = time_fit(fitter, logits, labels, args.repeats)
+            try:
+                seconds, temperature, passes = time_fit(fitter, logits, labels, args.repeats)
+            except Exception as error:  # a peer that cannot take this dtype, say
+                print(f"# {name} on {size}: failed ({type(error).__name__})", file=sys.stderr)
+                continue
             fitter_times[name] = seconds
-            memory = None if args.no_memory else peak_memory_ratio(name, size)
+            memory = None if args.no_memory else peak_memory(name, size, args.dtype)
             rows.append(
                 [
                     f"{n:,} x {k:,}",
@@ -233,9 +325,9 @@ def main() -> None:
                     memory,
                 ]
             )
-        base = fitter_times["torchcal (lbfgs)"]
+        base = fitter_times.get("torchcal (lbfgs)")
         for row in rows:
-            if row[0] == f"{n:,} x {k:,}":
+            if base and row[0] == f"{n:,} x {k:,}":
                 row[3] = row[2] / base
     print_table(header, rows, args.markdown)
 
@@ -253,7 +345,8 @@ def print_table(header, rows, markdown: bool) -> None:
         if column == 5:
             return f"{value:.1e}"
         if column == 7:
-            return f"{value:.2f}x"
+            ratio, size = value
+            return f"{ratio:.2f}x ({size / 1e6:.0f} MB)" if size >= 1e6 else f"{ratio:.2f}x (<1 MB)"
         return str(value)
 
     table = [[cell(v, c) for c, v in enumerate(row)] for row in rows]

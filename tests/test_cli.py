@@ -112,7 +112,7 @@ def test_compare_prints_one_row_per_method_with_the_library_values(files):
         "--methods", "temperature", "isotonic", "--resamples", "50", "--markdown",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")][2:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]
     assert [row.split("|")[1].strip() for row in rows] == [
         "uncalibrated",
         "temperature",

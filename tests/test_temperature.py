@@ -7,7 +7,6 @@ import io
 import math
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from conftest import numpy_nll, requires_cuda, scipy_temperature, tempered_logits
@@ -331,7 +330,7 @@ def test_cuda_fit_equals_cpu_fit_and_stays_on_the_device():
             "look like probabilities",
         ),
         (torch.tensor([[0.0, 1.0]]), torch.tensor([[1, 0]]), ValueError, "one-hot"),
-        (np.zeros((2, 3)), torch.tensor([0, 1]), TypeError, "torch.Tensor"),
+        ([[0.0, 1.0], [1.0, 0.0]], torch.tensor([0, 1]), TypeError, "torch.Tensor, a numpy"),
     ],
 )
 def test_bad_input_is_named_in_the_error(logits, labels, error, message):

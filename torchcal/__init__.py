@@ -22,6 +22,7 @@ from torchcal.ensemble import EnsembleTemperatureScaler
 from torchcal.errors import CalibrationWarning, NotFittedError
 from torchcal.export import CalibratedModel, TemperatureHead
 from torchcal.io import load, save
+from torchcal.mapped import LogitsFile, open_logits
 from torchcal.result import CalibratorFitResult, FitResult
 from torchcal.sampling import sample
 from torchcal.selective import (
@@ -46,6 +47,7 @@ __all__ = [
     "FitResult",
     "HistogramBinning",
     "IsotonicCalibrator",
+    "LogitsFile",
     "NotFittedError",
     "RiskCoverageCurve",
     "SoftmaxCalibrator",
@@ -61,6 +63,7 @@ __all__ = [
     "load",
     "log_softmax",
     "metrics",
+    "open_logits",
     "plot_temperature_sweep",
     "risk_coverage_curve",
     "sample",

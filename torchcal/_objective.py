@@ -9,38 +9,62 @@ which is convex in ``beta``, with
     dNLL/dbeta   = mean_i ( E_p[z_i] - z_iy )
     d2NLL/dbeta2 = mean_i Var_p[z_i] >= 0 .
 
-All three, and the top-label confidence of every row, come out of one pass over the logits.
-For sigmoid models (binary, multi-label) the NLL is the binary cross-entropy of
-``sigmoid(beta * z)``, convex in ``beta`` in the same way.
-Each chunk is shifted by its row maximum, computed in float32 (float64 for float64 logits) and
-reduced in float64, so a fit needs no N x K temporary and no full-size copy of half-precision
-logits.
+All three, and the reliability-bin sums of the top-label confidences (for the ECE), come out of one
+pass over the logits. For sigmoid models (binary, multi-label) the NLL is the binary cross-entropy
+of ``sigmoid(beta * z)``, convex in ``beta`` in the same way.
+
+Each chunk of rows is read from a row source (an in-memory tensor, a numpy array or memory map, a
+file: see :mod:`torchcal._sources`), shifted by its row maximum, computed in float32 (float64 for
+float64 logits) and reduced in float64. A fit therefore holds one chunk's temporaries, O(N) row
+statistics (the row maximum and the label's logit, in the logits' dtype) and O(n_bins) sums: no
+N x K temporary and no full-size copy of half-precision logits. Rows whose label equals
+``ignore_index`` are skipped chunk by chunk rather than copied out.
+
+With a distributed reducer (:mod:`torchcal._distributed`) every pass's sums are combined over the
+ranks, so each rank optimises the objective of all ranks' rows together.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from torchcal._validation import check_labels, check_logits_matrix, check_tensor
+from torchcal._distributed import LocalReducer
+from torchcal._sources import RowSource, TensorRows, check_source
+from torchcal._validation import (
+    check_labels,
+    check_logits_matrix,
+    check_matrix_layout,
+    check_tensor,
+)
+from torchcal.metrics.calibration import bin_sums, uniform_edges
 
 #: Elements per chunk: small enough for the temporaries to stay in cache on a CPU.
 CPU_CHUNK_ELEMENTS = 1 << 18
 #: On a GPU bigger chunks amortise kernel launches.
 CUDA_CHUNK_ELEMENTS = 1 << 24
+#: The NLL, its first and second derivative: the first entries of every pass's sums.
+N_MOMENTS = 3
+#: Confidences buffered before they are binned (see _BinSums).
+BIN_BATCH = 1 << 16
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """NLL and its derivatives in ``beta = 1/T`` at one ``beta``, averaged over the samples."""
+    """NLL and its derivatives in ``beta = 1/T`` at one ``beta``, averaged over the samples.
+
+    ``bins`` (if asked for) holds the reliability-bin sums of the top-label confidences at
+    ``beta``: shape (3, n_bins), the count, sum of confidence and sum of correctness per bin.
+    """
 
     beta: float
     nll: float
     grad: float
     hess: float | None
-    confidences: Tensor | None
+    bins: Tensor | None
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -52,93 +76,263 @@ def default_chunk_elements(device: torch.device) -> int:
     return CPU_CHUNK_ELEMENTS if device.type == "cpu" else CUDA_CHUNK_ELEMENTS
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """Rows ``start:stop`` of the source in the compute dtype, less the ignored ones (``keep``)."""
+
+    start: int
+    stop: int
+    logits: Tensor
+    keep: Tensor | None  # (stop - start,) bool, None when every row counts
+
+
+def _floor_bins_are_exact(n_bins: int) -> bool:
+    """Whether :func:`_uniform_bin_sums` bins float32 confidences exactly like ``bucketize``.
+
+    A float32 confidence ``c`` near an edge ``i / n`` (so ``c >= 1 / (2 n)``) has at most
+    ``24 + log2(2 n)`` fractional bits, so unless it equals the edge it lies at least
+    ``2**-25 / n**2`` from it, far beyond the float64 edges' rounding for ``n <= 1024``. It can
+    equal an edge only if the edge is dyadic: never inside (0, 1) for odd ``n``, and exactly
+    representable (so placed alike) when ``n`` is a power of 2.
+    """
+    return n_bins <= 1024 and (n_bins % 2 == 1 or n_bins & (n_bins - 1) == 0)
+
+
+def _uniform_bin_sums(
+    confidences: Tensor, correct: Tensor, n_bins: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`~torchcal.metrics.calibration.bin_sums` for equal-width bins, float32 confidences.
+
+    The bin of ``c`` is ``floor(n_bins * c)``, exact in float64 for a float32 ``c``; see
+    :func:`_floor_bins_are_exact` for when that matches ``bucketize`` on the float64 edges. It
+    costs a fraction of ``bucketize``.
+    """
+    wide = confidences.to(torch.float64)
+    index = wide.mul(n_bins).floor_().to(torch.int64).clamp_(0, n_bins - 1)
+    counts = torch.bincount(index, minlength=n_bins)
+    sum_confidence = torch.bincount(index, weights=wide, minlength=n_bins)
+    sum_correct = torch.bincount(index, weights=correct.to(torch.float64), minlength=n_bins)
+    return counts, sum_confidence, sum_correct
+
+
+class _BinSums:
+    """Reliability-bin sums of confidences given chunk by chunk, binned a batch at a time.
+
+    Binning every chunk on its own would cost a handful of small operations per chunk, which
+    dominates for wide rows (a 1,000-class chunk on a CPU is only 262 rows); buffering up to
+    ``capacity`` confidences keeps that overhead negligible with O(capacity) memory.
+    """
+
+    def __init__(self, edges: Tensor, capacity: int, dtype: torch.dtype) -> None:
+        self.edges = edges
+        self.confidences = torch.empty(capacity, dtype=dtype, device=edges.device)
+        self.correct = torch.empty(capacity, dtype=torch.bool, device=edges.device)
+        self.size = 0
+        self.sums = torch.zeros(3, edges.numel() - 1, dtype=torch.float64, device=edges.device)
+
+    def add(self, confidences: Tensor, correct: Tensor) -> None:
+        count, capacity = confidences.numel(), self.confidences.numel()
+        if self.size + count > capacity:
+            self._flush()
+        if count > capacity:
+            self._bin(confidences, correct)
+            return
+        self.confidences[self.size : self.size + count] = confidences
+        self.correct[self.size : self.size + count] = correct
+        self.size += count
+
+    def _flush(self) -> None:
+        if self.size:
+            self._bin(self.confidences[: self.size], self.correct[: self.size])
+            self.size = 0
+
+    def _bin(self, confidences: Tensor, correct: Tensor) -> None:
+        n_bins = self.sums.shape[1]
+        if confidences.dtype == torch.float64 or not _floor_bins_are_exact(n_bins):
+            parts = bin_sums(confidences, correct, self.edges)
+        else:
+            parts = _uniform_bin_sums(confidences, correct, n_bins)
+        for total, part in zip(self.sums, parts, strict=True):
+            total += part
+
+    def result(self) -> Tensor:
+        """(3, n_bins): count, sum of confidence and sum of correctness per bin."""
+        self._flush()
+        return self.sums
+
+
 class _StreamedNLL:
-    """Shared machinery: chunked passes over the rows, float64 sums, pass counting."""
+    """Shared machinery: chunked passes over a row source, float64 sums, pass counting.
 
-    def __init__(self, logits: Tensor, labels: Tensor, chunk_elements: int | None) -> None:
-        self.logits = logits
-        self.labels = labels
-        self.n_samples = logits.shape[0]
-        self.compute_dtype = _compute_dtype(logits.dtype)
-        elements = chunk_elements or default_chunk_elements(logits.device)
-        row_width = logits[0].numel() if logits.ndim > 1 else 1
-        self.chunk_rows = max(1, elements // row_width)
-        self.passes = 0
-        self.top1_correct = torch.empty(0, dtype=torch.bool)
-        sums, confidences = self._prepare()
-        self.passes = 1
-        self.initial = self._finish(1.0, sums, False, confidences)
+    Building an objective makes one validating pass over this process's rows. With a
+    distributed ``reducer`` the caller then checks that every rank's pass succeeded and calls
+    :meth:`synchronise`; with the default local reducer that happens at once.
+    """
 
-    def _prepare(self) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
-
-    def _chunk_sums(
+    def __init__(
         self,
-        chunk: Tensor,
-        start: int,
-        stop: int,
-        beta: float,
-        hessian: bool,
-        confidences: Tensor | None,
-    ) -> Tensor:
+        source: RowSource,
+        labels: Tensor,
+        *,
+        ignore_index: int | None,
+        chunk_elements: int | None,
+        n_bins: int,
+        reducer: LocalReducer | None,
+    ) -> None:
+        self.source = source
+        self.labels = labels
+        self.ignore_index = ignore_index
+        self.device = source.device
+        self.n_rows = source.shape[0]  # this process's rows, ignored ones included
+        self.compute_dtype = _compute_dtype(source.dtype)
+        elements = chunk_elements or default_chunk_elements(self.device)
+        row_width = source.shape[1] if len(source.shape) > 1 else 1
+        self.chunk_rows = max(1, elements // max(1, row_width))
+        self.n_bins = n_bins
+        self.edges = uniform_edges(n_bins, self.device)
+        self.reducer = reducer or LocalReducer()
+        self.row_offset = 0  # rows held by the ranks before this one
+        self.passes = 0
+        self._local = self._prepare()
+        self.passes = 1
+        if not self.reducer.distributed:
+            self.synchronise()
+
+    # ------------------------------------------------------------------- subclass interface
+    def _prepare(self) -> Tensor:
+        """Validate this process's rows; return :meth:`_new_sums` at beta = 1 and the extras."""
         raise NotImplementedError
 
-    def _chunks(self):
-        for start in range(0, self.n_samples, self.chunk_rows):
-            stop = min(start + self.chunk_rows, self.n_samples)
-            yield start, stop, self.logits[start:stop].to(self.compute_dtype)
+    def _add_chunk_sums(
+        self, sums: Tensor, chunk: _Chunk, beta: float, hessian: bool, bins: _BinSums | None
+    ) -> None:
+        raise NotImplementedError
+
+    def _strided_row_state(self, step: int, offset: int) -> None:
+        """Slice the per-row state of a :meth:`subsample` view (its rows are already strided)."""
+
+    # ------------------------------------------------------------------- passes
+    def _chunks(self) -> Iterator[_Chunk]:
+        for start in range(0, self.n_rows, self.chunk_rows):
+            stop = min(start + self.chunk_rows, self.n_rows)
+            logits = self.source.read(start, stop).to(self.device, self.compute_dtype)
+            keep = None
+            if self.ignore_index is not None:
+                keep = self.labels[start:stop] != self.ignore_index
+                if bool(keep.all()):
+                    keep = None
+                else:
+                    logits = logits[keep]
+            yield _Chunk(start, stop, logits, keep)
+
+    @staticmethod
+    def _rows(values: Tensor, chunk: _Chunk) -> Tensor:
+        """The entries of a per-row tensor that belong to ``chunk``'s kept rows."""
+        rows = values[chunk.start : chunk.stop]
+        return rows if chunk.keep is None else rows[chunk.keep]
 
     def _new_sums(self) -> Tensor:
-        return torch.zeros(3, dtype=torch.float64, device=self.logits.device)
+        return torch.zeros(N_MOMENTS, dtype=torch.float64, device=self.device)
 
-    def _new_confidences(self) -> Tensor:
-        return torch.empty(self.n_samples, dtype=self.compute_dtype, device=self.logits.device)
+    def _new_bins(self) -> _BinSums:
+        return _BinSums(self.edges, BIN_BATCH, self.compute_dtype)
 
-    def _finish(
-        self, beta: float, sums: Tensor, hessian: bool, confidences: Tensor | None
-    ) -> Evaluation:
-        nll, grad, hess = (sums / self.n_samples).tolist()
+    def _finish(self, beta: float, sums: Tensor, hessian: bool, bins: bool) -> Evaluation:
+        nll, grad, hess = (sums[:N_MOMENTS] / self.n_samples).tolist()
         return Evaluation(
             beta=beta,
             nll=nll,
             grad=grad,
             hess=hess if hessian else None,
-            confidences=confidences,
+            bins=sums[N_MOMENTS:].reshape(3, self.n_bins) if bins else None,
         )
 
-    def evaluate(
-        self, beta: float, *, hessian: bool = False, confidences: bool = False
-    ) -> Evaluation:
-        """NLL, dNLL/dbeta (and d2NLL/dbeta2 if ``hessian``) at ``beta`` in one pass."""
-        sums = self._new_sums()
-        conf = self._new_confidences() if confidences else None
-        for start, stop, chunk in self._chunks():
-            sums += self._chunk_sums(chunk, start, stop, beta, hessian, conf)
+    def evaluate(self, beta: float, *, hessian: bool = False, bins: bool = False) -> Evaluation:
+        """NLL, dNLL/dbeta (and d2NLL/dbeta2, reliability-bin sums) at ``beta`` in one pass."""
+        sums, bin_sums = self._new_sums(), self._new_bins() if bins else None
+        for chunk in self._chunks():
+            self._add_chunk_sums(sums, chunk, beta, hessian, bin_sums)
         self.passes += 1
-        return self._finish(beta, sums, hessian, conf)
+        if bin_sums is not None:
+            sums = torch.cat([sums, bin_sums.result().reshape(-1)])
+        return self._finish(beta, self.reducer.sum(sums), hessian, bins)
 
-    def subsample(self, n_rows: int) -> _StreamedNLL:
-        """The same objective on ``n_rows`` evenly strided rows (a copy), for warm starts."""
-        if n_rows >= self.n_samples:
+    # ------------------------------------------------------------------- ranks
+    def synchronise(self) -> None:
+        """Combine the validation pass over all ranks: sample counts, offsets, the T = 1 report.
+
+        Every rank must call it, in the same order, once all of them have validated their data.
+        """
+        parts = self.reducer.gather(self._local)
+        n_sums = N_MOMENTS + 3 * self.n_bins
+        totals = parts[0].clone()
+        for part in parts[1:]:
+            totals += part
+        counts = parts[:, n_sums + 2]
+        self.row_offset = int(counts[: self.reducer.rank].sum())
+        self.n_samples = int(totals[n_sums])
+        self.n_correct = int(totals[n_sums + 1])
+        # Softmax: the smallest and largest label over all ranks (stored negated and as is).
+        self.label_range = (-int(parts[:, n_sums + 3].max()), int(parts[:, n_sums + 4].max()))
+        self.initial = self._finish(1.0, totals[:n_sums], False, True)
+
+    def subsample(self, step: int) -> _StreamedNLL:
+        """The same objective on every ``step``-th row of all ranks' rows, without copying them.
+
+        Rows are counted across ranks in rank order, so the subsample is the one a single
+        process would take from the concatenated data. Used for warm starts.
+        """
+        if step <= 1:
             return self
-        index = torch.linspace(0, self.n_samples - 1, n_rows, device=self.logits.device).long()
-        return type(self)(self.logits[index], self.labels[index])
+        offset = (-self.row_offset) % step
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view.source = self.source.every(step, offset)
+        view.n_rows = view.source.shape[0]
+        view.labels = self.labels[offset::step]
+        view.passes = 0
+        view._strided_row_state(step, offset)
+        kept = view.n_rows
+        if self.ignore_index is not None:
+            kept = int((view.labels != self.ignore_index).sum())
+        count = torch.tensor([float(kept)], dtype=torch.float64)
+        view.n_samples = max(1, int(self.reducer.sum(count)[0]))
+        return view
 
-    def _raise_if_not_finite(self, finite: Tensor) -> None:
-        if not bool(finite.all()):
-            bad_rows = (~finite).nonzero().squeeze(1)
+    # ------------------------------------------------------------------- checks
+    def _keep_count(self) -> int:
+        if self.ignore_index is None:
+            return self.n_rows
+        n_ignored = int((self.labels == self.ignore_index).sum())
+        if n_ignored == self.labels.numel():
             raise ValueError(
-                f"logits contain NaN or infinite values in {bad_rows.numel()} row(s), "
-                f"e.g. row {int(bad_rows[0])}; check the model's outputs before calibrating"
+                f"every one of the {self.labels.numel()} labels equals "
+                f"ignore_index={self.ignore_index}: nothing is left to calibrate on"
             )
+        if n_ignored == 0:
+            self.ignore_index = None  # nothing to skip: no masks in the passes
+        return self.n_rows - n_ignored
+
+    @staticmethod
+    def _raise_if_not_finite(bad: int, first: int, what: str, plural: str) -> None:
+        if bad:
+            raise ValueError(
+                f"logits contain NaN or infinite values in {bad} {what if bad == 1 else plural}, "
+                f"e.g. {what} {first}; check the model's outputs before calibrating"
+            )
+
+    def _extras(self, n_kept: int, n_correct: int, label_low: int, label_high: int) -> Tensor:
+        values = [n_kept, n_correct, self.n_rows, -label_low, label_high]
+        return torch.tensor(values, dtype=torch.float64, device=self.device)
 
 
 class SoftmaxTemperatureNLL(_StreamedNLL):
     """Mean NLL of ``softmax(beta * logits)`` and its derivatives, one streamed pass per call.
 
-    Building the objective makes one validating pass over ``logits`` (N, K): it rejects NaN/inf
-    values and probability rows, stores the per-row maximum, the label's gap below it and whether
-    the top-1 prediction is right (O(N) memory), and evaluates the objective at ``beta = 1``.
+    ``logits`` is an (N, K) tensor or row source. Building the objective makes one validating pass
+    over it: it rejects NaN/inf values and probability rows, stores the per-row maximum and the
+    label's logit (O(N) memory, in the logits' dtype), and evaluates the objective at
+    ``beta = 1``. Rows whose label is ``ignore_index`` are left out.
 
     Example:
         >>> logits = torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.0]])
@@ -148,76 +342,127 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
     """
 
     def __init__(
-        self, logits: Tensor, labels: Tensor, *, chunk_elements: int | None = None
+        self,
+        logits: Tensor | RowSource,
+        labels: Tensor,
+        *,
+        ignore_index: int | None = None,
+        chunk_elements: int | None = None,
+        n_bins: int = 15,
+        reducer: LocalReducer | None = None,
     ) -> None:
-        logits = check_logits_matrix(logits)
-        n_samples, n_classes = logits.shape
-        labels = check_labels(labels, n_samples, n_classes).to(logits.device)
+        if isinstance(logits, Tensor):
+            logits = TensorRows(check_logits_matrix(logits))
+        source = logits
+        check_matrix_layout(source.shape, source.dtype)
+        n_samples, n_classes = source.shape
+        labels = check_labels(labels, n_samples, n_classes, ignore_index=ignore_index)
         self.n_classes = n_classes
-        super().__init__(logits, labels, chunk_elements)
+        super().__init__(
+            source,
+            labels.to(source.device),
+            ignore_index=ignore_index,
+            chunk_elements=chunk_elements,
+            n_bins=n_bins,
+            reducer=reducer,
+        )
 
-    def _prepare(self) -> tuple[Tensor, Tensor]:
-        """Validate, store row maxima, label gaps and top-1 correctness, evaluate at beta = 1."""
-        n, device = self.n_samples, self.logits.device
-        self.row_max = torch.empty(n, dtype=self.compute_dtype, device=device)
-        self.label_gap = torch.empty(n, dtype=self.compute_dtype, device=device)
-        row_min = torch.empty(n, dtype=self.compute_dtype, device=device)
-        sums, confidences = self._new_sums(), self._new_confidences()
-        for start, stop, chunk in self._chunks():
-            maxima = chunk.amax(dim=1)
-            self.row_max[start:stop] = maxima
-            labels = self.labels[start:stop, None]
-            self.label_gap[start:stop] = chunk.gather(1, labels).squeeze(1) - maxima
-            row_min[start:stop] = chunk.amin(dim=1)
-            sums += self._chunk_sums(chunk, start, stop, 1.0, False, confidences)
-        self._raise_if_not_finite(torch.isfinite(self.row_max) & torch.isfinite(row_min))
-        in_unit_interval = bool((row_min >= 0).all()) and bool((self.row_max <= 1).all())
-        if in_unit_interval and self._rows_sum_to_one():
+    def _prepare(self) -> Tensor:
+        """Validate, store row maxima and label logits, evaluate at beta = 1 (this rank only)."""
+        n_kept = self._keep_count()
+        storage = {"dtype": self.source.dtype, "device": self.device}
+        self.row_max = torch.empty(self.n_rows, **storage)
+        self.label_logit = torch.empty(self.n_rows, **storage)
+        row_min = torch.empty(self.n_rows, **storage)
+        keep = None if self.ignore_index is None else self.labels != self.ignore_index
+        labels = self.labels if keep is None else self.labels.where(keep, 0)
+        sums, bins = self._new_sums(), self._new_bins()
+        for chunk in self._chunks(keep_all=True):
+            rows = slice(chunk.start, chunk.stop)
+            self.row_max[rows] = chunk.logits.amax(dim=1)
+            row_min[rows] = chunk.logits.amin(dim=1)
+            self.label_logit[rows] = chunk.logits.gather(1, labels[rows, None]).squeeze(1)
+            kept = chunk if chunk.keep is None else self._compact(chunk)
+            self._add_chunk_sums(sums, kept, 1.0, False, bins)
+        finite = torch.isfinite(self.row_max) & torch.isfinite(row_min)
+        if keep is not None:
+            finite |= ~keep
+        if not bool(finite.all()):
+            bad = (~finite).nonzero()
+            self._raise_if_not_finite(bad.numel(), int(bad[0]), "row", "rows")
+        maxima, minima = (
+            (self.row_max, row_min) if keep is None else (self.row_max[keep], row_min[keep])
+        )
+        del row_min
+        if float(minima.min()) >= 0 and float(maxima.max()) <= 1 and self._rows_sum_to_one():
             raise ValueError(
                 "logits look like probabilities: every row lies in [0, 1] and sums to 1. "
                 "Temperature scaling needs the raw scores before softmax; pass the model's logits, "
                 "or inputs='probs' if only probabilities are available"
             )
         # The label's score is the row's maximum: a tie for the top counts as correct.
-        self.top1_correct = self.label_gap == 0
-        return sums, confidences
+        correct = self.label_logit == self.row_max
+        kept_labels = self.labels
+        if keep is not None:
+            correct &= keep
+            kept_labels = self.labels[keep]
+        label_low, label_high = int(kept_labels.min()), int(kept_labels.max())
+        extras = self._extras(n_kept, int(correct.sum()), label_low, label_high)
+        return torch.cat([sums, bins.result().reshape(-1), extras])
+
+    def _chunks(self, keep_all: bool = False) -> Iterator[_Chunk]:
+        """Chunks of kept rows; with ``keep_all`` every row, and ``keep`` marks the kept ones."""
+        if not keep_all:
+            yield from super()._chunks()
+            return
+        for start in range(0, self.n_rows, self.chunk_rows):
+            stop = min(start + self.chunk_rows, self.n_rows)
+            logits = self.source.read(start, stop).to(self.device, self.compute_dtype)
+            keep = None
+            if self.ignore_index is not None:
+                keep = self.labels[start:stop] != self.ignore_index
+                keep = None if bool(keep.all()) else keep
+            yield _Chunk(start, stop, logits, keep)
+
+    @staticmethod
+    def _compact(chunk: _Chunk) -> _Chunk:
+        assert chunk.keep is not None
+        return _Chunk(chunk.start, chunk.stop, chunk.logits[chunk.keep], chunk.keep)
 
     def _rows_sum_to_one(self) -> bool:
         return all(
-            bool(((chunk.sum(dim=1) - 1).abs() <= 1e-3).all()) for *_, chunk in self._chunks()
+            bool(((chunk.logits.sum(dim=1) - 1).abs() <= 1e-3).all()) for chunk in self._chunks()
         )
 
-    def _chunk_sums(
-        self,
-        chunk: Tensor,
-        start: int,
-        stop: int,
-        beta: float,
-        hessian: bool,
-        confidences: Tensor | None,
-    ) -> Tensor:
-        """Sums over the chunk's rows of the NLL, its gradient and (optionally) curvature."""
-        shifted = chunk - self.row_max[start:stop, None]  # z - max(z) <= 0
+    def _strided_row_state(self, step: int, offset: int) -> None:
+        self.row_max = self.row_max[offset::step]
+        self.label_logit = self.label_logit[offset::step]
+
+    def _add_chunk_sums(
+        self, sums: Tensor, chunk: _Chunk, beta: float, hessian: bool, bins: _BinSums | None
+    ) -> None:
+        """Add the chunk's sums of the NLL, its gradient and (optionally) curvature and bins."""
+        row_max = self._rows(self.row_max, chunk).to(self.compute_dtype)
+        gap = self._rows(self.label_logit, chunk).to(self.compute_dtype) - row_max  # <= 0
+        shifted = chunk.logits - row_max[:, None]  # z - max(z) <= 0
         weights = torch.mul(shifted, beta).exp_()  # exp(beta (z - max)), the top entry is 1
         total = weights.sum(dim=1)
         mean_shifted = torch.linalg.vecdot(weights, shifted) / total  # E_p[z] - max(z)
-        gap = self.label_gap[start:stop]
-        out = self._new_sums()
-        out[0] = (total.log() - beta * gap).sum(dtype=torch.float64)
-        out[1] = (mean_shifted - gap).sum(dtype=torch.float64)
+        sums[0] += (total.log() - beta * gap).sum(dtype=torch.float64)
+        sums[1] += (mean_shifted - gap).sum(dtype=torch.float64)
         if hessian:
             second = torch.linalg.vecdot(weights.mul_(shifted), shifted) / total
-            out[2] = (second - mean_shifted.square()).sum(dtype=torch.float64)
-        if confidences is not None:
-            torch.reciprocal(total, out=confidences[start:stop])
-        return out
+            sums[2] += (second - mean_shifted.square()).sum(dtype=torch.float64)
+        if bins is not None:
+            bins.add(total.reciprocal(), gap == 0)
 
 
 class SigmoidTemperatureNLL(_StreamedNLL):
     """Mean binary cross-entropy of ``sigmoid(beta * logits)`` against 0/1 targets, streamed.
 
-    ``logits`` and ``targets`` are (M,): one independent binary event per entry (a binary
-    classifier's samples, or every (sample, label) pair of a multi-label model).
+    ``logits`` (a tensor or row source) and ``targets`` are (M,): one independent binary event
+    per entry (a binary classifier's samples, or every (sample, label) pair of a multi-label
+    model). Targets equal to ``ignore_index`` are left out.
 
     Example:
         >>> logits, targets = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 0.0, 0.0])
@@ -227,52 +472,82 @@ class SigmoidTemperatureNLL(_StreamedNLL):
     """
 
     def __init__(
-        self, logits: Tensor, targets: Tensor, *, chunk_elements: int | None = None
+        self,
+        logits: Tensor | RowSource,
+        targets: Tensor,
+        *,
+        ignore_index: int | None = None,
+        chunk_elements: int | None = None,
+        n_bins: int = 15,
+        reducer: LocalReducer | None = None,
     ) -> None:
-        logits, targets = check_tensor(logits, "logits"), check_tensor(targets, "labels")
-        if logits.ndim != 1 or targets.shape != logits.shape:
+        if isinstance(logits, Tensor) and logits.ndim == 1:
+            logits = TensorRows(logits, rows_of_width=False)
+        source = logits
+        check_source(source)
+        targets = check_tensor(targets, "labels")
+        if len(source.shape) != 1 or targets.shape != source.shape:
             raise ValueError(
-                f"binary logits and targets must both be (M,), got {tuple(logits.shape)} and "
+                f"binary logits and targets must both be (M,), got {tuple(source.shape)} and "
                 f"{tuple(targets.shape)}"
             )
-        if logits.numel() == 0:
-            raise ValueError("logits are empty: at least 1 sample is needed")
+        if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+            ignore_index = None
         super().__init__(
-            logits, targets.to(logits.device, _compute_dtype(logits.dtype)), chunk_elements
+            source,
+            targets.to(source.device),
+            ignore_index=ignore_index,
+            chunk_elements=chunk_elements,
+            n_bins=n_bins,
+            reducer=reducer,
         )
 
-    def _prepare(self) -> tuple[Tensor, Tensor]:
-        low, high = self.logits.aminmax()
-        self._raise_if_not_finite(torch.isfinite(torch.stack([low, high])).all()[None])
-        if self.n_samples >= 16 and float(low) >= 0 and float(high) <= 1:
+    def _prepare(self) -> Tensor:
+        n_kept = self._keep_count()
+        sums, bins = self._new_sums(), self._new_bins()
+        bad_entries, first_bad, not_binary, example = 0, -1, 0, None
+        low, high, n_correct = float("inf"), -float("inf"), 0
+        for chunk in self._chunks():
+            targets = self._rows(self.labels, chunk)
+            wrong = (targets != 0) & (targets != 1)
+            if bool(wrong.any()):
+                example = example if not_binary else targets[wrong][0].item()
+                not_binary += int(wrong.sum())
+            bad = ~torch.isfinite(chunk.logits)
+            if bool(bad.any()):
+                index = torch.arange(chunk.start, chunk.stop, device=self.device)
+                first_bad = first_bad if bad_entries else int(self._rows(index, chunk)[bad][0])
+                bad_entries += int(bad.sum())
+            elif not bad_entries and not not_binary and chunk.logits.numel():
+                chunk_low, chunk_high = torch.aminmax(chunk.logits)
+                low, high = min(low, float(chunk_low)), max(high, float(chunk_high))
+                n_correct += int(((chunk.logits >= 0) == (targets == 1)).sum())
+                self._add_chunk_sums(sums, chunk, 1.0, False, bins)
+        if not_binary:
             raise ValueError(
-                f"logits look like probabilities: all {self.n_samples} values lie in [0, 1]. "
+                f"sigmoid targets must be 0 or 1; found {not_binary} other value(s), e.g. {example}"
+            )
+        self._raise_if_not_finite(bad_entries, first_bad, "entry", "entries")
+        if n_kept >= 16 and low >= 0 and high <= 1:
+            raise ValueError(
+                f"logits look like probabilities: all {n_kept} values lie in [0, 1]. "
                 "Temperature scaling needs the raw scores before the sigmoid; pass the model's "
                 "logits, or inputs='probs' if only probabilities are available"
             )
-        self.top1_correct = (self.logits >= 0) == (self.labels == 1)
-        sums, confidences = self._new_sums(), self._new_confidences()
-        for start, stop, chunk in self._chunks():
-            sums += self._chunk_sums(chunk, start, stop, 1.0, False, confidences)
-        return sums, confidences
+        extras = self._extras(n_kept, n_correct, 0, 1)
+        return torch.cat([sums, bins.result().reshape(-1), extras])
 
-    def _chunk_sums(
-        self,
-        chunk: Tensor,
-        start: int,
-        stop: int,
-        beta: float,
-        hessian: bool,
-        confidences: Tensor | None,
-    ) -> Tensor:
-        margin = chunk * (2 * self.labels[start:stop] - 1)  # positive when right
+    def _add_chunk_sums(
+        self, sums: Tensor, chunk: _Chunk, beta: float, hessian: bool, bins: _BinSums | None
+    ) -> None:
+        targets = self._rows(self.labels, chunk).to(self.compute_dtype)
+        margin = chunk.logits * (2 * targets - 1)  # positive when right
         scaled = margin * -beta
-        out = self._new_sums()
-        out[0] = torch.nn.functional.softplus(scaled).sum(dtype=torch.float64)
+        sums[0] += torch.nn.functional.softplus(scaled).sum(dtype=torch.float64)
         wrong = torch.sigmoid(scaled)  # probability given to the wrong class
-        out[1] = (-margin * wrong).sum(dtype=torch.float64)
+        sums[1] += (-margin * wrong).sum(dtype=torch.float64)
         if hessian:
-            out[2] = (margin.square() * wrong * (1 - wrong)).sum(dtype=torch.float64)
-        if confidences is not None:
-            torch.sigmoid(chunk.abs() * beta, out=confidences[start:stop])
-        return out
+            sums[2] += (margin.square() * wrong * (1 - wrong)).sum(dtype=torch.float64)
+        if bins is not None:
+            confidences = torch.sigmoid(chunk.logits.abs() * beta)
+            bins.add(confidences, (chunk.logits >= 0) == (targets == 1))

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from torchcal._sources import ColumnRows, RowSource, TensorRows, as_source, check_source
 from torchcal._validation import FLOAT_DTYPES, check_choice, check_tensor
 
 ACTIVATIONS = ("auto", "softmax", "sigmoid")
@@ -119,17 +121,22 @@ def _drop_ignored(
     return logits[keep], labels[keep], n_ignored
 
 
-def _softmax_rows(
-    logits: Tensor, labels: Tensor, class_dim: int | None, ignore_index: int | None
-) -> Rows:
+def _softmax_class_dim(logits_shape: torch.Size, labels: Tensor, class_dim: int | None) -> int:
+    """The class dimension of softmax logits, after checking that the labels are indices."""
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        if labels.shape == logits.shape:
-            resolve_class_dim(logits.shape, labels.shape, None)  # raises the one-hot message
+        if labels.shape == logits_shape:
+            resolve_class_dim(logits_shape, labels.shape, None)  # raises the one-hot message
         raise TypeError(
             f"labels must be an integer tensor of class indices, got dtype {labels.dtype}; "
             "convert with labels.long() if the values are whole numbers"
         )
-    dim = resolve_class_dim(logits.shape, labels.shape, class_dim)
+    return resolve_class_dim(logits_shape, labels.shape, class_dim)
+
+
+def _softmax_rows(
+    logits: Tensor, labels: Tensor, class_dim: int | None, ignore_index: int | None
+) -> Rows:
+    dim = _softmax_class_dim(logits.shape, labels, class_dim)
     n_classes = logits.shape[dim]
     if logits.ndim == 2 and dim == 1:
         rows, flat_labels = logits, labels
@@ -150,15 +157,11 @@ def _binary_targets(labels: Tensor) -> Tensor:
     return labels
 
 
-def _sigmoid_rows(
-    logits: Tensor,
-    labels: Tensor,
-    class_dim: int | None,
-    ignore_index: int | None,
-    per_class: bool,
-) -> Rows:
+def _sigmoid_class_dim(
+    logits: Tensor, labels: Tensor, class_dim: int | None, per_class: bool
+) -> int | None:
+    """Check sigmoid logits against their targets; the class dim (>= 0), None if binary."""
     ndim = logits.ndim
-    class_axis: int | None = None
     if ndim == 1 or (ndim == 2 and logits.shape[1] == 1):  # binary
         if per_class:
             raise ValueError("per_class=True needs multi-label logits (N, K) with K >= 2")
@@ -167,23 +170,32 @@ def _sigmoid_rows(
                 f"binary logits have {logits.shape[0]} entries but labels have shape "
                 f"{tuple(labels.shape)}; they must match one to one"
             )
-        logits, labels = logits.reshape(-1), labels.reshape(-1)
+        return None
+    if labels.shape != logits.shape:
+        raise ValueError(
+            f"multi-label targets must have the logits' shape {tuple(logits.shape)}, "
+            f"got {tuple(labels.shape)}"
+        )
+    if class_dim is not None and not -ndim <= class_dim < ndim:
+        raise ValueError(f"class_dim={class_dim} is out of range for {ndim}-d logits")
+    return (1 if class_dim is None else class_dim) % ndim
+
+
+def _sigmoid_rows(
+    logits: Tensor,
+    labels: Tensor,
+    class_dim: int | None,
+    ignore_index: int | None,
+    per_class: bool,
+) -> Rows:
+    dim = _sigmoid_class_dim(logits, labels, class_dim, per_class)
+    class_axis = None if dim is None else dim - logits.ndim
+    if dim is not None and per_class:
+        n_classes = logits.shape[dim]
+        logits = logits.movedim(dim, -1).reshape(-1, n_classes)
+        labels = labels.movedim(dim, -1).reshape(-1, n_classes)
     else:
-        if labels.shape != logits.shape:
-            raise ValueError(
-                f"multi-label targets must have the logits' shape {tuple(logits.shape)}, "
-                f"got {tuple(labels.shape)}"
-            )
-        if class_dim is not None and not -ndim <= class_dim < ndim:
-            raise ValueError(f"class_dim={class_dim} is out of range for {ndim}-d logits")
-        dim = (1 if class_dim is None else class_dim) % ndim
-        class_axis = dim - ndim
-        if per_class:
-            n_classes = logits.shape[dim]
-            logits = logits.movedim(dim, -1).reshape(-1, n_classes)
-            labels = labels.movedim(dim, -1).reshape(-1, n_classes)
-        else:
-            logits, labels = logits.reshape(-1), labels.reshape(-1)
+        logits, labels = logits.reshape(-1), labels.reshape(-1)
     n_ignored = 0
     if not per_class:
         logits, labels, n_ignored = _drop_ignored(logits, labels, ignore_index)
@@ -222,6 +234,29 @@ def _probs_to_logits(probs: Tensor, activation: str) -> Tensor:
     return probabilities_to_logits(probs, activation)
 
 
+def _check_inputs(
+    logits: object, labels: object, activation: str, per_class: bool, inputs: str
+) -> tuple[Tensor, Tensor, str]:
+    """Check the tensors and options every shape shares; resolve ``activation="auto"``."""
+    logits = check_tensor(logits, "logits")
+    labels = check_tensor(labels, "labels")
+    _check_float(logits, "logits")
+    check_choice(activation, "activation", ACTIVATIONS)
+    check_choice(inputs, "inputs", INPUTS)
+    if logits.numel() == 0:
+        raise ValueError(
+            f"logits are empty (shape {tuple(logits.shape)}): at least 1 sample is needed"
+        )
+    if activation == "auto":
+        binary = logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1)
+        activation = "sigmoid" if binary else "softmax"
+    if per_class and activation != "sigmoid":
+        raise ValueError(
+            "per_class=True is for multi-label sigmoid models: pass activation='sigmoid'"
+        )
+    return logits, labels, activation
+
+
 def to_rows(
     logits: object,
     labels: object,
@@ -239,22 +274,7 @@ def to_rows(
         >>> rows.activation, tuple(rows.logits.shape), rows.class_dim
         ('softmax', (18, 4), -3)
     """
-    logits = check_tensor(logits, "logits")
-    labels = check_tensor(labels, "labels")
-    _check_float(logits, "logits")
-    check_choice(activation, "activation", ACTIVATIONS)
-    check_choice(inputs, "inputs", INPUTS)
-    if logits.numel() == 0:
-        raise ValueError(
-            f"logits are empty (shape {tuple(logits.shape)}): at least 1 sample is needed"
-        )
-    if activation == "auto":
-        binary = logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1)
-        activation = "sigmoid" if binary else "softmax"
-    if per_class and activation != "sigmoid":
-        raise ValueError(
-            "per_class=True is for multi-label sigmoid models: pass activation='sigmoid'"
-        )
+    logits, labels, activation = _check_inputs(logits, labels, activation, per_class, inputs)
     if activation == "softmax":
         rows = _softmax_rows(logits, labels, class_dim, ignore_index)
     else:
@@ -263,3 +283,131 @@ def to_rows(
         converted = _probs_to_logits(rows.logits, rows.activation)
         rows = Rows(rows.activation, converted, rows.labels, rows.class_dim, rows.n_ignored)
     return rows
+
+
+@dataclass(frozen=True)
+class FitRows:
+    """What a temperature fit reads: one row source per temperature, each with its labels.
+
+    ``sources[i]`` gives (M, K) softmax rows with (M,) integer ``labels[i]``, or (M,) sigmoid
+    entries with (M,) 0/1 targets. Nothing is copied: sources read the caller's tensor (or array,
+    or file) chunk by chunk, and entries whose label equals ``ignore_index`` are skipped by the
+    fit rather than dropped here (``None``: nothing to skip). The targets' 0/1 values, like the
+    logits' finiteness, are checked by the fit in its chunks.
+    """
+
+    activation: str
+    sources: tuple[RowSource, ...]
+    labels: tuple[Tensor, ...]
+    class_dim: int | None
+    ignore_index: int | None
+
+
+def fit_rows(
+    logits: object,
+    labels: object,
+    *,
+    activation: str = "auto",
+    class_dim: int | None = None,
+    ignore_index: int | None = -100,
+    per_class: bool = False,
+    inputs: str = "logits",
+) -> FitRows:
+    """Like :func:`to_rows`, for a fit: row sources over the logits instead of copies.
+
+    ``logits`` may also be a numpy array (memory-mapped arrays included) or a file opened with
+    :func:`torchcal.open_logits`; those hold (N, K) softmax rows or (N,) binary logits.
+
+    Example:
+        >>> rows = fit_rows(torch.zeros(2, 4, 3, 3), torch.zeros(2, 3, 3, dtype=torch.long))
+        >>> rows.activation, tuple(rows.sources[0].shape), rows.class_dim
+        ('softmax', (18, 4), -3)
+    """
+    if isinstance(labels, np.ndarray):
+        labels = torch.from_numpy(labels)
+    if not isinstance(logits, Tensor):
+        return _source_rows(logits, labels, activation, class_dim, ignore_index, per_class, inputs)
+    if inputs == "probs":  # converted to log-probabilities: a new tensor anyway
+        rows = to_rows(
+            logits,
+            labels,
+            activation=activation,
+            class_dim=class_dim,
+            ignore_index=ignore_index,
+            per_class=per_class,
+            inputs=inputs,
+        )
+        if rows.logits.ndim == 2 and rows.activation == "sigmoid":  # per class: columns
+            columns = range(rows.logits.shape[1])
+            sources = tuple(TensorRows(rows.logits[:, k], False) for k in columns)
+            targets = tuple(rows.labels[:, k] for k in columns)
+        else:
+            sources = (TensorRows(rows.logits, rows.activation == "softmax"),)
+            targets = (rows.labels,)
+        return FitRows(rows.activation, sources, targets, rows.class_dim, None)
+    logits, labels, activation = _check_inputs(logits, labels, activation, per_class, inputs)
+    if activation == "softmax":
+        dim = _softmax_class_dim(logits.shape, labels, class_dim)
+        source = TensorRows(logits.movedim(dim, -1))
+        return FitRows("softmax", (source,), (labels.reshape(-1),), dim - logits.ndim, ignore_index)
+    dim = _sigmoid_class_dim(logits, labels, class_dim, per_class)
+    class_axis = None if dim is None else dim - logits.ndim
+    if dim is None or not per_class:
+        source = TensorRows(logits, rows_of_width=False)
+        return FitRows("sigmoid", (source,), (labels.reshape(-1),), class_axis, ignore_index)
+    moved, moved_labels = logits.movedim(dim, -1), labels.movedim(dim, -1)
+    columns = range(logits.shape[dim])
+    sources = tuple(TensorRows(moved[..., k], rows_of_width=False) for k in columns)
+    targets = tuple(moved_labels[..., k].reshape(-1) for k in columns)
+    return FitRows("sigmoid", sources, targets, class_axis, None)
+
+
+def _source_rows(
+    logits: object,
+    labels: object,
+    activation: str,
+    class_dim: int | None,
+    ignore_index: int | None,
+    per_class: bool,
+    inputs: str,
+) -> FitRows:
+    """A numpy array or an opened file: (N, K) softmax rows or (N,) binary logits."""
+    source = as_source(logits)
+    labels = check_tensor(labels, "labels")
+    check_choice(activation, "activation", ACTIVATIONS)
+    check_choice(inputs, "inputs", INPUTS)
+    check_source(source)
+    if inputs == "probs" or per_class:
+        option = "inputs='probs'" if inputs == "probs" else "per_class=True"
+        raise ValueError(
+            f"{option} needs the logits as a torch.Tensor; arrays and files read in chunks "
+            "take (N, K) logits or (N,) binary logits"
+        )
+    shape = tuple(source.shape)
+    binary = len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
+    if activation == "auto":
+        activation = "sigmoid" if binary else "softmax"
+    if activation == "softmax":
+        if len(shape) != 2 or class_dim not in (None, 1, -1):
+            raise ValueError(
+                f"arrays and files read in chunks must hold (N, K) rows of class scores, got "
+                f"shape {shape}"
+                + ("" if class_dim is None else f" with class_dim={class_dim}")
+                + "; save dense maps or token sequences with the classes last, reshaped to "
+                "(-1, K), or pass them as a torch.Tensor"
+            )
+        _softmax_class_dim(torch.Size(shape), labels, None)
+        return FitRows("softmax", (source,), (labels,), -1, ignore_index)
+    if not binary:
+        raise ValueError(
+            f"arrays and files read in chunks hold (N,) binary logits for a sigmoid fit, got "
+            f"shape {shape}; pass multi-label logits as a torch.Tensor"
+        )
+    if tuple(labels.shape) not in ((shape[0],), (shape[0], 1)):
+        raise ValueError(
+            f"binary logits have {shape[0]} entries but labels have shape "
+            f"{tuple(labels.shape)}; they must match one to one"
+        )
+    if len(shape) == 2:
+        source = ColumnRows(source)
+    return FitRows("sigmoid", (source,), (labels.reshape(-1),), None, ignore_index)

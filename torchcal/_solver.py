@@ -21,7 +21,8 @@ import torch
 
 from torchcal._objective import Evaluation, SoftmaxTemperatureNLL
 
-#: Rows in the warm-start subsample: at least this many, or 1/16 of the data if more.
+#: The warm start runs on every ``step``-th sample, ``step`` at most WARM_START_FRACTION and small
+#: enough to leave at least WARM_START_MIN_ROWS samples (no subsample below twice that).
 WARM_START_MIN_ROWS = 2048
 WARM_START_FRACTION = 16
 #: Relative accuracy of the warm start in T; the full-data solver polishes it to ``rtol``.
@@ -32,7 +33,7 @@ WARM_START_RTOL = 1e-4
 class Solution:
     """Where a solver stopped and how it got there."""
 
-    evaluation: Evaluation  # at the returned beta, with per-row confidences
+    evaluation: Evaluation  # at the returned beta, with reliability-bin sums
     iterations: int
     evaluations: int  # full-data passes spent by the solver, the warm start excluded
     converged: bool
@@ -50,13 +51,17 @@ def newton_on_beta(
     rtol: float,
     max_iter: int,
     start_beta: float = 1.0,
+    bins: bool = True,
 ) -> Solution:
-    """Safeguarded Newton's method on ``beta = 1/T`` within ``temperature_bounds``."""
+    """Safeguarded Newton's method on ``beta = 1/T`` within ``temperature_bounds``.
+
+    ``bins=False`` skips the reliability-bin sums that the fit's report needs (for warm starts).
+    """
     beta_min, beta_max = 1.0 / temperature_bounds[1], 1.0 / temperature_bounds[0]
     low, high = beta_min, beta_max  # bracket of the optimum
     beta = min(max(start_beta, beta_min), beta_max)
     passes_before = objective.passes
-    evaluation = objective.evaluate(beta, hessian=True, confidences=True)
+    evaluation = objective.evaluate(beta, hessian=True, bins=bins)
     for iteration in range(1, max_iter + 1):
         grad, hess = evaluation.grad, evaluation.hess
         if grad > 0:
@@ -76,7 +81,7 @@ def newton_on_beta(
         elif not low < proposal < high:
             proposal = math.sqrt(low * high)  # bisection in log T
         beta = proposal
-        evaluation = objective.evaluate(beta, hessian=True, confidences=True)
+        evaluation = objective.evaluate(beta, hessian=True, bins=bins)
     return _solution(evaluation, max_iter, objective, passes_before, False, None)
 
 
@@ -95,10 +100,14 @@ def warm_start(
     objective: SoftmaxTemperatureNLL, temperature_bounds: tuple[float, float], max_iter: int
 ) -> float:
     """Exact ``beta`` (to ``WARM_START_RTOL``) on an evenly strided subsample of the rows."""
-    rows = max(WARM_START_MIN_ROWS, objective.n_samples // WARM_START_FRACTION)
-    sample = objective.subsample(rows)
+    step = max(1, min(WARM_START_FRACTION, objective.n_samples // WARM_START_MIN_ROWS))
+    sample = objective.subsample(step)
     solution = newton_on_beta(
-        sample, temperature_bounds=temperature_bounds, rtol=WARM_START_RTOL, max_iter=max_iter
+        sample,
+        temperature_bounds=temperature_bounds,
+        rtol=WARM_START_RTOL,
+        max_iter=max_iter,
+        bins=False,
     )
     if sample is objective:  # no subsample was taken: those passes count as the solver's own
         objective.passes -= solution.evaluations
@@ -121,7 +130,7 @@ def lbfgs_on_log_temperature(
     """
     beta_min, beta_max = 1.0 / temperature_bounds[1], 1.0 / temperature_bounds[0]
     passes_before = objective.passes
-    start = objective.evaluate(start_beta, hessian=True, confidences=True)
+    start = objective.evaluate(start_beta, hessian=True, bins=True)
     bound = _bound_beyond(start, beta_min, beta_max)
     if bound is not None:
         return _solution(start, 0, objective, passes_before, True, bound)
@@ -151,9 +160,9 @@ def lbfgs_on_log_temperature(
     def evaluate_at(position: float) -> Evaluation:
         if position not in cache:
             log_t = min(max(u0 + scale * position, -700.0), 700.0)
-            evaluation = objective.evaluate(math.exp(-log_t), confidences=True)
+            evaluation = objective.evaluate(math.exp(-log_t), bins=True)
             best = min(cache.values(), key=distance)
-            cache.clear()  # keep the best evaluation and the newest: confidences are O(N)
+            cache.clear()  # keep the best evaluation and the newest
             cache.update({position: evaluation, best_position(best): best})
         return cache[position]
 
@@ -178,7 +187,7 @@ def lbfgs_on_log_temperature(
     bound = _bound_beyond(final, beta_min, beta_max, clamp_only=True)
     if bound is not None:
         clamped = beta_max if bound == "lower" else beta_min
-        final = objective.evaluate(clamped, confidences=True)
+        final = objective.evaluate(clamped, bins=True)
     return _solution(final, iterations, objective, passes_before, converged, bound)
 
 

@@ -24,28 +24,42 @@ def check_tensor(value: object, name: str) -> Tensor:
 def check_logits_matrix(logits: object, name: str = "logits") -> Tensor:
     """Check that ``logits`` is a non-empty floating (N, K) tensor with K >= 2."""
     logits = check_tensor(logits, name)
-    if logits.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
-            f"got dtype {logits.dtype}"
-        )
-    if logits.ndim != 2:
-        raise ValueError(
-            f"{name} must have shape (N, K) with one row of class scores per sample, "
-            f"got {logits.ndim} dimension(s) with shape {tuple(logits.shape)}"
-        )
-    if logits.shape[0] == 0:
-        raise ValueError(f"{name} is empty: it has 0 rows, at least 1 sample is needed")
-    if logits.shape[1] < 2:
-        raise ValueError(
-            f"{name} has K={logits.shape[1]} class column(s); softmax temperature scaling needs "
-            "K >= 2 (for one logit per sample use a binary calibrator)"
-        )
+    check_matrix_layout(logits.shape, logits.dtype, name)
     return logits
 
 
-def check_labels(labels: object, n_samples: int, n_classes: int, name: str = "labels") -> Tensor:
-    """Check that ``labels`` is an integer (N,) tensor of class indices in [0, n_classes)."""
+def check_matrix_layout(shape: tuple[int, ...], dtype: torch.dtype, name: str = "logits") -> None:
+    """Check that a tensor or row source of ``shape`` and ``dtype`` holds (N, K) logits, K >= 2."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
+            f"got dtype {dtype}"
+        )
+    if len(shape) != 2:
+        raise ValueError(
+            f"{name} must have shape (N, K) with one row of class scores per sample, "
+            f"got {len(shape)} dimension(s) with shape {tuple(shape)}"
+        )
+    if shape[0] == 0:
+        raise ValueError(f"{name} is empty: it has 0 rows, at least 1 sample is needed")
+    if shape[1] < 2:
+        raise ValueError(
+            f"{name} has K={shape[1]} class column(s); softmax temperature scaling needs "
+            "K >= 2 (for one logit per sample use a binary calibrator)"
+        )
+
+
+def check_labels(
+    labels: object,
+    n_samples: int,
+    n_classes: int,
+    name: str = "labels",
+    ignore_index: int | None = None,
+) -> Tensor:
+    """Check that ``labels`` is an integer (N,) tensor of class indices in [0, n_classes).
+
+    Labels equal to ``ignore_index`` (if given) are exempt from the range check.
+    """
     labels = check_tensor(labels, name)
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(
@@ -62,11 +76,12 @@ def check_labels(labels: object, n_samples: int, n_classes: int, name: str = "la
             f"{name} has {labels.shape[0]} entries but the logits have {n_samples} rows; "
             "they must match one to one"
         )
-    if n_samples:
-        low, high = int(labels.min()), int(labels.max())
+    checked = labels if ignore_index is None else labels[labels != ignore_index]
+    if checked.numel():
+        low, high = int(checked.min()), int(checked.max())
         if low < 0 or high >= n_classes:
             bad = low if low < 0 else high
-            count = int(((labels < 0) | (labels >= n_classes)).sum())
+            count = int(((checked < 0) | (checked >= n_classes)).sum())
             raise ValueError(
                 f"{name} must lie in [0, {n_classes}) for {n_classes} classes; "
                 f"found {count} out of range, e.g. {bad}"

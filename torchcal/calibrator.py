@@ -29,9 +29,17 @@ from torchcal._version import __version__
 from torchcal.collect import logits_and_labels
 from torchcal.errors import CalibrationWarning, NotFittedError
 from torchcal.export import CalibratedModel, ProbabilitiesToLogits
-from torchcal.metrics.calibration import expected_calibration_error, top_label_bins
+from torchcal.metrics.calibration import bins_from_sums, expected_calibration_error
 from torchcal.metrics.scores import negative_log_likelihood
 from torchcal.result import CalibratorFitResult
+
+
+def streamed_calibration_error(objective: SoftmaxTemperatureNLL, bins: Tensor | None) -> float:
+    """The top-label ECE from a streamed pass's reliability-bin sums (count, confidence,
+    correctness per bin, as :class:`~torchcal._objective.Evaluation` holds them)."""
+    assert bins is not None
+    counts = bins[0].round().to(torch.int64)
+    return float(bins_from_sums(objective.edges, counts, bins[1], bins[2]).calibration_error())
 
 
 class Calibrator(nn.Module):
@@ -244,8 +252,8 @@ class SoftmaxCalibrator(Calibrator):
             inputs=self.inputs,
         )
         # One validating pass (NaN/inf, probabilities given as logits) that also yields the
-        # uncalibrated NLL and top-label confidences.
-        uncalibrated = SoftmaxTemperatureNLL(rows.logits, rows.labels)
+        # uncalibrated NLL and reliability bins.
+        uncalibrated = SoftmaxTemperatureNLL(rows.logits, rows.labels, n_bins=self.n_bins)
         self._fit_device = rows.logits.device  # fitted values live where the logits are
         with torch.no_grad():
             iterations, converged = self._fit_rows(rows.logits, rows.labels)
@@ -253,14 +261,11 @@ class SoftmaxCalibrator(Calibrator):
         self._n_classes = rows.logits.shape[1]
         self._fitted = True
         probs = torch.softmax(self._calibrate(rows.logits), dim=-1)
-        bins_before = top_label_bins(
-            uncalibrated.initial.confidences, uncalibrated.top1_correct, self.n_bins
-        )
         self.fit_result = CalibratorFitResult(
             method=self.kind,
             nll_before=uncalibrated.initial.nll,
             nll_after=float(negative_log_likelihood(probs, rows.labels)),
-            ece_before=float(bins_before.calibration_error()),
+            ece_before=streamed_calibration_error(uncalibrated, uncalibrated.initial.bins),
             ece_after=float(expected_calibration_error(probs, rows.labels, n_bins=self.n_bins)),
             n_samples=rows.logits.shape[0],
             n_parameters=sum(t.numel() for t in self._own_buffers().values()),

@@ -34,6 +34,7 @@ isotonic regression.
 
 Logits are (N, K) float arrays and labels (N,) integer class indices, saved as .pt, .npy,
 .npz or .safetensors (use --logits-key/--labels-key when a file holds several arrays).
+'fit' reads .npy and .safetensors logits in row chunks, so they may be larger than memory.
 """
 
 
@@ -124,6 +125,22 @@ def _load_data(args: argparse.Namespace, split: str = "") -> tuple[torch.Tensor,
     return logits, labels
 
 
+def _open_fit_data(args: argparse.Namespace) -> tuple[object, torch.Tensor]:
+    """Logits for a fit: .npy and .safetensors files are read in row chunks, not loaded whole."""
+    from torchcal._validation import check_labels, check_matrix_layout
+    from torchcal.files import load_tensor
+    from torchcal.mapped import open_logits
+
+    if args.logits.suffix.lower() not in (".npy", ".safetensors"):
+        return _load_data(args)
+    key = args.logits_key if args.logits.suffix.lower() == ".safetensors" else None
+    logits = open_logits(args.logits, key)
+    check_matrix_layout(logits.shape, logits.dtype, f"logits ({args.logits})")
+    labels = load_tensor(args.labels, args.labels_key)
+    labels = check_labels(labels, logits.shape[0], logits.shape[1], f"labels ({args.labels})")
+    return logits, labels
+
+
 def _demo(args: argparse.Namespace) -> None:
     from torchcal.demo import run_digits_demo
 
@@ -140,8 +157,18 @@ def _fit(args: argparse.Namespace) -> None:
     from torchcal.calibrator import Calibrator
     from torchcal.files import save_scaler
 
-    logits, labels = _load_data(args)
-    scaler = Calibrator.registry[args.method]().fit(logits, labels, progress=False)
+    if args.method != "temperature":  # a memory-mapped fit is temperature scaling's alone
+        logits, labels = _load_data(args)
+        scaler = Calibrator.registry[args.method]().fit(logits, labels, progress=False)
+        print(scaler.fit_result)
+        print(f"saved:   {save_scaler(scaler, args.output)}")
+        return
+    logits, labels = _open_fit_data(args)
+    try:
+        scaler = Calibrator.registry["temperature"]().fit(logits, labels, progress=False)
+    finally:
+        if hasattr(logits, "close"):
+            logits.close()
     print(scaler.fit_result)
     print(f"saved:   {save_scaler(scaler, args.output)}")
 

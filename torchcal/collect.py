@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from torchcal._sources import is_row_source
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -121,7 +124,7 @@ def logits_and_labels(
     """
     if labels is not None:
         return data, labels  # type: ignore[return-value]
-    if isinstance(data, Tensor):
+    if isinstance(data, (Tensor, np.ndarray)) or is_row_source(data):
         raise TypeError(
             "fit(logits) needs labels: call fit(logits, labels), or fit(loader) with a "
             "loader of (inputs, labels) batches"

@@ -34,9 +34,10 @@ class FitResult(_JSONRecord):
         iterations: solver iterations on the full data (after the warm start).
         function_evaluations: passes of the solver over the full data, each one yielding the NLL
             and its derivative.
-        data_passes: every pass over the full logits, validation and the T = 1 report included.
+        data_passes: every pass over the full logits, validation and the T = 1 report included
+            (the warm start's passes over a subsample of the rows are not counted).
         converged: whether the stated tolerance was met (always True at a bound).
-        n_samples: number of samples fitted on.
+        n_samples: number of samples fitted on (over all ranks for a distributed fit).
         method: ``"lbfgs"`` or ``"newton"``.
         bound: ``"lower"`` or ``"upper"`` if the optimum lies beyond that temperature bound and T
             was held at it, else ``None``.

@@ -10,19 +10,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchcal._distributed import LocalReducer, ProcessGroupReducer
 from torchcal._objective import SigmoidTemperatureNLL, SoftmaxTemperatureNLL
-from torchcal._shapes import ACTIVATIONS, INPUTS, Rows, to_rows
+from torchcal._shapes import ACTIVATIONS, INPUTS, FitRows, fit_rows
 from torchcal._solver import Solution, solve_temperature
 from torchcal._validation import check_choice, check_positive_finite, check_positive_int
 from torchcal._version import __version__
-from torchcal.calibrator import Calibrator
+from torchcal.calibrator import Calibrator, streamed_calibration_error
 from torchcal.collect import logits_and_labels
 from torchcal.errors import CalibrationWarning
 from torchcal.export import CalibratedModel, TemperatureHead
-from torchcal.metrics.calibration import top_label_bins
 from torchcal.result import FitResult
 
 METHODS = ("lbfgs", "newton")
+_Objective = SoftmaxTemperatureNLL | SigmoidTemperatureNLL
 DEFAULT_TEMPERATURE_BOUNDS = (1e-3, 1e3)
 
 
@@ -247,29 +248,59 @@ class TemperatureScaler(Calibrator):
     # ----------------------------------------------------------------------------- fit
     def fit(
         self,
-        data: Tensor | Iterable[Any],
+        data: Tensor | Iterable[Any] | Any,
         labels: Tensor | None = None,
         *,
         progress: bool | None = None,
+        distributed: bool = False,
+        process_group: Any | None = None,
     ) -> TemperatureScaler:
-        """Fit T on ``(logits, labels)`` tensors or on a loader of ``(inputs, labels)`` batches.
+        """Fit T on ``(logits, labels)`` or on a loader of ``(inputs, labels)`` batches.
 
-        With a loader the wrapped model runs in eval mode under ``torch.no_grad()`` on its own
-        device, and every submodule's mode is restored afterwards. ``progress`` shows a tqdm bar
-        while collecting logits (``None``: only on a terminal). Returns ``self``.
+        ``data`` is a logits tensor (any shape the class docstring lists), a numpy array (a
+        memory map from ``numpy.load(path, mmap_mode="r")`` is read in row chunks, never whole),
+        a file opened with :func:`torchcal.open_logits`, or a loader. Arrays and files hold (N, K)
+        rows with (N,) labels, or (N,) binary logits. With a loader the wrapped model runs in
+        eval mode under ``torch.no_grad()`` on its own device, and every submodule's mode is
+        restored afterwards. ``progress`` shows a tqdm bar while collecting logits (``None``:
+        only on a terminal).
+
+        ``distributed=True`` fits one temperature on the data of every rank of
+        ``process_group`` (default: the world) of an initialised ``torch.distributed``: each
+        rank passes its own shard, the ranks exchange the fit's float64 sums (a few dozen
+        numbers per pass) and every rank ends with the same T, the one a single process would
+        fit on the concatenated shards, and a :attr:`fit_result` that describes all of them.
+        Every rank of the group must call ``fit`` with the same options; if one rank's data is
+        invalid, every rank raises. (A ``DistributedSampler`` pads the shards to equal length
+        by repeating samples unless ``drop_last=True``.) Returns ``self``.
         """
-        logits, labels = logits_and_labels(self.model, data, labels, progress=progress)
-        rows = to_rows(
-            logits,
-            labels,
-            activation=self.activation,
-            class_dim=self.class_dim,
-            ignore_index=self.ignore_index,
-            per_class=self.per_class,
-            inputs=self.inputs,
-        )
+        if process_group is not None and not distributed:
+            raise ValueError("process_group is only used with distributed=True")
+        reducer = ProcessGroupReducer(process_group) if distributed else LocalReducer()
+        error: Exception | None = None
+        rows: FitRows | None = None
+        objectives: list[_Objective] = []
+        try:  # everything that can fail on one rank alone happens here, before any exchange
+            rows = self._collect_rows(data, labels, progress)
+            objective_type = (
+                SoftmaxTemperatureNLL if rows.activation == "softmax" else SigmoidTemperatureNLL
+            )
+            for source, targets in zip(rows.sources, rows.labels, strict=True):
+                options = {"ignore_index": rows.ignore_index, "n_bins": self.n_bins}
+                objectives.append(objective_type(source, targets, reducer=reducer, **options))
+        except Exception as caught:
+            if not reducer.distributed:
+                raise
+            error = caught
+        if reducer.distributed:
+            reducer.check(error, agree=self._layout(rows, len(objectives)))
+            for objective in objectives:
+                objective.synchronise()
+        assert rows is not None
+        if rows.activation == "softmax":
+            self._warn_if_one_class(objectives[0])
         results, temperatures = [], []
-        for objective in self._objectives(rows):
+        for objective in objectives:
             solution = solve_temperature(
                 objective,
                 method=self.method,
@@ -287,40 +318,44 @@ class TemperatureScaler(Calibrator):
         )
         return self
 
-    def _objectives(self, rows: Rows) -> list[SoftmaxTemperatureNLL | SigmoidTemperatureNLL]:
+    @staticmethod
+    def _layout(rows: FitRows | None, n_objectives: int) -> tuple[int, int, int]:
+        """What every rank's data must share: activation, classes per row, temperatures."""
+        if rows is None:
+            return (0, 0, 0)
         if rows.activation == "softmax":
-            self._warn_if_one_class(rows.labels)
-            return [SoftmaxTemperatureNLL(rows.logits, rows.labels)]
-        if rows.logits.ndim == 1:
-            return [SigmoidTemperatureNLL(rows.logits, rows.labels)]
-        return [
-            SigmoidTemperatureNLL(rows.logits[:, k].contiguous(), rows.labels[:, k].contiguous())
-            for k in range(rows.logits.shape[1])
-        ]
+            return (1, int(rows.sources[0].shape[-1]), n_objectives)
+        return (2, 1, n_objectives)
 
-    def _warn_if_one_class(self, labels: Tensor) -> None:
-        first = labels[0]
-        if labels.numel() > 1 and bool((labels == first).all()):
+    def _collect_rows(self, data: Any, labels: Any, progress: bool | None) -> FitRows:
+        data, labels = logits_and_labels(self.model, data, labels, progress=progress)
+        return fit_rows(
+            data,
+            labels,
+            activation=self.activation,
+            class_dim=self.class_dim,
+            ignore_index=self.ignore_index,
+            per_class=self.per_class,
+            inputs=self.inputs,
+        )
+
+    def _warn_if_one_class(self, objective: _Objective) -> None:
+        low, high = objective.label_range
+        if objective.n_samples > 1 and low == high:
             warnings.warn(
-                f"all {labels.numel()} labels are class {int(first)}: a temperature fitted on one "
+                f"all {objective.n_samples} labels are class {low}: a temperature fitted on one "
                 "class says little about the others; validate on data with every class",
                 CalibrationWarning,
-                stacklevel=4,
+                stacklevel=3,
             )
 
-    def _result(
-        self, objective: SoftmaxTemperatureNLL | SigmoidTemperatureNLL, solution: Solution
-    ) -> FitResult:
-        def ece(confidences: Tensor) -> float:
-            bins = top_label_bins(confidences, objective.top1_correct, self.n_bins)
-            return float(bins.calibration_error())
-
+    def _result(self, objective: _Objective, solution: Solution) -> FitResult:
         return FitResult(
             temperature=solution.temperature,
             nll_before=objective.initial.nll,
             nll_after=solution.evaluation.nll,
-            ece_before=ece(objective.initial.confidences),
-            ece_after=ece(solution.evaluation.confidences),
+            ece_before=streamed_calibration_error(objective, objective.initial.bins),
+            ece_after=streamed_calibration_error(objective, solution.evaluation.bins),
             iterations=solution.iterations,
             function_evaluations=solution.evaluations,
             data_passes=objective.passes,
@@ -330,14 +365,12 @@ class TemperatureScaler(Calibrator):
             bound=solution.bound,
         )
 
-    def _warn_about(
-        self, objective: SoftmaxTemperatureNLL | SigmoidTemperatureNLL, solution: Solution
-    ) -> None:
+    def _warn_about(self, objective: _Objective, solution: Solution) -> None:
         low, high = self.temperature_bounds
         if solution.bound == "lower":
             why = (
                 "every sample's label has the top score, so the NLL keeps falling as T -> 0"
-                if bool(objective.top1_correct.all())
+                if objective.n_correct == objective.n_samples
                 else "the NLL is still falling there"
             )
             warnings.warn(

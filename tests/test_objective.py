@@ -1,0 +1,62 @@
+"""The streamed objectives: chunked reads, exact binning, no copies of the logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tempered_logits
+
+from torchcal import TemperatureScaler
+from torchcal._objective import (
+    CPU_CHUNK_ELEMENTS,
+    _floor_bins_are_exact,
+    _uniform_bin_sums,
+)
+from torchcal._sources import TensorRows
+from torchcal.metrics.calibration import bin_sums, uniform_edges
+
+
+@pytest.mark.parametrize("n_bins", [1, 7, 10, 15, 16, 64, 1023, 1024])
+def test_floor_binning_equals_bucketize_on_the_float64_edges(n_bins):
+    edges = uniform_edges(n_bins)
+    inner = edges.float()
+    confidences = torch.cat(
+        [
+            torch.rand(200_000, generator=torch.Generator().manual_seed(n_bins)),
+            inner,
+            torch.nextafter(inner, torch.tensor(2.0)),
+            torch.nextafter(inner, torch.tensor(-1.0)).clamp(0, 1),
+        ]
+    )
+    correct = torch.rand(len(confidences)) > 0.4
+    expected = bin_sums(confidences, correct, edges)
+    if _floor_bins_are_exact(n_bins):
+        found = _uniform_bin_sums(confidences, correct, n_bins)
+        assert torch.equal(found[0], expected[0]) and torch.equal(found[2], expected[2])
+        assert torch.allclose(found[1], expected[1], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_a_fit_reads_the_logits_one_chunk_at_a_time(monkeypatch, dtype):
+    logits, labels = tempered_logits(20_000, 40, seed=7)
+    logits = logits.to(dtype)
+    reads = []
+    original = TensorRows.read
+    monkeypatch.setattr(
+        TensorRows, "read", lambda self, a, b: reads.append(b - a) or original(self, a, b)
+    )
+    scaler = TemperatureScaler().fit(logits, labels, progress=False)
+    assert max(reads) <= CPU_CHUNK_ELEMENTS // 40
+    full = [chunk for chunk in reads if chunk == CPU_CHUNK_ELEMENTS // 40]
+    assert len(full) >= scaler.fit_result.data_passes * (20_000 // (CPU_CHUNK_ELEMENTS // 40))
+
+
+def test_ignored_rows_are_skipped_without_copying_the_rest():
+    logits, labels = tempered_logits(6_000, 8, seed=8)
+    labels[::3] = -100
+    kept = labels != -100
+    masked = TemperatureScaler().fit(logits, labels, progress=False)
+    dropped = TemperatureScaler().fit(logits[kept], labels[kept], progress=False)
+    assert masked.temperature == pytest.approx(dropped.temperature, rel=1e-6)
+    assert masked.fit_result.n_samples == int(kept.sum())
+    assert masked.fit_result.ece_after == pytest.approx(dropped.fit_result.ece_after, abs=1e-9)

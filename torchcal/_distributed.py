@@ -1,0 +1,110 @@
+"""Combining a fit's statistics over ``torch.distributed`` ranks.
+
+A fit's passes only produce small float64 vectors of sums (NLL, its derivatives, reliability-bin
+sums, sample counts), so a rank's shard is summarised locally and the ranks exchange those
+vectors. Each exchange is an ``all_gather`` followed by a sum in rank order, so every rank gets
+bit-for-bit the same totals and the solvers take the same steps everywhere (an ``all_reduce`` may
+round differently on different ranks, which could send one rank into an extra iteration and leave
+the others waiting).
+
+:class:`LocalReducer` is the single-process case: every method returns its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+class LocalReducer:
+    """Statistics of one process: nothing to combine."""
+
+    distributed = False
+    rank = 0
+    world_size = 1
+
+    def gather(self, values: Tensor) -> Tensor:
+        """Every rank's ``values`` stacked in rank order: shape (world_size, *values.shape)."""
+        return values[None]
+
+    def sum(self, values: Tensor) -> Tensor:
+        """The sum over ranks of a float64 vector, identical on every rank."""
+        parts = self.gather(values)
+        total = parts[0].clone()
+        for part in parts[1:]:
+            total += part
+        return total
+
+    def offset(self, count: int) -> int:
+        """How many rows the ranks before this one hold, given this rank's ``count``."""
+        counts = self.gather(torch.tensor([count], dtype=torch.float64))[:, 0]
+        return int(counts[: self.rank].sum())
+
+    def check(self, error: Exception | None, agree: Sequence[int] = ()) -> None:
+        """Raise ``error`` (on every rank if any rank has one); ``agree`` must match on all."""
+        if error is not None:
+            raise error
+
+
+class ProcessGroupReducer(LocalReducer):
+    """Statistics summed over the ranks of a ``torch.distributed`` process group.
+
+    The vectors travel on the current CUDA device for the NCCL backend and on the CPU otherwise.
+    """
+
+    distributed = True
+
+    def __init__(self, group: object | None = None) -> None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                "distributed=True needs an initialised torch.distributed process group: call "
+                "torch.distributed.init_process_group(...) on every rank before fit, or leave "
+                "distributed=False to fit on this process's data alone"
+            )
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        if self.rank < 0:
+            raise RuntimeError("this process is not a member of the process_group given to fit")
+        backend = str(dist.get_backend(group)).lower()
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if "nccl" in backend
+            else torch.device("cpu")
+        )
+
+    def gather(self, values: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        local = values.detach().to(self.device, torch.float64).contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(parts, local, group=self.group)
+        return torch.stack(parts).to(values.device)
+
+    def check(self, error: Exception | None, agree: Sequence[int] = ()) -> None:
+        """Every rank learns whether any rank failed before any of them raises.
+
+        Without this a rank that raised (NaN logits, say) would leave the others waiting forever
+        in the fit's next collective. ``agree`` holds numbers every rank must share (the number of
+        classes, ...); a mismatch is an error on every rank.
+        """
+        flags = torch.tensor([float(error is not None), *agree], dtype=torch.float64)
+        gathered = self.gather(flags)
+        failed = [rank for rank in range(self.world_size) if gathered[rank, 0] != 0]
+        if error is not None:
+            raise error
+        if failed:
+            raise ValueError(
+                f"the fit failed on rank(s) {failed} of {self.world_size}; see the error raised "
+                "there. Every rank stops so that none waits for the others"
+            )
+        if not bool((gathered[:, 1:] == gathered[0, 1:]).all()):
+            raise ValueError(
+                f"the ranks' data do not match: {gathered[:, 1:].long().tolist()} (per rank: "
+                "activation, classes per row, temperatures); every rank must pass logits of the "
+                "same kind and number of classes"
+            )
