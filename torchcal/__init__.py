@@ -25,6 +25,7 @@ from torchcal.io import load, save
 from torchcal.mapped import LogitsFile, open_logits
 from torchcal.result import CalibratorFitResult, FitResult
 from torchcal.sampling import sample
+from torchcal.scaling import DirichletCalibrator, MatrixScaler, VectorScaler
 from torchcal.selective import (
     EscalationThreshold,
     RiskCoverageCurve,
@@ -42,18 +43,21 @@ __all__ = [
     "Calibrator",
     "CalibratorFitResult",
     "Comparison",
+    "DirichletCalibrator",
     "EnsembleTemperatureScaler",
     "EscalationThreshold",
     "FitResult",
     "HistogramBinning",
     "IsotonicCalibrator",
     "LogitsFile",
+    "MatrixScaler",
     "NotFittedError",
     "RiskCoverageCurve",
     "SoftmaxCalibrator",
     "TemperatureHead",
     "TemperatureScaler",
     "TemperatureSweep",
+    "VectorScaler",
     "__version__",
     "aurc",
     "collect_logits",
