@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -147,3 +149,16 @@ def test_bootstrap_is_reproducible_and_validates_arguments():
         bootstrap_interval(accuracy, probs, labels, confidence=1.5)
     with pytest.raises(ValueError, match="n_resamples"):
         bootstrap_interval(accuracy, probs, labels, n_resamples=0)
+
+
+def test_bootstrap_of_an_infinite_nll_gives_an_open_interval_not_nan():
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]]).repeat(20, 1)
+    probs[0] = torch.tensor([0.0, 1.0])  # one sample gives its label probability 0
+    labels = torch.tensor([0, 0, 1]).repeat(20)
+    interval = bootstrap_interval(negative_log_likelihood, probs, labels, n_resamples=200)
+    # The resamples that leave sample 0 out are finite; the others are infinite, as the value.
+    one_by_one = bootstrap_interval(
+        lambda p, y: negative_log_likelihood(p, y), probs, labels, n_resamples=200
+    )
+    assert interval.value == math.inf and interval.high == math.inf
+    assert math.isfinite(interval.low) and interval == one_by_one

@@ -55,7 +55,13 @@ class MetricInterval:
 
 def _per_sample_mean(values: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tensor]:
     def batched(weights: Tensor, probs: Tensor, labels: Tensor) -> Tensor:
-        return weights @ values(probs, labels) / weights.shape[1]
+        terms = values(probs, labels)
+        infinite = terms.isinf()
+        means = weights @ terms.masked_fill(infinite, 0.0) / weights.shape[1]
+        if bool(infinite.any()):  # a drawn sample with an infinite term (0 * inf is not 0)
+            drawn_infinite = (weights @ infinite.to(weights.dtype)) > 0
+            means = means.masked_fill(drawn_infinite, float("inf"))
+        return means
 
     return batched
 
@@ -155,5 +161,9 @@ def bootstrap_interval(
             statistics.extend(batched(weights, probs, labels).tolist())
     tail = (1.0 - confidence) / 2
     quantiles = torch.tensor([tail, 1.0 - tail], dtype=torch.float64)
-    low, high = torch.quantile(torch.tensor(statistics, dtype=torch.float64), quantiles).tolist()
+    values = torch.tensor(statistics, dtype=torch.float64)
+    # Interpolating between infinite values (an NLL with a zero probability) gives NaN: take the
+    # nearest resample's value instead, so that the interval reads e.g. [0.1, inf].
+    interpolation = "linear" if bool(values.isfinite().all()) else "nearest"
+    low, high = torch.quantile(values, quantiles, interpolation=interpolation).tolist()
     return MetricInterval(value=value, low=low, high=high, confidence=confidence)
