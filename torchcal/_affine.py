@@ -36,7 +36,8 @@ both penalties positive the optimum is unique: at it the bias sums to zero and e
 off-diagonal entries sum to zero (the NLL gradient sums to zero over the classes, so the penalty's
 must too). Without a penalty the optimum is a set; :func:`canonical` returns its member with those
 same properties, which is the limit of the penalised optimum as the penalty goes to 0. The Newton
-solver ignores exactly flat directions (pseudo-inverse); L-BFGS never moves along them.
+solver's steps have no component along exactly flat directions (the gradient has none); L-BFGS
+never moves along them.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ CACHE_ELEMENTS = 1 << 25
 NEWTON_MAX_PARAMETERS = 1200
 #: ... and while one Hessian costs at most this many multiply-adds (rows x parameters^2).
 NEWTON_MAX_WORK = 4e9
-#: Eigenvalues of the Hessian below this fraction of the largest are treated as zero.
+#: Newton solves add this fraction of the Hessian's largest diagonal entry to its diagonal.
 NEWTON_RCOND = 1e-13
 #: Elements of the (rows, parameters) matrix behind one Hessian update.
 HESSIAN_CHUNK_ELEMENTS = 1 << 20
@@ -393,17 +394,14 @@ def fit_affine(
 def _newton(
     objective: AffineObjective, theta: Tensor, *, tol: float, max_iter: int
 ) -> tuple[Tensor, int]:
-    """Damped Newton: pseudo-inverse steps, backtracking (Armijo) line search."""
+    """Damped Newton: Cholesky-solved steps, backtracking (Armijo) line search."""
     for iteration in range(max_iter):
         value, grad, hess, _ = objective.evaluate(theta, hessian=True)
         if float(grad.abs().max()) <= tol:
             return theta, iteration
         assert hess is not None
-        eigenvalues, vectors = torch.linalg.eigh(hess)
-        keep = eigenvalues > NEWTON_RCOND * float(eigenvalues.abs().max())
         g = grad.flatten()
-        coefficients = (vectors.T @ g) / torch.where(keep, eigenvalues, torch.inf)
-        step = -(vectors @ coefficients).view_as(theta)
+        step = -_solve_positive(hess, g).view_as(theta)
         slope = float((g * step.flatten()).sum())
         if not slope < 0:
             return theta, iteration
@@ -417,6 +415,24 @@ def _newton(
             return theta, iteration  # no decrease representable in float64: stop here
         theta = trial
     return theta, max_iter
+
+
+def _solve_positive(matrix: Tensor, vector: Tensor) -> Tensor:
+    """``matrix^-1 vector`` for a positive semi-definite matrix, by Cholesky with a jitter.
+
+    The jitter starts at ``NEWTON_RCOND`` of the largest diagonal entry and grows until the
+    factorisation succeeds; it only matters along (near-)flat directions, along which the
+    gradient has no component. (Cholesky rather than an eigendecomposition: much cheaper, and
+    multi-threaded ``eigh`` can be very slow on a busy CPU.)
+    """
+    eye = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+    jitter = NEWTON_RCOND * max(float(matrix.diagonal().abs().max()), 1e-300)
+    for _ in range(12):
+        factor, info = torch.linalg.cholesky_ex(matrix + jitter * eye)
+        if int(info) == 0:
+            return torch.cholesky_solve(vector[:, None], factor).squeeze(1)
+        jitter *= 100.0
+    raise RuntimeError("the Hessian could not be factorised; it is not positive semi-definite")
 
 
 def _lbfgs(
