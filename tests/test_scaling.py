@@ -339,6 +339,20 @@ def test_separable_data_warn_that_the_fit_ran_towards_infinity(kind):
     assert torch.isfinite(calibrator.weight).all() and torch.isfinite(calibrator.bias).all()
 
 
+def test_divergence_is_claimed_only_where_the_optimum_is_at_infinity():
+    """One class only: unpenalised vector scaling's bias runs off (warned); the penalised matrix
+    map has a finite optimum even though every sample is then classified correctly."""
+    logits = torch.randn(300, 3, generator=torch.Generator().manual_seed(14))
+    labels = torch.zeros(300, dtype=torch.long)
+    with pytest.warns(CalibrationWarning, match="narrows no sample's margin"):
+        fit("vector", logits, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)
+        matrix = fit("matrix", logits, labels)
+    assert matrix.fit_result.converged
+    assert (matrix.predict_proba(logits).argmax(dim=1) == 0).all()
+
+
 def test_more_parameters_than_samples_warns():
     logits, labels = distorted(60, 8, "matrix", seed=12)
     with pytest.warns(CalibrationWarning, match="72 parameters but only 60 samples"):

@@ -36,7 +36,8 @@ both penalties positive the optimum is unique: at it the bias sums to zero and e
 off-diagonal entries sum to zero (the NLL gradient sums to zero over the classes, so the penalty's
 must too). Without a penalty the optimum is a set; :func:`canonical` returns its member with those
 same properties, which is the limit of the penalised optimum as the penalty goes to 0. The Newton
-solver ignores exactly flat directions (pseudo-inverse); L-BFGS never moves along them.
+solver's steps have no component along exactly flat directions (the gradient has none); L-BFGS
+never moves along them.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ CACHE_ELEMENTS = 1 << 25
 NEWTON_MAX_PARAMETERS = 1200
 #: ... and while one Hessian costs at most this many multiply-adds (rows x parameters^2).
 NEWTON_MAX_WORK = 4e9
-#: Eigenvalues of the Hessian below this fraction of the largest are treated as zero.
+#: Newton solves add this fraction of the Hessian's largest diagonal entry to its diagonal.
 NEWTON_RCOND = 1e-13
 #: Elements of the (rows, parameters) matrix behind one Hessian update.
 HESSIAN_CHUNK_ELEMENTS = 1 << 20
@@ -74,7 +75,7 @@ class AffineFit:
     evaluations: int
     converged: bool
     method: str  # "newton" or "lbfgs"
-    all_correct: bool  # every row's label has the top calibrated score
+    unbounded: bool  # the objective decreases without bound along the unpenalised parameters
 
 
 class AffineObjective:
@@ -218,9 +219,9 @@ class AffineObjective:
         return float(nll) / self.n_samples + self._penalty(theta)[0]
 
     def evaluate(
-        self, theta: Tensor, *, hessian: bool = False, count_correct: bool = False
-    ) -> tuple[float, Tensor, Tensor | None, int]:
-        """Objective, gradient (K, P), Hessian (n, n) if asked, rows predicted correctly."""
+        self, theta: Tensor, *, hessian: bool = False
+    ) -> tuple[float, Tensor, Tensor | None]:
+        """Objective, gradient (K, P) and, if asked, Hessian (n, n) at ``theta``."""
         k, width = self.n_classes, self.width
         grad = torch.zeros_like(theta)
         hess = None
@@ -228,14 +229,11 @@ class AffineObjective:
             hess = torch.zeros(k * width, k * width, dtype=torch.float64, device=self.device)
             blocks = torch.zeros(k, width, width, dtype=torch.float64, device=self.device)
         nll = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
         for start, stop, x in self._standardised_chunks():
             labels = self.labels[start:stop, None]
             scores = self._scores(x, theta)
             lse = torch.logsumexp(scores, dim=1, keepdim=True)
             nll += (lse - scores.gather(1, labels)).sum()
-            if count_correct:
-                correct += (scores.argmax(dim=1, keepdim=True) == labels).sum()
             probs = torch.exp(scores - lse)
             residual = probs.scatter_add(1, labels, torch.full_like(probs[:, :1], -1.0))
             if self.diagonal:
@@ -257,7 +255,31 @@ class AffineObjective:
                 blocks[:, 1, 0] = blocks[:, 0, 1]
             view.diagonal(dim1=0, dim2=2).add_(blocks.permute(1, 2, 0) / n)
             hess += self._penalty_hessian()
-        return float(nll) / n + penalty, grad + penalty_grad, hess, int(correct)
+        return float(nll) / n + penalty, grad + penalty_grad, hess
+
+    def unbounded(self, theta: Tensor) -> bool:
+        """Whether the objective decreases without bound from ``theta``.
+
+        Checks one direction: ``theta``'s unpenalised part (the diagonal weights, the bias if
+        ``bias_penalty`` is 0, all weights if ``off_diagonal_penalty`` is 0). If moving along it
+        widens no sample's gap between its label's score and another class's and widens some,
+        the NLL keeps falling along it while the penalty stays put: the infimum is not attained
+        (for an unpenalised map: every sample is classified correctly).
+        """
+        weight, bias = self.to_original(theta)
+        if not self.diagonal and self.off_diagonal_penalty:
+            weight = torch.diag(torch.diagonal(weight))
+        if self.bias_penalty:
+            bias = torch.zeros_like(bias)
+        narrowest, widest, largest = float("inf"), 0.0, 0.0
+        for start, stop, x in self._raw_chunks():
+            scores = x * weight + bias if self.diagonal else x @ weight.T + bias
+            gaps = scores.gather(1, self.labels[start:stop, None]) - scores
+            narrowest = min(narrowest, float(gaps.min()))
+            widest = max(widest, float(gaps.max()))
+            largest = max(largest, float(scores.abs().max()))
+        resolution = 1e-9 * largest
+        return narrowest >= -resolution and widest > resolution
 
     def _add_hessian(self, hess: Tensor, blocks: Tensor, x: Tensor, probs: Tensor) -> None:
         """Add a chunk's sum of (diag(p) - p p^T) (x) f f^T, f the features of each parameter.
@@ -374,7 +396,7 @@ def fit_affine(
         method = "newton" if cheap else "lbfgs"
     solve = _newton if method == "newton" else _lbfgs
     theta, iterations = solve(objective, theta, tol=tol, max_iter=max_iter)
-    value, grad, _, correct = objective.evaluate(theta, count_correct=True)
+    value, grad, _ = objective.evaluate(theta)
     gradient = float(grad.abs().max())
     weight, bias = objective.to_original(theta)
     return AffineFit(
@@ -386,24 +408,21 @@ def fit_affine(
         evaluations=objective.evaluations,
         converged=gradient <= tol,
         method=method,
-        all_correct=correct == objective.n_samples,
+        unbounded=objective.unbounded(theta),
     )
 
 
 def _newton(
     objective: AffineObjective, theta: Tensor, *, tol: float, max_iter: int
 ) -> tuple[Tensor, int]:
-    """Damped Newton: pseudo-inverse steps, backtracking (Armijo) line search."""
+    """Damped Newton: Cholesky-solved steps, backtracking (Armijo) line search."""
     for iteration in range(max_iter):
-        value, grad, hess, _ = objective.evaluate(theta, hessian=True)
+        value, grad, hess = objective.evaluate(theta, hessian=True)
         if float(grad.abs().max()) <= tol:
             return theta, iteration
         assert hess is not None
-        eigenvalues, vectors = torch.linalg.eigh(hess)
-        keep = eigenvalues > NEWTON_RCOND * float(eigenvalues.abs().max())
         g = grad.flatten()
-        coefficients = (vectors.T @ g) / torch.where(keep, eigenvalues, torch.inf)
-        step = -(vectors @ coefficients).view_as(theta)
+        step = -_solve_positive(hess, g).view_as(theta)
         slope = float((g * step.flatten()).sum())
         if not slope < 0:
             return theta, iteration
@@ -417,6 +436,24 @@ def _newton(
             return theta, iteration  # no decrease representable in float64: stop here
         theta = trial
     return theta, max_iter
+
+
+def _solve_positive(matrix: Tensor, vector: Tensor) -> Tensor:
+    """``matrix^-1 vector`` for a positive semi-definite matrix, by Cholesky with a jitter.
+
+    The jitter starts at ``NEWTON_RCOND`` of the largest diagonal entry and grows until the
+    factorisation succeeds; it only matters along (near-)flat directions, along which the
+    gradient has no component. (Cholesky rather than an eigendecomposition: much cheaper, and
+    multi-threaded ``eigh`` can be very slow on a busy CPU.)
+    """
+    eye = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+    jitter = NEWTON_RCOND * max(float(matrix.diagonal().abs().max()), 1e-300)
+    for _ in range(12):
+        factor, info = torch.linalg.cholesky_ex(matrix + jitter * eye)
+        if int(info) == 0:
+            return torch.cholesky_solve(vector[:, None], factor).squeeze(1)
+        jitter *= 100.0
+    raise RuntimeError("the Hessian could not be factorised; it is not positive semi-definite")
 
 
 def _lbfgs(
@@ -433,7 +470,7 @@ def _lbfgs(
     """
     objective.projected = True
     diagonal = objective.hessian_diagonal(theta).clamp_min(1e-12)
-    _, grad, _, _ = objective.evaluate(theta)
+    _, grad, _ = objective.evaluate(theta)
     pairs: list[tuple[Tensor, Tensor, float]] = []
     iterations = 0
     while iterations < max_iter and float(grad.abs().max()) > tol:
@@ -494,7 +531,7 @@ def _line_search(
     best: tuple[Tensor, Tensor] | None = None
     for _ in range(60):
         point = theta + t * direction
-        _, grad, _, _ = objective.evaluate(point)
+        _, grad, _ = objective.evaluate(point)
         trial = float((grad * direction).sum())
         if 0.9 * slope <= trial <= 0:
             return point, grad

@@ -179,10 +179,10 @@ class _AffineCalibrator(SoftmaxCalibrator):
         self._set_buffer("weight", weight)
         self._set_buffer("bias", bias)
         largest = float(weight.abs().max())
-        if (result.all_correct and n_samples > 1) or largest > DIVERGENCE_FACTOR * beta:
+        if result.unbounded or largest > DIVERGENCE_FACTOR * beta:
             why = (
-                f"every one of the {n_samples} samples has its label's score on top"
-                if result.all_correct
+                "scaling up its unpenalised parameters narrows no sample's margin and widens some"
+                if result.unbounded
                 else f"its weights reached {largest:.3g}, over {DIVERGENCE_FACTOR:g} times 1/T = "
                 f"{beta:.3g}"
             )
