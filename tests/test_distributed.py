@@ -5,7 +5,10 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,3 +174,19 @@ def test_distributed_needs_an_initialised_process_group():
         TemperatureScaler().fit(logits, labels, distributed=True)
     with pytest.raises(ValueError, match="distributed=True"):
         TemperatureScaler().fit(logits, labels, process_group=object())
+
+
+def test_the_sharded_example_prints_one_temperature_on_every_rank():
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "examples" / "fit_sharded.py")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=True,
+    )
+    lines = sorted(result.stdout.strip().splitlines())
+    assert len(lines) == 3, result.stdout
+    temperatures = {line.split("T = ")[1].split()[0] for line in lines}
+    assert len(temperatures) == 1 and abs(float(temperatures.pop()) - 2.0) < 0.05
+    assert all("30000 samples" in line for line in lines)

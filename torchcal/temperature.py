@@ -273,6 +273,29 @@ class TemperatureScaler(Calibrator):
         Every rank of the group must call ``fit`` with the same options; if one rank's data is
         invalid, every rank raises. (A ``DistributedSampler`` pads the shards to equal length
         by repeating samples unless ``drop_last=True``.) Returns ``self``.
+
+        Example:
+            >>> import tempfile
+            >>> import numpy as np
+            >>> _ = torch.manual_seed(0)
+            >>> logits = torch.randn(4000, 10) * 3
+            >>> labels = torch.distributions.Categorical(logits=logits / 2).sample()
+            >>> path = tempfile.mkdtemp() + "/val_logits.npy"
+            >>> np.save(path, logits.numpy())
+            >>> mapped = np.load(path, mmap_mode="r")  # read in row chunks by the fit
+            >>> from_disk = TemperatureScaler().fit(mapped, labels, progress=False)
+            >>> from_disk.temperature == TemperatureScaler().fit(logits, labels).temperature
+            True
+
+            The same fit over the ranks of a process group (here a group of one):
+
+            >>> import torch.distributed as dist
+            >>> store = dist.FileStore(tempfile.mkdtemp() + "/store", 1)
+            >>> dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+            >>> shared = TemperatureScaler().fit(logits, labels, distributed=True)
+            >>> shared.temperature == from_disk.temperature
+            True
+            >>> dist.destroy_process_group()
         """
         if process_group is not None and not distributed:
             raise ValueError("process_group is only used with distributed=True")
