@@ -23,9 +23,10 @@ class (P = 2).
 * Newton's method with the exact Hessian and a backtracking line search, when the Hessian is
   cheap (few parameters): a handful of steps, however ill-conditioned the problem (rare classes,
   near-collinear log-probabilities), to a gradient near float64 rounding.
-* Otherwise L-BFGS, with the Hessian's diagonal as initial Hessian and a line search that uses
-  directional derivatives only (see :func:`_lbfgs`), on the penalty of the canonical
-  representative (see below), which leaves no poorly curved directions to crawl along.
+* Otherwise L-BFGS, with the Hessian's per-class blocks as initial Hessian (its diagonal for very
+  large K) and a line search that uses directional derivatives only (see :func:`_lbfgs`), on the
+  penalty of the canonical representative (see below), which leaves no poorly curved directions
+  to crawl along.
 
 Both stop when every partial derivative with respect to the standardised parameters is at most
 ``tol``.
@@ -42,7 +43,7 @@ never moves along them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,10 @@ NEWTON_MAX_PARAMETERS = 1200
 NEWTON_MAX_WORK = 4e9
 #: Newton solves add this fraction of the Hessian's largest diagonal entry to its diagonal.
 NEWTON_RCOND = 1e-13
+#: L-BFGS is preconditioned by the Hessian's per-class blocks up to this many values in them ...
+BLOCK_MAX_ELEMENTS = 1 << 24
+#: ... and while computing them costs at most this many multiply-adds (rows x K x P^2).
+BLOCK_MAX_WORK = 4e10
 #: Elements of the (rows, parameters) matrix behind one Hessian update.
 HESSIAN_CHUNK_ELEMENTS = 1 << 20
 
@@ -325,9 +330,10 @@ class AffineObjective:
             grad[:, :-1] += 2 * self.off_diagonal_penalty * off_diagonal @ self.whitening
         return value, grad
 
-    def _penalty_hessian(self) -> Tensor:
-        """Block-diagonal over classes: ``2 mu u u^T`` and ``2 lambda A^T O_i A`` (full)."""
-        k, width = self.n_classes, self.width
+    def _penalty_blocks(self) -> Tensor:
+        """The penalty's Hessian, block-diagonal over classes: (K, P, P) blocks
+        ``2 mu u u^T`` plus, for a full matrix, ``2 lambda A^T O_i A``."""
+        k = self.n_classes
         blocks = 2 * self.bias_penalty * self.bias_map[:, :, None] * self.bias_map[:, None, :]
         if self.off_diagonal_penalty:
             a = self.whitening
@@ -335,9 +341,43 @@ class AffineObjective:
             off = (a.T @ a)[None] - a[:, :, None] * a[:, None, :]
             blocks = blocks.clone()
             blocks[:, :k, :k] += 2 * self.off_diagonal_penalty * off
+        return blocks
+
+    def _penalty_hessian(self) -> Tensor:
+        k, width = self.n_classes, self.width
         hess = torch.zeros(k * width, k * width, dtype=torch.float64, device=self.device)
-        hess.view(k, width, k, width).diagonal(dim1=0, dim2=2).add_(blocks.permute(1, 2, 0))
+        diagonal_blocks = hess.view(k, width, k, width).diagonal(dim1=0, dim2=2)
+        diagonal_blocks.add_(self._penalty_blocks().permute(1, 2, 0))
         return hess
+
+    def hessian_blocks(self, theta: Tensor) -> Tensor:
+        """The Hessian's (P, P) blocks of each class's own parameters, (K, P, P), in one pass.
+
+        The diag(p) - p p^T coupling between classes is left out; within a class the block is
+        ``sum_m p_mi (1 - p_mi) f_mi f_mi^T`` plus the penalty's block.
+        """
+        k, width = self.n_classes, self.width
+        blocks = torch.zeros(k, width, width, dtype=torch.float64, device=self.device)
+        step = max(1, HESSIAN_CHUNK_ELEMENTS // (width * width))
+        for _, _, chunk in self._standardised_chunks():
+            for start in range(0, chunk.shape[0], step):
+                x = chunk[start : start + step]
+                probs = torch.softmax(self._scores(x, theta), dim=1)
+                spread = probs * (1 - probs)
+                if self.diagonal:
+                    sx = spread * x
+                    blocks[:, 0, 0] += (sx * x).sum(dim=0)
+                    blocks[:, 0, 1] += sx.sum(dim=0)
+                    blocks[:, 1, 1] += spread.sum(dim=0)
+                else:
+                    features = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+                    outer = (features[:, :, None] * features[:, None, :]).reshape(x.shape[0], -1)
+                    blocks += (spread.T @ outer).view(k, width, width)
+        self.evaluations += 1
+        if self.diagonal:
+            blocks[:, 1, 0] = blocks[:, 0, 1]
+        blocks /= self.n_samples
+        return blocks + self._penalty_blocks()
 
     def hessian_diagonal(self, theta: Tensor) -> Tensor:
         """The Hessian's diagonal (K, P) at ``theta``, in one pass (for preconditioning)."""
@@ -459,7 +499,8 @@ def _solve_positive(matrix: Tensor, vector: Tensor) -> Tensor:
 def _lbfgs(
     objective: AffineObjective, theta: Tensor, *, tol: float, max_iter: int, history: int = 20
 ) -> tuple[Tensor, int]:
-    """L-BFGS with a Jacobi initial Hessian and a line search on directional derivatives only.
+    """L-BFGS preconditioned by the Hessian's per-class blocks, with a line search on
+    directional derivatives only.
 
     Near the optimum the objective's decrease per step falls below float64 resolution long
     before the gradient reaches a tight tolerance, which stalls line searches that compare
@@ -469,16 +510,16 @@ def _lbfgs(
     line) decreases the objective and keeps ``s . y > 0``, and can be found from gradients alone.
     """
     objective.projected = True
-    diagonal = objective.hessian_diagonal(theta).clamp_min(1e-12)
+    precondition = _preconditioner(objective, theta)
     _, grad, _ = objective.evaluate(theta)
     pairs: list[tuple[Tensor, Tensor, float]] = []
     iterations = 0
     while iterations < max_iter and float(grad.abs().max()) > tol:
-        direction = -_two_loop(grad, pairs, diagonal)
+        direction = -_two_loop(grad, pairs, precondition)
         slope = float((grad * direction).sum())
         if not slope < 0:  # lost descent to rounding: restart from the preconditioned gradient
             pairs.clear()
-            direction = -grad / diagonal
+            direction = -precondition(grad)
             slope = float((grad * direction).sum())
         step = _line_search(objective, theta, direction, slope)
         if step is None:
@@ -498,7 +539,32 @@ def _lbfgs(
     ), iterations
 
 
-def _two_loop(grad: Tensor, pairs: list[tuple[Tensor, Tensor, float]], diagonal: Tensor) -> Tensor:
+def _preconditioner(objective: AffineObjective, theta: Tensor) -> Callable[[Tensor], Tensor]:
+    """The inverse of the Hessian's per-class blocks at ``theta`` (its diagonal if too large).
+
+    Each class's own block captures what makes these problems ill-conditioned: rare classes
+    (little curvature) and correlated inputs weighted by where the class is likely.
+    """
+    k, width = objective.n_classes, objective.width
+    size = k * width * width
+    if size <= BLOCK_MAX_ELEMENTS and objective.n_samples * size <= BLOCK_MAX_WORK:
+        blocks = objective.hessian_blocks(theta)
+        eye = torch.eye(width, dtype=blocks.dtype, device=blocks.device)
+        largest = blocks.diagonal(dim1=1, dim2=2).abs().amax(dim=1).clamp_min(1e-300)
+        factors, info = torch.linalg.cholesky_ex(
+            blocks + NEWTON_RCOND * largest[:, None, None] * eye
+        )
+        if not bool((info != 0).any()):
+            return lambda q: torch.cholesky_solve(q[:, :, None], factors).squeeze(2)
+    diagonal = objective.hessian_diagonal(theta).clamp_min(1e-12)
+    return lambda q: q / diagonal
+
+
+def _two_loop(
+    grad: Tensor,
+    pairs: list[tuple[Tensor, Tensor, float]],
+    precondition: Callable[[Tensor], Tensor],
+) -> Tensor:
     """The L-BFGS inverse-Hessian approximation applied to ``grad``."""
     q = grad.clone()
     alphas = []
@@ -508,10 +574,10 @@ def _two_loop(grad: Tensor, pairs: list[tuple[Tensor, Tensor, float]], diagonal:
         alphas.append(alpha)
     if pairs:
         s, y, _ = pairs[-1]
-        gamma = float((s * y).sum()) / float((y * y / diagonal).sum())
+        gamma = float((s * y).sum()) / float((y * precondition(y)).sum())
     else:
         gamma = 1.0
-    r = gamma * q / diagonal
+    r = gamma * precondition(q)
     for (s, y, rho), alpha in zip(pairs, reversed(alphas), strict=True):
         r += (alpha - rho * float((y * r).sum())) * s
     return r
