@@ -374,16 +374,22 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
         self.row_max = torch.empty(self.n_rows, **storage)
         self.label_logit = torch.empty(self.n_rows, **storage)
         row_min = torch.empty(self.n_rows, **storage)
-        keep = None if self.ignore_index is None else self.labels != self.ignore_index
-        labels = self.labels if keep is None else self.labels.where(keep, 0)
         sums, bins = self._new_sums(), self._new_bins()
+        label_range: list[int] = []  # of the kept labels, when some are ignored
         for chunk in self._chunks(keep_all=True):
             rows = slice(chunk.start, chunk.stop)
             self.row_max[rows] = chunk.logits.amax(dim=1)
             row_min[rows] = chunk.logits.amin(dim=1)
-            self.label_logit[rows] = chunk.logits.gather(1, labels[rows, None]).squeeze(1)
+            labels = self.labels[rows]
+            if chunk.keep is not None:
+                kept_labels = labels[chunk.keep]
+                if kept_labels.numel():
+                    label_range += [int(kept_labels.min()), int(kept_labels.max())]
+                labels = labels.where(chunk.keep, 0)
+            self.label_logit[rows] = chunk.logits.gather(1, labels[:, None]).squeeze(1)
             kept = chunk if chunk.keep is None else self._compact(chunk)
             self._add_chunk_sums(sums, kept, 1.0, False, bins)
+        keep = None if self.ignore_index is None else self.labels != self.ignore_index
         finite = torch.isfinite(self.row_max) & torch.isfinite(row_min)
         if keep is not None:
             finite |= ~keep
@@ -402,11 +408,11 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
             )
         # The label's score is the row's maximum: a tie for the top counts as correct.
         correct = self.label_logit == self.row_max
-        kept_labels = self.labels
-        if keep is not None:
+        if keep is None:
+            label_low, label_high = int(self.labels.min()), int(self.labels.max())
+        else:
             correct &= keep
-            kept_labels = self.labels[keep]
-        label_low, label_high = int(kept_labels.min()), int(kept_labels.max())
+            label_low, label_high = min(label_range), max(label_range)
         extras = self._extras(n_kept, int(correct.sum()), label_low, label_high)
         return torch.cat([sums, bins.result().reshape(-1), extras])
 

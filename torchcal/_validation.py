@@ -76,15 +76,15 @@ def check_labels(
             f"{name} has {labels.shape[0]} entries but the logits have {n_samples} rows; "
             "they must match one to one"
         )
-    checked = labels if ignore_index is None else labels[labels != ignore_index]
-    if checked.numel():
-        low, high = int(checked.min()), int(checked.max())
-        if low < 0 or high >= n_classes:
-            bad = low if low < 0 else high
-            count = int(((checked < 0) | (checked >= n_classes)).sum())
+    if n_samples:
+        # boolean masks rather than a copy of the labels without the ignored ones
+        bad = (labels < 0) | (labels >= n_classes)
+        if ignore_index is not None:
+            bad &= labels != ignore_index
+        if bool(bad.any()):
             raise ValueError(
                 f"{name} must lie in [0, {n_classes}) for {n_classes} classes; "
-                f"found {count} out of range, e.g. {bad}"
+                f"found {int(bad.sum())} out of range, e.g. {int(labels[bad][0])}"
             )
     return labels
 
