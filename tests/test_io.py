@@ -107,14 +107,14 @@ def test_files_that_are_not_torchcal_files_are_refused(tmp_path):
 
 
 def test_an_unknown_calibrator_kind_is_named(scaler, tmp_path):
-    path = tmp_path / "matrix.safetensors"
+    path = tmp_path / "bbq.safetensors"
     torchcal.save(scaler, path)
     with safetensors.safe_open(str(path), framework="pt") as file:
         metadata = file.metadata()
     safetensors.torch.save_file(
-        {"weight": torch.eye(3)}, str(path), metadata={**metadata, "calibrator": "matrix"}
+        {"weight": torch.eye(3)}, str(path), metadata={**metadata, "calibrator": "bbq"}
     )
-    with pytest.raises(ValueError, match="calibrator of kind 'matrix'"):
+    with pytest.raises(ValueError, match="calibrator of kind 'bbq'"):
         torchcal.load(path)
 
 
@@ -135,3 +135,15 @@ def test_per_class_and_shape_options_round_trip(tmp_path):
     torch.testing.assert_close(loaded.temperatures, scaler.temperatures)
     assert loaded.fit_result == scaler.fit_result
     torch.testing.assert_close(loaded.predict_proba(logits), scaler.predict_proba(logits))
+
+
+def test_options_that_do_not_fit_the_kind_are_named(scaler, tmp_path):
+    path = tmp_path / "mixed.safetensors"
+    torchcal.save(scaler, path)
+    with safetensors.safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata()
+    safetensors.torch.save_file(
+        {"weight": torch.eye(3)}, str(path), metadata={**metadata, "calibrator": "matrix"}
+    )
+    with pytest.raises(ValueError, match=r"'matrix' options this torchcal .* does not accept"):
+        torchcal.load(path)

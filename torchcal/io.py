@@ -115,7 +115,13 @@ def load(path: PathLike, model: nn.Module | None = None) -> Calibrator:
             f"{path!r} holds a calibrator of kind {kind!r}, which this torchcal {__version__} "
             f"cannot load (known: {known})"
         )
-    calibrator = cls(model, **json.loads(metadata["options"]))
+    options = json.loads(metadata["options"])
+    try:
+        calibrator = cls(model, **options)
+    except TypeError as error:  # options of another kind or version
+        raise ValueError(
+            f"{path!r} holds {kind!r} options this torchcal {__version__} does not accept: {error}"
+        ) from error
     state = json.loads(metadata["fit_result"])
     calibrator._restore(tensors, {} if state is None else state)
     return calibrator
