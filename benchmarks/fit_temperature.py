@@ -2,7 +2,9 @@
 
 Prints, per problem size: time (median of --repeats), ratio to torchcal, fitted T, |T/T* - 1|
 against the float64 optimum T* (scipy bounded Brent, xatol 1e-10), the passes over the logits
-(torchcal only), and peak memory beyond the logits: in a fresh subprocess per fit, after a warm-up
+(torchcal only), the time in units of one pass of ``exp`` over the logits (``torch.logsumexp``
+over the classes, median of --repeats: the physical floor of a fit is a few of these), and peak
+memory beyond the logits: in a fresh subprocess per fit, after a warm-up
 fit on 256 rows (imports, kernels and thread pools are not the fit's memory), the growth of peak
 RSS during the fit over the RSS just before it, as a multiple of the logits' size and in MB. The
 peak is reset with Linux's /proc/self/clear_refs; elsewhere RSS is sampled every millisecond
@@ -168,6 +170,17 @@ def time_fit(fitter: Callable, logits, labels, repeats: int) -> tuple[float, flo
     return statistics.median(times), temperature, passes
 
 
+def time_one_pass(logits: torch.Tensor, repeats: int) -> float:
+    """Median time of ``torch.logsumexp(logits, 1)``: one pass of ``exp`` over the logits."""
+    torch.logsumexp(logits[:256], 1)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.logsumexp(logits, 1)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def peak_memory(name: str, size: str, dtype: str) -> tuple[float, float] | None:
     """Growth of peak RSS during one fit, over the logits' size and in bytes, in a new process."""
     command = [sys.executable, __file__, "--memory-probe", name, "--sizes", size, "--dtype", dtype]
@@ -295,6 +308,7 @@ def main() -> None:
         "T",
         "error of T vs T*",
         "passes",
+        "x one pass",
         "peak mem",
     ]
     rows = []
@@ -302,6 +316,8 @@ def main() -> None:
         n, k = map(int, size.split("x"))
         logits, labels = make_logits(n, k, dtype=getattr(torch, args.dtype))
         reference = exact_temperature(logits, labels)
+        one_pass = time_one_pass(logits, args.repeats)
+        print(f"# {n:,} x {k:,}: one pass of exp (logsumexp) {one_pass * 1000:.1f} ms")
         fitter_times = {}
         for name, fitter in fitters.items():
             if name == "torch-uncertainty" and n * k > 5e7:
@@ -322,6 +338,7 @@ def main() -> None:
                     temperature,
                     abs(temperature / reference - 1),
                     passes,
+                    seconds / one_pass,
                     memory,
                 ]
             )
@@ -345,6 +362,8 @@ def print_table(header, rows, markdown: bool) -> None:
         if column == 5:
             return f"{value:.1e}"
         if column == 7:
+            return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+        if column == 8:
             ratio, size = value
             return f"{ratio:.2f}x ({size / 1e6:.0f} MB)" if size >= 1e6 else f"{ratio:.2f}x (<1 MB)"
         return str(value)

@@ -106,14 +106,19 @@ def test_files_that_are_not_torchcal_files_are_refused(tmp_path):
         torchcal.load(tmp_path / "missing.safetensors")
 
 
-def test_an_unknown_calibrator_kind_is_named(scaler, tmp_path):
-    path = tmp_path / "bbq.safetensors"
+def saved_as_kind(scaler: TemperatureScaler, path, kind: str):
+    """Save ``scaler``, then relabel the file as a ``kind`` calibrator with a (3, 3) weight."""
     torchcal.save(scaler, path)
     with safetensors.safe_open(str(path), framework="pt") as file:
         metadata = file.metadata()
     safetensors.torch.save_file(
-        {"weight": torch.eye(3)}, str(path), metadata={**metadata, "calibrator": "bbq"}
+        {"weight": torch.eye(3)}, str(path), metadata={**metadata, "calibrator": kind}
     )
+    return path
+
+
+def test_an_unknown_calibrator_kind_is_named(scaler, tmp_path):
+    path = saved_as_kind(scaler, tmp_path / "bbq.safetensors", "bbq")
     with pytest.raises(ValueError, match="calibrator of kind 'bbq'"):
         torchcal.load(path)
 
@@ -138,12 +143,6 @@ def test_per_class_and_shape_options_round_trip(tmp_path):
 
 
 def test_options_that_do_not_fit_the_kind_are_named(scaler, tmp_path):
-    path = tmp_path / "mixed.safetensors"
-    torchcal.save(scaler, path)
-    with safetensors.safe_open(str(path), framework="pt") as file:
-        metadata = file.metadata()
-    safetensors.torch.save_file(
-        {"weight": torch.eye(3)}, str(path), metadata={**metadata, "calibrator": "matrix"}
-    )
+    path = saved_as_kind(scaler, tmp_path / "mixed.safetensors", "matrix")
     with pytest.raises(ValueError, match=r"'matrix' options this torchcal .* does not accept"):
         torchcal.load(path)

@@ -51,6 +51,20 @@ def test_a_fit_reads_the_logits_one_chunk_at_a_time(monkeypatch, dtype):
     assert len(full) >= scaler.fit_result.data_passes * (20_000 // (CPU_CHUNK_ELEMENTS // 40))
 
 
+@pytest.mark.parametrize("method", ["lbfgs", "newton"])
+def test_data_passes_count_every_row_read_when_the_warm_start_takes_all_rows(monkeypatch, method):
+    logits, labels = tempered_logits(1_000, 40, seed=9)  # below 4096 rows: no subsample
+    rows_read = []
+    original = TensorRows.read
+    monkeypatch.setattr(
+        TensorRows, "read", lambda self, a, b: rows_read.append(b - a) or original(self, a, b)
+    )
+    scaler = TemperatureScaler(method=method).fit(logits, labels, progress=False)
+    result = scaler.fit_result
+    assert sum(rows_read) == result.data_passes * 1_000
+    assert result.data_passes > 1 + result.function_evaluations  # the warm start's passes count
+
+
 def test_ignored_rows_are_skipped_without_copying_the_rest():
     logits, labels = tempered_logits(6_000, 8, seed=8)
     labels[::3] = -100

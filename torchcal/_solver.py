@@ -109,9 +109,7 @@ def warm_start(
         max_iter=max_iter,
         bins=False,
     )
-    if sample is objective:  # no subsample was taken: those passes count as the solver's own
-        objective.passes -= solution.evaluations
-    return solution.evaluation.beta
+    return solution.evaluation.beta  # without a subsample its passes were over the full data
 
 
 def lbfgs_on_log_temperature(

@@ -35,7 +35,8 @@ class FitResult(_JSONRecord):
         function_evaluations: passes of the solver over the full data, each one yielding the NLL
             and its derivative.
         data_passes: every pass over the full logits, validation and the T = 1 report included
-            (the warm start's passes over a subsample of the rows are not counted).
+            (a warm start on a subsample of the rows is not counted; below 4096 samples it runs
+            on all of them, and its passes count).
         converged: whether the stated tolerance was met (always True at a bound).
         n_samples: number of samples fitted on (over all ranks for a distributed fit).
         method: ``"lbfgs"`` or ``"newton"``.
