@@ -13,11 +13,15 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from torchcal._version import __version__
 from torchcal.errors import NotFittedError
+
+if TYPE_CHECKING:
+    from torchcal.mapped import LogitsFile
 
 __all__ = ["main"]
 
@@ -112,32 +116,26 @@ def _method_names() -> tuple[str, ...]:
     return DEFAULT_METHODS
 
 
-def _load_data(args: argparse.Namespace, split: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    from torchcal._validation import check_labels, check_logits_matrix
-    from torchcal.files import load_tensor
-
-    logits_path, labels_path = getattr(args, f"{split}logits"), getattr(args, f"{split}labels")
-    logits = check_logits_matrix(
-        load_tensor(logits_path, args.logits_key), f"logits ({logits_path})"
-    )
-    labels = load_tensor(labels_path, args.labels_key)
-    labels = check_labels(labels, logits.shape[0], logits.shape[1], f"labels ({labels_path})")
-    return logits, labels
-
-
-def _open_fit_data(args: argparse.Namespace) -> tuple[object, torch.Tensor]:
-    """Logits for a fit: .npy and .safetensors files are read in row chunks, not loaded whole."""
-    from torchcal._validation import check_labels, check_matrix_layout
+def _load_data(
+    args: argparse.Namespace, split: str = "", *, chunked: bool = False
+) -> tuple[torch.Tensor | LogitsFile, torch.Tensor]:
+    """A split's logits and labels, checked. ``chunked=True`` opens .npy and .safetensors logits
+    with :func:`~torchcal.open_logits`, to be read in row chunks rather than loaded whole."""
+    from torchcal._validation import check_labels, check_logits_matrix, check_matrix_layout
     from torchcal.files import load_tensor
     from torchcal.mapped import open_logits
 
-    if args.logits.suffix.lower() not in (".npy", ".safetensors"):
-        return _load_data(args)
-    key = args.logits_key if args.logits.suffix.lower() == ".safetensors" else None
-    logits = open_logits(args.logits, key)
-    check_matrix_layout(logits.shape, logits.dtype, f"logits ({args.logits})")
-    labels = load_tensor(args.labels, args.labels_key)
-    labels = check_labels(labels, logits.shape[0], logits.shape[1], f"labels ({args.labels})")
+    logits_path, labels_path = getattr(args, f"{split}logits"), getattr(args, f"{split}labels")
+    suffix = logits_path.suffix.lower()
+    if chunked and suffix in (".npy", ".safetensors"):
+        logits = open_logits(logits_path, args.logits_key if suffix == ".safetensors" else None)
+        check_matrix_layout(logits.shape, logits.dtype, f"logits ({logits_path})")
+    else:
+        logits = check_logits_matrix(
+            load_tensor(logits_path, args.logits_key), f"logits ({logits_path})"
+        )
+    labels = load_tensor(labels_path, args.labels_key)
+    labels = check_labels(labels, logits.shape[0], logits.shape[1], f"labels ({labels_path})")
     return logits, labels
 
 
@@ -157,15 +155,10 @@ def _fit(args: argparse.Namespace) -> None:
     from torchcal.calibrator import Calibrator
     from torchcal.files import save_scaler
 
-    if args.method != "temperature":  # a memory-mapped fit is temperature scaling's alone
-        logits, labels = _load_data(args)
-        scaler = Calibrator.registry[args.method]().fit(logits, labels, progress=False)
-        print(scaler.fit_result)
-        print(f"saved:   {save_scaler(scaler, args.output)}")
-        return
-    logits, labels = _open_fit_data(args)
+    # only temperature scaling streams its logits; the other calibrators fit in-memory rows
+    logits, labels = _load_data(args, chunked=args.method == "temperature")
     try:
-        scaler = Calibrator.registry["temperature"]().fit(logits, labels, progress=False)
+        scaler = Calibrator.registry[args.method]().fit(logits, labels, progress=False)
     finally:
         if hasattr(logits, "close"):
             logits.close()
