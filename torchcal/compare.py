@@ -104,6 +104,12 @@ def _calibrators(methods: Sequence[MethodSpec] | Mapping[str, MethodSpec]) -> di
                 raise ValueError(
                     "compare works on logits: pass calibrators without a wrapped model"
                 )
+            if method.inputs != "logits" or method.class_dim not in (None, 1, -1):
+                raise ValueError(
+                    f"compare fits each calibrator on (M, K) rows of logits; this {method.kind} "
+                    f"calibrator has inputs={method.inputs!r}, class_dim={method.class_dim!r}: "
+                    "build it with the defaults and pass inputs= and class_dim= to compare"
+                )
             calibrator = method
         else:
             raise TypeError(
