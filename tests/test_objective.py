@@ -9,6 +9,7 @@ from conftest import tempered_logits
 from torchcal import TemperatureScaler
 from torchcal._objective import (
     CPU_CHUNK_ELEMENTS,
+    SigmoidTemperatureNLL,
     _floor_bins_are_exact,
     _uniform_bin_sums,
 )
@@ -74,3 +75,14 @@ def test_ignored_rows_are_skipped_without_copying_the_rest():
     assert masked.temperature == pytest.approx(dropped.temperature, rel=1e-6)
     assert masked.fit_result.n_samples == int(kept.sum())
     assert masked.fit_result.ece_after == pytest.approx(dropped.fit_result.ece_after, abs=1e-9)
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_sigmoid_nan_logits_after_the_first_chunk_are_named_by_entry(ignored):
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(3))
+    targets = (logits > 0).long()
+    logits[[130, 250]] = torch.tensor([float("nan"), float("inf")])
+    if ignored:
+        targets[::4] = -100
+    with pytest.raises(ValueError, match=r"in 2 entries, e\.g\. entry 130;"):
+        SigmoidTemperatureNLL(logits, targets, ignore_index=-100, chunk_elements=50)

@@ -521,8 +521,9 @@ class SigmoidTemperatureNLL(_StreamedNLL):
                 not_binary += int(wrong.sum())
             bad = ~torch.isfinite(chunk.logits)
             if bool(bad.any()):
-                index = torch.arange(chunk.start, chunk.stop, device=self.device)
-                first_bad = first_bad if bad_entries else int(self._rows(index, chunk)[bad][0])
+                if not bad_entries:
+                    index = torch.arange(chunk.start, chunk.stop, device=self.device)
+                    first_bad = int((index if chunk.keep is None else index[chunk.keep])[bad][0])
                 bad_entries += int(bad.sum())
             elif not bad_entries and not not_binary and chunk.logits.numel():
                 chunk_low, chunk_high = torch.aminmax(chunk.logits)
