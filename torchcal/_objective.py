@@ -375,17 +375,23 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
         self.label_logit = torch.empty(self.n_rows, **storage)
         row_min = torch.empty(self.n_rows, **storage)
         sums, bins = self._new_sums(), self._new_bins()
-        label_range: list[int] = []  # of the kept labels, when some are ignored
+        # The smallest and largest kept label, gathered on the device chunk by chunk.
+        extremes = torch.iinfo(self.labels.dtype)
+        label_low = torch.tensor(extremes.max, dtype=self.labels.dtype, device=self.device)
+        label_high = torch.tensor(extremes.min, dtype=self.labels.dtype, device=self.device)
         for chunk in self._chunks(keep_all=True):
             rows = slice(chunk.start, chunk.stop)
             self.row_max[rows] = chunk.logits.amax(dim=1)
             row_min[rows] = chunk.logits.amin(dim=1)
             labels = self.labels[rows]
-            if chunk.keep is not None:
-                kept_labels = labels[chunk.keep]
-                if kept_labels.numel():
-                    label_range += [int(kept_labels.min()), int(kept_labels.max())]
+            if chunk.keep is None:
+                chunk_low, chunk_high = labels.amin(), labels.amax()
+            else:
+                chunk_low = labels.where(chunk.keep, extremes.max).amin()
+                chunk_high = labels.where(chunk.keep, extremes.min).amax()
                 labels = labels.where(chunk.keep, 0)
+            label_low = torch.minimum(label_low, chunk_low)
+            label_high = torch.maximum(label_high, chunk_high)
             self.label_logit[rows] = chunk.logits.gather(1, labels[:, None]).squeeze(1)
             kept = chunk if chunk.keep is None else self._compact(chunk)
             self._add_chunk_sums(sums, kept, 1.0, False, bins)
@@ -408,12 +414,9 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
             )
         # The label's score is the row's maximum: a tie for the top counts as correct.
         correct = self.label_logit == self.row_max
-        if keep is None:
-            label_low, label_high = int(self.labels.min()), int(self.labels.max())
-        else:
+        if keep is not None:
             correct &= keep
-            label_low, label_high = min(label_range), max(label_range)
-        extras = self._extras(n_kept, int(correct.sum()), label_low, label_high)
+        extras = self._extras(n_kept, int(correct.sum()), int(label_low), int(label_high))
         return torch.cat([sums, bins.result().reshape(-1), extras])
 
     def _chunks(self, keep_all: bool = False) -> Iterator[_Chunk]:
