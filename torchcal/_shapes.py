@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from torchcal._sources import ColumnRows, RowSource, TensorRows, as_source, check_source
-from torchcal._validation import FLOAT_DTYPES, check_choice, check_tensor
+from torchcal._validation import FLOAT_DTYPES, check_binary_targets, check_choice, check_tensor
 
 ACTIVATIONS = ("auto", "softmax", "sigmoid")
 INPUTS = ("logits", "probs")
@@ -147,16 +147,6 @@ def _softmax_rows(
     return Rows("softmax", rows, flat_labels, dim - logits.ndim, n_ignored)
 
 
-def _binary_targets(labels: Tensor) -> Tensor:
-    if labels.numel() and not bool(((labels == 0) | (labels == 1)).all()):
-        bad = labels[(labels != 0) & (labels != 1)]
-        raise ValueError(
-            f"sigmoid targets must be 0 or 1; found {bad.numel()} other value(s), "
-            f"e.g. {bad[0].item()}"
-        )
-    return labels
-
-
 def _sigmoid_class_dim(
     logits: Tensor, labels: Tensor, class_dim: int | None, per_class: bool
 ) -> int | None:
@@ -200,7 +190,9 @@ def _sigmoid_rows(
     if not per_class:
         logits, labels, n_ignored = _drop_ignored(logits, labels, ignore_index)
     target_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    return Rows("sigmoid", logits, _binary_targets(labels).to(target_dtype), class_axis, n_ignored)
+    return Rows(
+        "sigmoid", logits, check_binary_targets(labels).to(target_dtype), class_axis, n_ignored
+    )
 
 
 def check_probabilities_input(probs: Tensor) -> None:
@@ -292,8 +284,8 @@ class FitRows:
     ``sources[i]`` gives (M, K) softmax rows with (M,) integer ``labels[i]``, or (M,) sigmoid
     entries with (M,) 0/1 targets. Nothing is copied: sources read the caller's tensor (or array,
     or file) chunk by chunk, and entries whose label equals ``ignore_index`` are skipped by the
-    fit rather than dropped here (``None``: nothing to skip). The targets' 0/1 values, like the
-    logits' finiteness, are checked by the fit in its chunks.
+    fit rather than dropped here (``None``: nothing to skip). The targets' 0/1 values and the
+    logits' finiteness are checked by the fit.
     """
 
     activation: str
