@@ -9,6 +9,8 @@ from conftest import tempered_logits
 from torchcal import TemperatureScaler
 from torchcal._objective import (
     CPU_CHUNK_ELEMENTS,
+    SigmoidTemperatureNLL,
+    SoftmaxTemperatureNLL,
     _floor_bins_are_exact,
     _uniform_bin_sums,
 )
@@ -74,3 +76,28 @@ def test_ignored_rows_are_skipped_without_copying_the_rest():
     assert masked.temperature == pytest.approx(dropped.temperature, rel=1e-6)
     assert masked.fit_result.n_samples == int(kept.sum())
     assert masked.fit_result.ece_after == pytest.approx(dropped.fit_result.ece_after, abs=1e-9)
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_sigmoid_nan_logits_after_the_first_chunk_are_named_by_entry(ignored):
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(3))
+    targets = (logits > 0).long()
+    logits[[130, 250]] = torch.tensor([float("nan"), float("inf")])
+    if ignored:
+        targets[::4] = -100
+    with pytest.raises(ValueError, match=r"in 2 entries, e\.g\. entry 130;"):
+        SigmoidTemperatureNLL(logits, targets, ignore_index=-100, chunk_elements=50)
+
+
+def test_the_label_range_covers_every_kept_label_when_some_are_ignored():
+    logits = torch.randn(60, 3, generator=torch.Generator().manual_seed(4))
+    labels = torch.tensor([-100] * 10 + [1] * 10 + [0, 2] * 20)  # chunks of 8 rows
+    objective = SoftmaxTemperatureNLL(logits, labels, ignore_index=-100, chunk_elements=24)
+    assert objective.label_range == (0, 2)
+    labels[:20] = -100  # only whole chunks are ignored
+    objective = SoftmaxTemperatureNLL(logits, labels, ignore_index=-100, chunk_elements=24)
+    assert objective.label_range == (0, 2)
+    labels[20:] = 1
+    labels[::3] = -100
+    objective = SoftmaxTemperatureNLL(logits, labels, ignore_index=-100, chunk_elements=24)
+    assert objective.label_range == (1, 1)

@@ -18,6 +18,14 @@ import torch
 from torch import Tensor
 
 
+def sum_in_rank_order(parts: Tensor) -> Tensor:
+    """The sum of gathered ``parts`` (one per rank, stacked), added rank by rank in order."""
+    total = parts[0].clone()
+    for part in parts[1:]:
+        total += part
+    return total
+
+
 class LocalReducer:
     """Statistics of one process: nothing to combine."""
 
@@ -31,16 +39,7 @@ class LocalReducer:
 
     def sum(self, values: Tensor) -> Tensor:
         """The sum over ranks of a float64 vector, identical on every rank."""
-        parts = self.gather(values)
-        total = parts[0].clone()
-        for part in parts[1:]:
-            total += part
-        return total
-
-    def offset(self, count: int) -> int:
-        """How many rows the ranks before this one hold, given this rank's ``count``."""
-        counts = self.gather(torch.tensor([count], dtype=torch.float64))[:, 0]
-        return int(counts[: self.rank].sum())
+        return sum_in_rank_order(self.gather(values))
 
     def check(self, error: Exception | None, agree: Sequence[int] = ()) -> None:
         """Raise ``error`` (on every rank if any rank has one); ``agree`` must match on all."""

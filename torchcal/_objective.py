@@ -26,17 +26,18 @@ ranks, so each rank optimises the objective of all ranks' rows together.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from torchcal._distributed import LocalReducer
+from torchcal._distributed import LocalReducer, sum_in_rank_order
 from torchcal._sources import RowSource, TensorRows, check_source
 from torchcal._validation import (
+    check_binary_targets,
     check_labels,
-    check_logits_matrix,
     check_matrix_layout,
     check_tensor,
 )
@@ -84,6 +85,12 @@ class _Chunk:
     stop: int
     logits: Tensor
     keep: Tensor | None  # (stop - start,) bool, None when every row counts
+
+    def compacted(self) -> _Chunk:
+        """The chunk with the rows that ``keep`` leaves out dropped from ``logits``."""
+        if self.keep is None:
+            return self
+        return _Chunk(self.start, self.stop, self.logits[self.keep], self.keep)
 
 
 def _floor_bins_are_exact(n_bins: int) -> bool:
@@ -212,18 +219,17 @@ class _StreamedNLL:
         """Slice the per-row state of a :meth:`subsample` view (its rows are already strided)."""
 
     # ------------------------------------------------------------------- passes
-    def _chunks(self) -> Iterator[_Chunk]:
+    def _chunks(self, keep_all: bool = False) -> Iterator[_Chunk]:
+        """Chunks of the kept rows, or with ``keep_all`` of every row (``keep`` marks the kept)."""
         for start in range(0, self.n_rows, self.chunk_rows):
             stop = min(start + self.chunk_rows, self.n_rows)
             logits = self.source.read(start, stop).to(self.device, self.compute_dtype)
             keep = None
             if self.ignore_index is not None:
                 keep = self.labels[start:stop] != self.ignore_index
-                if bool(keep.all()):
-                    keep = None
-                else:
-                    logits = logits[keep]
-            yield _Chunk(start, stop, logits, keep)
+                keep = None if bool(keep.all()) else keep
+            chunk = _Chunk(start, stop, logits, keep)
+            yield chunk if keep_all else chunk.compacted()
 
     @staticmethod
     def _rows(values: Tensor, chunk: _Chunk) -> Tensor:
@@ -265,9 +271,7 @@ class _StreamedNLL:
         """
         parts = self.reducer.gather(self._local)
         n_sums = N_MOMENTS + 3 * self.n_bins
-        totals = parts[0].clone()
-        for part in parts[1:]:
-            totals += part
+        totals = sum_in_rank_order(parts)
         counts = parts[:, n_sums + 2]
         self.row_offset = int(counts[: self.reducer.rank].sum())
         self.n_samples = int(totals[n_sums])
@@ -285,8 +289,7 @@ class _StreamedNLL:
         if step <= 1:
             return self
         offset = (-self.row_offset) % step
-        view = object.__new__(type(self))
-        view.__dict__.update(self.__dict__)
+        view = copy.copy(self)
         view.source = self.source.every(step, offset)
         view.n_rows = view.source.shape[0]
         view.labels = self.labels[offset::step]
@@ -300,18 +303,21 @@ class _StreamedNLL:
         return view
 
     # ------------------------------------------------------------------- checks
-    def _keep_count(self) -> int:
+    def _kept_rows(self) -> tuple[int, Tensor | None]:
+        """How many rows count, and the (N,) mask of them (None when every row counts)."""
         if self.ignore_index is None:
-            return self.n_rows
-        n_ignored = int((self.labels == self.ignore_index).sum())
-        if n_ignored == self.labels.numel():
+            return self.n_rows, None
+        keep = self.labels != self.ignore_index
+        n_kept = int(keep.sum())
+        if n_kept == 0:
             raise ValueError(
                 f"every one of the {self.labels.numel()} labels equals "
                 f"ignore_index={self.ignore_index}: nothing is left to calibrate on"
             )
-        if n_ignored == 0:
+        if n_kept == self.n_rows:
             self.ignore_index = None  # nothing to skip: no masks in the passes
-        return self.n_rows - n_ignored
+            return n_kept, None
+        return n_kept, keep
 
     @staticmethod
     def _raise_if_not_finite(bad: int, first: int, what: str, plural: str) -> None:
@@ -351,16 +357,15 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
         n_bins: int = 15,
         reducer: LocalReducer | None = None,
     ) -> None:
+        check_matrix_layout(logits.shape, logits.dtype)
         if isinstance(logits, Tensor):
-            logits = TensorRows(check_logits_matrix(logits))
-        source = logits
-        check_matrix_layout(source.shape, source.dtype)
-        n_samples, n_classes = source.shape
+            logits = TensorRows(logits)
+        n_samples, n_classes = logits.shape
         labels = check_labels(labels, n_samples, n_classes, ignore_index=ignore_index)
         self.n_classes = n_classes
         super().__init__(
-            source,
-            labels.to(source.device),
+            logits,
+            labels.to(logits.device),
             ignore_index=ignore_index,
             chunk_elements=chunk_elements,
             n_bins=n_bins,
@@ -369,27 +374,31 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
 
     def _prepare(self) -> Tensor:
         """Validate, store row maxima and label logits, evaluate at beta = 1 (this rank only)."""
-        n_kept = self._keep_count()
+        n_kept, keep = self._kept_rows()
         storage = {"dtype": self.source.dtype, "device": self.device}
         self.row_max = torch.empty(self.n_rows, **storage)
         self.label_logit = torch.empty(self.n_rows, **storage)
         row_min = torch.empty(self.n_rows, **storage)
         sums, bins = self._new_sums(), self._new_bins()
-        label_range: list[int] = []  # of the kept labels, when some are ignored
+        # The smallest and largest kept label, gathered on the device chunk by chunk.
+        extremes = torch.iinfo(self.labels.dtype)
+        label_low = torch.tensor(extremes.max, dtype=self.labels.dtype, device=self.device)
+        label_high = torch.tensor(extremes.min, dtype=self.labels.dtype, device=self.device)
         for chunk in self._chunks(keep_all=True):
             rows = slice(chunk.start, chunk.stop)
             self.row_max[rows] = chunk.logits.amax(dim=1)
             row_min[rows] = chunk.logits.amin(dim=1)
             labels = self.labels[rows]
-            if chunk.keep is not None:
-                kept_labels = labels[chunk.keep]
-                if kept_labels.numel():
-                    label_range += [int(kept_labels.min()), int(kept_labels.max())]
+            if chunk.keep is None:
+                chunk_low, chunk_high = labels.amin(), labels.amax()
+            else:
+                chunk_low = labels.where(chunk.keep, extremes.max).amin()
+                chunk_high = labels.where(chunk.keep, extremes.min).amax()
                 labels = labels.where(chunk.keep, 0)
+            label_low = torch.minimum(label_low, chunk_low)
+            label_high = torch.maximum(label_high, chunk_high)
             self.label_logit[rows] = chunk.logits.gather(1, labels[:, None]).squeeze(1)
-            kept = chunk if chunk.keep is None else self._compact(chunk)
-            self._add_chunk_sums(sums, kept, 1.0, False, bins)
-        keep = None if self.ignore_index is None else self.labels != self.ignore_index
+            self._add_chunk_sums(sums, chunk.compacted(), 1.0, False, bins)
         finite = torch.isfinite(self.row_max) & torch.isfinite(row_min)
         if keep is not None:
             finite |= ~keep
@@ -408,32 +417,10 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
             )
         # The label's score is the row's maximum: a tie for the top counts as correct.
         correct = self.label_logit == self.row_max
-        if keep is None:
-            label_low, label_high = int(self.labels.min()), int(self.labels.max())
-        else:
+        if keep is not None:
             correct &= keep
-            label_low, label_high = min(label_range), max(label_range)
-        extras = self._extras(n_kept, int(correct.sum()), label_low, label_high)
+        extras = self._extras(n_kept, int(correct.sum()), int(label_low), int(label_high))
         return torch.cat([sums, bins.result().reshape(-1), extras])
-
-    def _chunks(self, keep_all: bool = False) -> Iterator[_Chunk]:
-        """Chunks of kept rows; with ``keep_all`` every row, and ``keep`` marks the kept ones."""
-        if not keep_all:
-            yield from super()._chunks()
-            return
-        for start in range(0, self.n_rows, self.chunk_rows):
-            stop = min(start + self.chunk_rows, self.n_rows)
-            logits = self.source.read(start, stop).to(self.device, self.compute_dtype)
-            keep = None
-            if self.ignore_index is not None:
-                keep = self.labels[start:stop] != self.ignore_index
-                keep = None if bool(keep.all()) else keep
-            yield _Chunk(start, stop, logits, keep)
-
-    @staticmethod
-    def _compact(chunk: _Chunk) -> _Chunk:
-        assert chunk.keep is not None
-        return _Chunk(chunk.start, chunk.stop, chunk.logits[chunk.keep], chunk.keep)
 
     def _rows_sum_to_one(self) -> bool:
         return all(
@@ -489,19 +476,18 @@ class SigmoidTemperatureNLL(_StreamedNLL):
     ) -> None:
         if isinstance(logits, Tensor) and logits.ndim == 1:
             logits = TensorRows(logits, rows_of_width=False)
-        source = logits
-        check_source(source)
+        check_source(logits)
         targets = check_tensor(targets, "labels")
-        if len(source.shape) != 1 or targets.shape != source.shape:
+        if len(logits.shape) != 1 or targets.shape != logits.shape:
             raise ValueError(
-                f"binary logits and targets must both be (M,), got {tuple(source.shape)} and "
+                f"binary logits and targets must both be (M,), got {tuple(logits.shape)} and "
                 f"{tuple(targets.shape)}"
             )
         if targets.dtype.is_floating_point or targets.dtype == torch.bool:
             ignore_index = None
         super().__init__(
-            source,
-            targets.to(source.device),
+            logits,
+            targets.to(logits.device),
             ignore_index=ignore_index,
             chunk_elements=chunk_elements,
             n_bins=n_bins,
@@ -509,30 +495,24 @@ class SigmoidTemperatureNLL(_StreamedNLL):
         )
 
     def _prepare(self) -> Tensor:
-        n_kept = self._keep_count()
+        n_kept, _ = self._kept_rows()
+        check_binary_targets(self.labels, self.ignore_index)
         sums, bins = self._new_sums(), self._new_bins()
-        bad_entries, first_bad, not_binary, example = 0, -1, 0, None
+        bad_entries, first_bad = 0, -1
         low, high, n_correct = float("inf"), -float("inf"), 0
         for chunk in self._chunks():
             targets = self._rows(self.labels, chunk)
-            wrong = (targets != 0) & (targets != 1)
-            if bool(wrong.any()):
-                example = example if not_binary else targets[wrong][0].item()
-                not_binary += int(wrong.sum())
             bad = ~torch.isfinite(chunk.logits)
             if bool(bad.any()):
-                index = torch.arange(chunk.start, chunk.stop, device=self.device)
-                first_bad = first_bad if bad_entries else int(self._rows(index, chunk)[bad][0])
+                if not bad_entries:
+                    index = torch.arange(chunk.start, chunk.stop, device=self.device)
+                    first_bad = int((index if chunk.keep is None else index[chunk.keep])[bad][0])
                 bad_entries += int(bad.sum())
-            elif not bad_entries and not not_binary and chunk.logits.numel():
+            elif not bad_entries and chunk.logits.numel():
                 chunk_low, chunk_high = torch.aminmax(chunk.logits)
                 low, high = min(low, float(chunk_low)), max(high, float(chunk_high))
                 n_correct += int(((chunk.logits >= 0) == (targets == 1)).sum())
                 self._add_chunk_sums(sums, chunk, 1.0, False, bins)
-        if not_binary:
-            raise ValueError(
-                f"sigmoid targets must be 0 or 1; found {not_binary} other value(s), e.g. {example}"
-            )
         self._raise_if_not_finite(bad_entries, first_bad, "entry", "entries")
         if n_kept >= 16 and low >= 0 and high <= 1:
             raise ValueError(

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from torchcal._sources import ColumnRows, RowSource, TensorRows, as_source, check_source
-from torchcal._validation import FLOAT_DTYPES, check_choice, check_tensor
+from torchcal._validation import FLOAT_DTYPES, check_binary_targets, check_choice, check_tensor
 
 ACTIVATIONS = ("auto", "softmax", "sigmoid")
 INPUTS = ("logits", "probs")
@@ -147,14 +147,18 @@ def _softmax_rows(
     return Rows("softmax", rows, flat_labels, dim - logits.ndim, n_ignored)
 
 
-def _binary_targets(labels: Tensor) -> Tensor:
-    if labels.numel() and not bool(((labels == 0) | (labels == 1)).all()):
-        bad = labels[(labels != 0) & (labels != 1)]
+def _is_binary(shape: tuple[int, ...]) -> bool:
+    """Whether logits of ``shape`` hold one logit per sample: (N,) or (N, 1)."""
+    return len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
+
+
+def _check_binary_labels(n_entries: int, labels_shape: tuple[int, ...]) -> None:
+    """Labels of binary logits with ``n_entries`` entries must match them one to one."""
+    if tuple(labels_shape) not in ((n_entries,), (n_entries, 1)):
         raise ValueError(
-            f"sigmoid targets must be 0 or 1; found {bad.numel()} other value(s), "
-            f"e.g. {bad[0].item()}"
+            f"binary logits have {n_entries} entries but labels have shape "
+            f"{tuple(labels_shape)}; they must match one to one"
         )
-    return labels
 
 
 def _sigmoid_class_dim(
@@ -162,14 +166,10 @@ def _sigmoid_class_dim(
 ) -> int | None:
     """Check sigmoid logits against their targets; the class dim (>= 0), None if binary."""
     ndim = logits.ndim
-    if ndim == 1 or (ndim == 2 and logits.shape[1] == 1):  # binary
+    if _is_binary(logits.shape):
         if per_class:
             raise ValueError("per_class=True needs multi-label logits (N, K) with K >= 2")
-        if labels.shape not in ((logits.shape[0],), (logits.shape[0], 1)):
-            raise ValueError(
-                f"binary logits have {logits.shape[0]} entries but labels have shape "
-                f"{tuple(labels.shape)}; they must match one to one"
-            )
+        _check_binary_labels(logits.shape[0], labels.shape)
         return None
     if labels.shape != logits.shape:
         raise ValueError(
@@ -200,7 +200,9 @@ def _sigmoid_rows(
     if not per_class:
         logits, labels, n_ignored = _drop_ignored(logits, labels, ignore_index)
     target_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    return Rows("sigmoid", logits, _binary_targets(labels).to(target_dtype), class_axis, n_ignored)
+    return Rows(
+        "sigmoid", logits, check_binary_targets(labels).to(target_dtype), class_axis, n_ignored
+    )
 
 
 def check_probabilities_input(probs: Tensor) -> None:
@@ -234,6 +236,19 @@ def _probs_to_logits(probs: Tensor, activation: str) -> Tensor:
     return probabilities_to_logits(probs, activation)
 
 
+def _check_options(activation: str, inputs: str) -> None:
+    """``activation`` and ``inputs`` must be among the known choices."""
+    check_choice(activation, "activation", ACTIVATIONS)
+    check_choice(inputs, "inputs", INPUTS)
+
+
+def _resolve_activation(activation: str, shape: tuple[int, ...]) -> str:
+    """``activation`` with "auto" resolved: sigmoid for binary logits of ``shape``, else softmax."""
+    if activation != "auto":
+        return activation
+    return "sigmoid" if _is_binary(shape) else "softmax"
+
+
 def _check_inputs(
     logits: object, labels: object, activation: str, per_class: bool, inputs: str
 ) -> tuple[Tensor, Tensor, str]:
@@ -241,15 +256,12 @@ def _check_inputs(
     logits = check_tensor(logits, "logits")
     labels = check_tensor(labels, "labels")
     _check_float(logits, "logits")
-    check_choice(activation, "activation", ACTIVATIONS)
-    check_choice(inputs, "inputs", INPUTS)
+    _check_options(activation, inputs)
     if logits.numel() == 0:
         raise ValueError(
             f"logits are empty (shape {tuple(logits.shape)}): at least 1 sample is needed"
         )
-    if activation == "auto":
-        binary = logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1)
-        activation = "sigmoid" if binary else "softmax"
+    activation = _resolve_activation(activation, logits.shape)
     if per_class and activation != "sigmoid":
         raise ValueError(
             "per_class=True is for multi-label sigmoid models: pass activation='sigmoid'"
@@ -292,8 +304,8 @@ class FitRows:
     ``sources[i]`` gives (M, K) softmax rows with (M,) integer ``labels[i]``, or (M,) sigmoid
     entries with (M,) 0/1 targets. Nothing is copied: sources read the caller's tensor (or array,
     or file) chunk by chunk, and entries whose label equals ``ignore_index`` are skipped by the
-    fit rather than dropped here (``None``: nothing to skip). The targets' 0/1 values, like the
-    logits' finiteness, are checked by the fit in its chunks.
+    fit rather than dropped here (``None``: nothing to skip). The targets' 0/1 values and the
+    logits' finiteness are checked by the fit.
     """
 
     activation: str
@@ -374,8 +386,7 @@ def _source_rows(
     """A numpy array or an opened file: (N, K) softmax rows or (N,) binary logits."""
     source = as_source(logits)
     labels = check_tensor(labels, "labels")
-    check_choice(activation, "activation", ACTIVATIONS)
-    check_choice(inputs, "inputs", INPUTS)
+    _check_options(activation, inputs)
     check_source(source)
     if inputs == "probs" or per_class:
         option = "inputs='probs'" if inputs == "probs" else "per_class=True"
@@ -384,9 +395,7 @@ def _source_rows(
             "take (N, K) logits or (N,) binary logits"
         )
     shape = tuple(source.shape)
-    binary = len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
-    if activation == "auto":
-        activation = "sigmoid" if binary else "softmax"
+    activation = _resolve_activation(activation, shape)
     if activation == "softmax":
         if len(shape) != 2 or class_dim not in (None, 1, -1):
             raise ValueError(
@@ -398,16 +407,12 @@ def _source_rows(
             )
         _softmax_class_dim(torch.Size(shape), labels, None)
         return FitRows("softmax", (source,), (labels,), -1, ignore_index)
-    if not binary:
+    if not _is_binary(shape):
         raise ValueError(
             f"arrays and files read in chunks hold (N,) binary logits for a sigmoid fit, got "
             f"shape {shape}; pass multi-label logits as a torch.Tensor"
         )
-    if tuple(labels.shape) not in ((shape[0],), (shape[0], 1)):
-        raise ValueError(
-            f"binary logits have {shape[0]} entries but labels have shape "
-            f"{tuple(labels.shape)}; they must match one to one"
-        )
+    _check_binary_labels(shape[0], labels.shape)
     if len(shape) == 2:
         source = ColumnRows(source)
     return FitRows("sigmoid", (source,), (labels.reshape(-1),), None, ignore_index)

@@ -89,6 +89,19 @@ def check_labels(
     return labels
 
 
+def check_binary_targets(labels: Tensor, ignore_index: int | None = None) -> Tensor:
+    """Check that every entry of ``labels`` is 0 or 1, except those equal to ``ignore_index``."""
+    bad = (labels != 0) & (labels != 1)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    if bool(bad.any()):
+        raise ValueError(
+            f"sigmoid targets must be 0 or 1; found {int(bad.sum())} other value(s), "
+            f"e.g. {labels[bad][0].item()}"
+        )
+    return labels
+
+
 def check_unit_interval(probs: Tensor, name: str, conversion: str) -> None:
     """Check that every value of ``probs`` is finite and in [0, 1]; ``conversion`` fixes logits."""
     finite = torch.isfinite(probs)

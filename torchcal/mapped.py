@@ -110,8 +110,7 @@ class LogitsFile:
         self._stored_shape = tuple(shape)
         self._data_offset = data_offset
         self._row_shape = self._stored_shape[1:]
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        self._row_bytes = math.prod(self._row_shape) * itemsize
+        self._row_bytes = math.prod(self._row_shape) * dtype.itemsize
         self._reader = _reader or _Reader(self.path)
         self._first, self._step = _first, _step
         n_rows = strided_length(self._stored_shape[0], _step, _first) if shape else 1
@@ -237,8 +236,7 @@ def open_logits(path: str | Path, key: str | None = None) -> LogitsFile:
             shape, dtype, offset = _npy_header(file, path)
         else:
             key, shape, dtype, offset = _safetensors_header(file, path, key)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if offset + math.prod(shape) * itemsize > size:
+    if offset + math.prod(shape) * dtype.itemsize > size:
         raise ValueError(f"{path}: the file is shorter than its header says; is it truncated?")
     return LogitsFile(path, key, shape, dtype, offset)
 
