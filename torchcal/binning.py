@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchcal._objective import SoftmaxTemperatureNLL
 from torchcal._validation import check_positive_int
 from torchcal.calibrator import SoftmaxCalibrator
 from torchcal.errors import CalibrationWarning
@@ -241,7 +242,9 @@ class HistogramBinning(SoftmaxCalibrator):
     def _hyperparameters(self) -> dict[str, Any]:
         return {"bins": self.bins}
 
-    def _fit_rows(self, logits: Tensor, labels: Tensor) -> tuple[int, bool]:
+    def _fit_rows(
+        self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
+    ) -> tuple[int, bool]:
         n_classes = logits.shape[1]
         _warn_about_absent_classes(labels, n_classes, "histogram", stacklevel=4)
         probs = torch.softmax(_compute(logits), dim=-1)
@@ -347,7 +350,9 @@ class IsotonicCalibrator(SoftmaxCalibrator):
         super().fit(data, labels, progress=progress)
         return self
 
-    def _fit_rows(self, logits: Tensor, labels: Tensor) -> tuple[int, bool]:
+    def _fit_rows(
+        self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
+    ) -> tuple[int, bool]:
         isotonic_regression = _isotonic_regression()
         n_classes = logits.shape[1]
         _warn_about_absent_classes(labels, n_classes, "isotonic", stacklevel=5)

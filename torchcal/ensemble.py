@@ -284,8 +284,9 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
         w1, w2, w3 = self.weights_.tolist()
         return w1, w2, w3
 
-    def _fit_rows(self, logits: Tensor, labels: Tensor) -> tuple[int, bool]:
-        objective = SoftmaxTemperatureNLL(logits, labels)
+    def _fit_rows(
+        self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
+    ) -> tuple[int, bool]:
         solution = solve_temperature(
             objective,
             method="lbfgs",

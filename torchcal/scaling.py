@@ -140,7 +140,9 @@ class _AffineCalibrator(SoftmaxCalibrator):
         self.reg_mu_ = default * k if self.reg_mu is None else self.reg_mu
         return self.reg_lambda_ / (k * (k - 1)), self.reg_mu_ / k
 
-    def _fit_rows(self, logits: Tensor, labels: Tensor) -> tuple[int, bool]:
+    def _fit_rows(
+        self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
+    ) -> tuple[int, bool]:
         n_samples, n_classes = logits.shape
         if not self.diagonal and n_classes > MAX_MATRIX_CLASSES:
             raise ValueError(
@@ -148,17 +150,8 @@ class _AffineCalibrator(SoftmaxCalibrator):
                 f"the {MAX_MATRIX_CLASSES} classes it supports ({n_classes**2:,} parameters); "
                 "use VectorScaler, DirichletCalibrator(diagonal=True) or TemperatureScaler"
             )
-        n_parameters = n_classes * (1 if self.diagonal else n_classes) + n_classes
-        if n_parameters > n_samples:
-            warnings.warn(
-                f"{type(self).__name__} has {n_parameters} parameters but only {n_samples} "
-                "samples to fit them on: expect it to overfit; calibrate on more data, raise the "
-                "penalties, or use a smaller map (VectorScaler, TemperatureScaler)",
-                CalibrationWarning,
-                stacklevel=3,
-            )
         off_diagonal_penalty, bias_penalty = self._penalties(n_samples, n_classes)
-        objective = AffineObjective(
+        affine = AffineObjective(
             logits,
             labels,
             log_probs=self._log_probs,
@@ -166,10 +159,18 @@ class _AffineCalibrator(SoftmaxCalibrator):
             off_diagonal_penalty=off_diagonal_penalty,
             bias_penalty=bias_penalty,
         )
-        beta = _temperature_start(logits, labels)
+        if affine.n_parameters > n_samples:
+            warnings.warn(
+                f"{type(self).__name__} has {affine.n_parameters} parameters but only "
+                f"{n_samples} samples to fit them on: expect it to overfit; calibrate on more "
+                "data, raise the penalties, or use a smaller map (VectorScaler, TemperatureScaler)",
+                CalibrationWarning,
+                stacklevel=3,
+            )
+        beta = _temperature_start(objective)
         eye = torch.ones(n_classes) if self.diagonal else torch.eye(n_classes)
         result = fit_affine(
-            objective,
+            affine,
             eye.double() * beta,
             torch.zeros(n_classes, dtype=torch.float64),
             tol=self.tol,
@@ -216,14 +217,15 @@ def _check_penalty(value: object, name: str) -> float | None:
     return value
 
 
-def _temperature_start(logits: Tensor, labels: Tensor) -> float:
-    """1/T of the fitted temperature, the start of every affine fit (1 if T hit a bound).
+def _temperature_start(objective: SoftmaxTemperatureNLL) -> float:
+    """1/T of the temperature fitted on ``objective``, the start of every affine fit (1 if T hit
+    a bound).
 
     ``softmax(log_softmax(z) / T) = softmax(z / T)``, so it is also the Dirichlet map's best
     multiple of the identity.
     """
     solution = solve_temperature(
-        SoftmaxTemperatureNLL(logits, labels),
+        objective,
         method="newton",
         temperature_bounds=(1e-2, 1e2),
         rtol=1e-4,
