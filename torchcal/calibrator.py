@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from torchcal._objective import SoftmaxTemperatureNLL
 from torchcal._shapes import INPUTS, check_probabilities_input, probabilities_to_logits, to_rows
-from torchcal._validation import check_choice, check_positive_int
+from torchcal._validation import check_choice, check_model, check_positive_int
 from torchcal._version import __version__
 from torchcal.collect import logits_and_labels
 from torchcal.errors import CalibrationWarning, NotFittedError
@@ -147,9 +147,7 @@ class SoftmaxCalibrator(Calibrator):
         n_bins: int = 15,
     ) -> None:
         super().__init__()
-        if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
-        self.model = model
+        self.model = check_model(model)
         self.class_dim = class_dim
         self.ignore_index = ignore_index
         self.inputs = check_choice(inputs, "inputs", INPUTS)

@@ -38,7 +38,12 @@ from torch import Tensor, nn
 
 from torchcal._objective import SoftmaxTemperatureNLL, default_chunk_elements
 from torchcal._solver import solve_temperature
-from torchcal._validation import check_choice, check_positive_finite, check_positive_int
+from torchcal._validation import (
+    check_choice,
+    check_positive_finite,
+    check_positive_int,
+    check_temperature_bounds,
+)
 from torchcal.calibrator import SoftmaxCalibrator
 from torchcal.errors import CalibrationWarning
 
@@ -252,12 +257,7 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
             model, class_dim=class_dim, ignore_index=ignore_index, inputs=inputs, n_bins=n_bins
         )
         self.loss = check_choice(loss, "loss", LOSSES)
-        low, high = (check_positive_finite(b, "temperature_bounds") for b in temperature_bounds)
-        if not low < high:
-            raise ValueError(
-                f"temperature_bounds must be (low, high) with low < high, got {temperature_bounds}"
-            )
-        self.temperature_bounds = (low, high)
+        self.temperature_bounds = check_temperature_bounds(temperature_bounds)
         self.tol = check_positive_finite(tol, "tol")
         self.max_iter = check_positive_int(max_iter, "max_iter")
         self.register_buffer("temperature_", torch.empty(0))

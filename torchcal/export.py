@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from torchcal._shapes import probabilities_to_logits
-from torchcal._validation import check_choice
+from torchcal._validation import check_choice, check_model
 
 OUTPUTS = ("logits", "probs")
 LINKS = ("softmax", "sigmoid")
@@ -90,8 +90,7 @@ class CalibratedModel(nn.Module):
         link: str = "softmax",
     ) -> None:
         super().__init__()
-        if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
+        check_model(model)
         check_choice(output, "output", OUTPUTS)
         check_choice(link, "link", LINKS)
         self.model = nn.Identity() if model is None else model
