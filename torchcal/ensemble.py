@@ -46,6 +46,7 @@ from torchcal._validation import (
 )
 from torchcal.calibrator import SoftmaxCalibrator
 from torchcal.errors import CalibrationWarning
+from torchcal.export import in_compute_dtype
 
 LOSSES = ("mse", "nll")
 #: Frank-Wolfe gap (objective units) at which the weight fit counts as converged.
@@ -58,7 +59,7 @@ def ensemble_temperature_calibrate(logits: Tensor, temperature: Tensor, weights:
     Computed as a log-sum-exp of the three weighted log-probabilities, so it stays finite (and
     accurate) where the probabilities underflow; a zero weight drops its component.
     """
-    z = logits if logits.dtype == torch.float64 else logits.float()
+    z = in_compute_dtype(logits)
     log_weights = weights.to(z.dtype).log()
     scaled = torch.log_softmax(z / temperature.to(z.dtype), dim=-1) + log_weights[0]
     plain = torch.log_softmax(z, dim=-1) + log_weights[1]

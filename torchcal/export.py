@@ -8,6 +8,7 @@ travels with it: no fitting code, no options, no Python-side state, so ``torch.j
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from torchcal._shapes import probabilities_to_logits
@@ -15,6 +16,20 @@ from torchcal._validation import check_choice, check_model
 
 OUTPUTS = ("logits", "probs")
 LINKS = ("softmax", "sigmoid")
+
+
+def in_compute_dtype(logits: Tensor) -> Tensor:
+    """``logits`` in the dtype heads compute in: float64 stays float64, anything else (half
+    precision included) becomes float32.
+
+    Example:
+        >>> import torch
+        >>> in_compute_dtype(torch.ones(2, dtype=torch.float16)).dtype
+        torch.float32
+    """
+    if logits.dtype == torch.float64:
+        return logits
+    return logits.float()
 
 
 class ProbabilitiesToLogits(nn.Module):

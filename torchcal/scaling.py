@@ -42,6 +42,7 @@ from torchcal._solver import solve_temperature
 from torchcal._validation import check_positive_finite, check_positive_int
 from torchcal.calibrator import SoftmaxCalibrator
 from torchcal.errors import CalibrationWarning
+from torchcal.export import in_compute_dtype
 
 #: The largest K a full (K, K) matrix is fitted for: beyond it the K^2 parameters, their LBFGS
 #: history and the O(M K^2) passes are out of proportion to what a calibration set can support.
@@ -57,17 +58,15 @@ DEFAULT_PENALTY = 100.0
 def affine_calibration(logits: Tensor, weight: Tensor, bias: Tensor, log_probs: bool) -> Tensor:
     """``x W^T + b`` (or ``x * w + b`` for a (K,) weight) along the last dimension.
 
-    ``x`` is ``logits`` or, with ``log_probs``, ``log_softmax(logits)``. Half-precision logits
-    are computed in float32; the weight and bias are cast to the compute dtype.
+    ``x`` is ``logits`` or, with ``log_probs``, ``log_softmax(logits)``, computed in float64 for
+    float64 logits and in float32 otherwise; the weight and bias are cast to that dtype.
 
     Example:
         >>> logits = torch.tensor([[1.0, 2.0, 3.0]])
         >>> affine_calibration(logits, torch.tensor([2.0, 1.0, 0.5]), torch.zeros(3), False)
         tensor([[2.0000, 2.0000, 1.5000]])
     """
-    x = logits
-    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
-        x = x.float()
+    x = in_compute_dtype(logits)
     if log_probs:
         x = torch.log_softmax(x, dim=-1)
     weight = weight.to(x.dtype)
