@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from torchcal._affine import AffineObjective, canonical, fit_affine
+from torchcal._affine import AffineObjective, fit_affine
 from torchcal._objective import SoftmaxTemperatureNLL
 from torchcal._solver import solve_temperature
 from torchcal._validation import check_positive_finite, check_positive_int
@@ -175,10 +175,9 @@ class _AffineCalibrator(SoftmaxCalibrator):
             tol=self.tol,
             max_iter=self.max_iter,
         )
-        weight, bias = canonical(result.weight, result.bias, diagonal=self.diagonal)
-        self._set_buffer("weight", weight)
-        self._set_buffer("bias", bias)
-        largest = float(weight.abs().max())
+        self._set_buffer("weight", result.weight)
+        self._set_buffer("bias", result.bias)
+        largest = float(result.weight.abs().max())
         if result.unbounded or largest > DIVERGENCE_FACTOR * beta:
             why = (
                 "scaling up its unpenalised parameters narrows no sample's margin and widens some"
