@@ -17,6 +17,7 @@ from export_routes import CHECK_BATCHES, EXPORT_BATCH, MODELS, ROUTES, inputs
 
 import torchcal
 from torchcal import CalibrationWarning, Calibrator, NotFittedError, SoftmaxCalibrator
+from torchcal._objective import SoftmaxTemperatureNLL
 from torchcal.compare import DEFAULT_METHODS
 
 KINDS = sorted(Calibrator.registry)
@@ -111,6 +112,22 @@ def test_ignored_labels_are_left_out_of_the_fit(kind, data):
     assert ignoring.fit_result.n_samples == len(labels)
     plain = fit_quietly(make(kind), logits, labels)
     assert torch.allclose(ignoring.predict_proba(logits), plain.predict_proba(logits), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_fit_validates_its_rows_in_one_pass(kind, data, monkeypatch):
+    """The temperature objective built to validate the rows is the one a temperature is fitted
+    on (vector, matrix and Dirichlet scaling start from it, ensemble scaling mixes it in)."""
+    prepare = SoftmaxTemperatureNLL._prepare
+    calls = []
+
+    def counted(objective):
+        calls.append(objective)
+        return prepare(objective)
+
+    monkeypatch.setattr(SoftmaxTemperatureNLL, "_prepare", counted)
+    fit_quietly(make(kind), *data)
+    assert len(calls) == 1
 
 
 # ------------------------------------------------------------------ bad input

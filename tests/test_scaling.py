@@ -250,6 +250,30 @@ def test_lbfgs_path_agrees_with_newton_path(log_probs):
     assert torch.allclose(lbfgs.bias, newton.bias, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["newton", "lbfgs"])
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_both_solvers_return_the_canonical_representative(method, diagonal):
+    """Without penalties the optimum is a set; either solver's result is its member whose bias
+    and columns' off-diagonal entries sum to zero, started from a point that is not."""
+    logits, labels = distorted(1500, 5, "vector" if diagonal else "matrix", seed=9)
+    objective = AffineObjective(
+        logits,
+        labels,
+        log_probs=False,
+        diagonal=diagonal,
+        off_diagonal_penalty=0.0,
+        bias_penalty=0.0,
+    )
+    eye = torch.ones(5) if diagonal else torch.eye(5)
+    start = torch.arange(5, dtype=torch.float64)
+    result = fit_affine(objective, eye.double(), start, tol=1e-9, max_iter=2000, method=method)
+    assert result.converged and result.method == method
+    assert abs(float(result.bias.sum())) <= 1e-9
+    if not diagonal:
+        weight = result.weight
+        assert (weight.sum(dim=0) - torch.diagonal(weight)).abs().max() <= 1e-9
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_vector_scaling_matches_netcal_on_log_probabilities():
     """netcal's LogisticCalibration (multiclass: vector scaling on log(p), scipy's default

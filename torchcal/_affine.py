@@ -70,15 +70,14 @@ HESSIAN_CHUNK_ELEMENTS = 1 << 20
 
 @dataclass(frozen=True)
 class AffineFit:
-    """Where the solver stopped, in the original (unstandardised) parameters, float64."""
+    """Where the solver stopped, in the original (unstandardised) parameters, float64: the
+    :func:`canonical` representative."""
 
     weight: Tensor  # (K, K) or (K,)
     bias: Tensor  # (K,)
     objective: float
-    gradient: float  # max |partial derivative| in the standardised parameters
     iterations: int
-    evaluations: int
-    converged: bool
+    converged: bool  # every partial derivative in the standardised parameters is <= tol
     method: str  # "newton" or "lbfgs"
     unbounded: bool  # the objective decreases without bound along the unpenalised parameters
 
@@ -119,7 +118,6 @@ class AffineObjective:
         self.device = rows.device
         elements = chunk_elements or default_chunk_elements(rows.device)
         self.chunk_rows = max(1, elements // self.n_classes)
-        self.evaluations = 0
         #: Penalise the canonical representative (see :meth:`_penalty`).
         self.projected = False
         self.mean, self.scale, self.whitening, self.unwhitening = self._moments()
@@ -220,7 +218,6 @@ class AffineObjective:
             scores = self._scores(x, theta)
             labels = self.labels[start:stop, None]
             nll += (torch.logsumexp(scores, dim=1, keepdim=True) - scores.gather(1, labels)).sum()
-        self.evaluations += 1
         return float(nll) / self.n_samples + self._penalty(theta)[0]
 
     def evaluate(
@@ -249,7 +246,6 @@ class AffineObjective:
                 grad[:, -1] += residual.sum(dim=0)
             if hess is not None:
                 self._add_hessian(hess, blocks, x, probs)
-        self.evaluations += 1
         n = self.n_samples
         grad /= n
         penalty, penalty_grad = self._penalty(theta)
@@ -259,7 +255,7 @@ class AffineObjective:
             if self.diagonal:
                 blocks[:, 1, 0] = blocks[:, 0, 1]
             view.diagonal(dim1=0, dim2=2).add_(blocks.permute(1, 2, 0) / n)
-            hess += self._penalty_hessian()
+            view.diagonal(dim1=0, dim2=2).add_(self._penalty_blocks().permute(1, 2, 0))
         return float(nll) / n + penalty, grad + penalty_grad, hess
 
     def unbounded(self, theta: Tensor) -> bool:
@@ -289,26 +285,38 @@ class AffineObjective:
     def _add_hessian(self, hess: Tensor, blocks: Tensor, x: Tensor, probs: Tensor) -> None:
         """Add a chunk's sum of (diag(p) - p p^T) (x) f f^T, f the features of each parameter.
 
-        ``blocks`` (K, P, P) collects the diag(p) part (block-diagonal over classes), ``hess`` the
-        -p p^T part as ``-Z^T Z`` with ``Z[m, (i, a)] = p_mi f_mia``, in sub-chunks of rows.
+        ``blocks`` (K, P, P) collects the diag(p) part (block-diagonal over classes, see
+        :meth:`_add_blocks`), ``hess`` the -p p^T part as ``-Z^T Z`` with
+        ``Z[m, (i, a)] = p_mi f_mia``, in sub-chunks of rows.
         """
         k, width = self.n_classes, self.width
         step = max(1, HESSIAN_CHUNK_ELEMENTS // (k * width))
         for start in range(0, x.shape[0], step):
             xs, ps = x[start : start + step], probs[start : start + step]
+            self._add_blocks(blocks, xs, ps)
             if self.diagonal:
-                px = ps * xs
-                blocks[:, 0, 0] += (px * xs).sum(dim=0)
-                blocks[:, 0, 1] += px.sum(dim=0)
-                blocks[:, 1, 1] += ps.sum(dim=0)
-                weighted = torch.stack([px, ps], dim=2)
+                weighted = torch.stack([ps * xs, ps], dim=2)
             else:
                 features = torch.cat([xs, torch.ones_like(xs[:, :1])], dim=1)
-                outer = (features[:, :, None] * features[:, None, :]).reshape(xs.shape[0], -1)
-                blocks += (ps.T @ outer).view(k, width, width)
                 weighted = ps[:, :, None] * features[:, None, :]
             flat = weighted.reshape(xs.shape[0], k * width)
             hess.addmm_(flat.T, flat, alpha=-1.0)
+
+    def _add_blocks(self, blocks: Tensor, x: Tensor, weights: Tensor) -> None:
+        """Add ``sum_m weights_mi f_mi f_mi^T`` to each class's (P, P) block of ``blocks``.
+
+        For a diagonal map only the upper triangle is filled: the caller copies entry (0, 1) to
+        (1, 0) once the sums are complete.
+        """
+        if self.diagonal:
+            wx = weights * x
+            blocks[:, 0, 0] += (wx * x).sum(dim=0)
+            blocks[:, 0, 1] += wx.sum(dim=0)
+            blocks[:, 1, 1] += weights.sum(dim=0)
+        else:
+            features = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+            outer = (features[:, :, None] * features[:, None, :]).reshape(x.shape[0], -1)
+            blocks += (weights.T @ outer).view(self.n_classes, self.width, self.width)
 
     def _penalty(self, theta: Tensor) -> tuple[float, Tensor]:
         """The ODIR penalty (on the original parameters) and its gradient in ``theta``.
@@ -343,13 +351,6 @@ class AffineObjective:
             blocks[:, :k, :k] += 2 * self.off_diagonal_penalty * off
         return blocks
 
-    def _penalty_hessian(self) -> Tensor:
-        k, width = self.n_classes, self.width
-        hess = torch.zeros(k * width, k * width, dtype=torch.float64, device=self.device)
-        diagonal_blocks = hess.view(k, width, k, width).diagonal(dim1=0, dim2=2)
-        diagonal_blocks.add_(self._penalty_blocks().permute(1, 2, 0))
-        return hess
-
     def hessian_blocks(self, theta: Tensor) -> Tensor:
         """The Hessian's (P, P) blocks of each class's own parameters, (K, P, P), in one pass.
 
@@ -363,17 +364,7 @@ class AffineObjective:
             for start in range(0, chunk.shape[0], step):
                 x = chunk[start : start + step]
                 probs = torch.softmax(self._scores(x, theta), dim=1)
-                spread = probs * (1 - probs)
-                if self.diagonal:
-                    sx = spread * x
-                    blocks[:, 0, 0] += (sx * x).sum(dim=0)
-                    blocks[:, 0, 1] += sx.sum(dim=0)
-                    blocks[:, 1, 1] += spread.sum(dim=0)
-                else:
-                    features = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
-                    outer = (features[:, :, None] * features[:, None, :]).reshape(x.shape[0], -1)
-                    blocks += (spread.T @ outer).view(k, width, width)
-        self.evaluations += 1
+                self._add_blocks(blocks, x, probs * (1 - probs))
         if self.diagonal:
             blocks[:, 1, 0] = blocks[:, 0, 1]
         blocks /= self.n_samples
@@ -391,7 +382,6 @@ class AffineObjective:
             else:
                 diag[:, :-1] += spread.T @ x.square()
                 diag[:, -1] += spread.sum(dim=0)
-        self.evaluations += 1
         diag /= self.n_samples
         diag += 2 * self.bias_penalty * self.bias_map.square()
         if self.off_diagonal_penalty:
@@ -437,16 +427,13 @@ def fit_affine(
     solve = _newton if method == "newton" else _lbfgs
     theta, iterations = solve(objective, theta, tol=tol, max_iter=max_iter)
     value, grad, _ = objective.evaluate(theta)
-    gradient = float(grad.abs().max())
-    weight, bias = objective.to_original(theta)
+    weight, bias = canonical(*objective.to_original(theta), diagonal=objective.diagonal)
     return AffineFit(
         weight=weight,
         bias=bias,
         objective=value,
-        gradient=gradient,
         iterations=iterations,
-        evaluations=objective.evaluations,
-        converged=gradient <= tol,
+        converged=float(grad.abs().max()) <= tol,
         method=method,
         unbounded=objective.unbounded(theta),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -154,6 +154,26 @@ def check_positive_finite(value: object, name: str) -> float:
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"{name} must be finite and > 0, got {value}")
     return value
+
+
+def check_model(model: object) -> nn.Module | None:
+    """Check that ``model`` is a ``torch.nn.Module`` or ``None``, and return it."""
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
+    return model
+
+
+def check_temperature_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
+    """Check ``temperature_bounds``: ``(low, high)``, both finite and > 0, with ``low < high``.
+
+    Example:
+        >>> check_temperature_bounds((1e-3, 1000))
+        (0.001, 1000.0)
+    """
+    low, high = (check_positive_finite(b, "temperature_bounds") for b in bounds)
+    if not low < high:
+        raise ValueError(f"temperature_bounds must be (low, high) with low < high, got {bounds}")
+    return low, high
 
 
 def check_floating(value: object, name: str) -> Tensor:

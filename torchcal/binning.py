@@ -29,19 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchcal._objective import SoftmaxTemperatureNLL
 from torchcal._validation import check_positive_int
 from torchcal.calibrator import SoftmaxCalibrator
 from torchcal.errors import CalibrationWarning
+from torchcal.export import in_compute_dtype
 
 #: Smallest one-vs-rest output before renormalising (float32-friendly; log(1e-6) = -13.8).
 PROBABILITY_FLOOR = 1e-6
-
-
-def _compute(logits: Tensor) -> Tensor:
-    """Logits in the compute dtype: float64 stays float64, everything else becomes float32."""
-    if logits.dtype == torch.float64:
-        return logits
-    return logits.float()
 
 
 def _classes_first(probs: Tensor) -> Tensor:
@@ -66,6 +61,17 @@ def renormalised_log_probs(scores: Tensor, floor: float = PROBABILITY_FLOOR) -> 
 
 
 # ----------------------------------------------------------------------------- histogram binning
+def histogram_bin(probs: Tensor, n_bins: int) -> Tensor:
+    """The index ``floor(p * B)`` of each probability's bin among B equal-width bins of [0, 1]
+    (the last one closed).
+
+    Example:
+        >>> histogram_bin(torch.tensor([0.0, 0.25, 0.5, 1.0]), 4)
+        tensor([0, 1, 2, 3])
+    """
+    return (probs * n_bins).floor().clamp(0, n_bins - 1).long()
+
+
 def histogram_map(probs: Tensor, bin_values: Tensor) -> Tensor:
     """Each class's bin value at its probability: ``bin_values[k, floor(p_k * B)]``.
 
@@ -75,15 +81,14 @@ def histogram_map(probs: Tensor, bin_values: Tensor) -> Tensor:
     n_bins = bin_values.shape[-1]
     values = bin_values.to(probs.dtype)
     columns = _classes_first(probs)
-    safe = torch.nan_to_num(columns, nan=0.0)
-    index = (safe * n_bins).floor().clamp(0, n_bins - 1).long()
+    index = histogram_bin(torch.nan_to_num(columns, nan=0.0), n_bins)
     mapped = values.gather(1, index) + columns * 0  # the second term propagates NaN
     return _classes_last(mapped, probs)
 
 
 def histogram_calibrate(logits: Tensor, bin_values: Tensor) -> Tensor:
     """Calibrated log-probabilities of ``logits`` (..., K) by one-vs-rest histogram binning."""
-    probs = torch.softmax(_compute(logits), dim=-1)
+    probs = torch.softmax(in_compute_dtype(logits), dim=-1)
     return renormalised_log_probs(histogram_map(probs, bin_values))
 
 
@@ -156,7 +161,7 @@ def isotonic_map(probs: Tensor, thresholds: Tensor, values: Tensor) -> Tensor:
 
 def isotonic_calibrate(logits: Tensor, thresholds: Tensor, values: Tensor) -> Tensor:
     """Calibrated log-probabilities of ``logits`` (..., K) by one-vs-rest isotonic regression."""
-    probs = torch.softmax(_compute(logits), dim=-1)
+    probs = torch.softmax(in_compute_dtype(logits), dim=-1)
     return renormalised_log_probs(isotonic_map(probs, thresholds, values))
 
 
@@ -241,11 +246,13 @@ class HistogramBinning(SoftmaxCalibrator):
     def _hyperparameters(self) -> dict[str, Any]:
         return {"bins": self.bins}
 
-    def _fit_rows(self, logits: Tensor, labels: Tensor) -> tuple[int, bool]:
+    def _fit_rows(
+        self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
+    ) -> tuple[int, bool]:
         n_classes = logits.shape[1]
         _warn_about_absent_classes(labels, n_classes, "histogram", stacklevel=4)
-        probs = torch.softmax(_compute(logits), dim=-1)
-        index = (probs * self.bins).floor().clamp(0, self.bins - 1).long()
+        probs = torch.softmax(in_compute_dtype(logits), dim=-1)
+        index = histogram_bin(probs, self.bins)
         # flat (class, bin) index of every probability; its positives are the label's column
         flat = index + torch.arange(n_classes, device=index.device) * self.bins
         size = n_classes * self.bins
@@ -347,13 +354,15 @@ class IsotonicCalibrator(SoftmaxCalibrator):
         super().fit(data, labels, progress=progress)
         return self
 
-    def _fit_rows(self, logits: Tensor, labels: Tensor) -> tuple[int, bool]:
+    def _fit_rows(
+        self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
+    ) -> tuple[int, bool]:
         isotonic_regression = _isotonic_regression()
         n_classes = logits.shape[1]
         _warn_about_absent_classes(labels, n_classes, "isotonic", stacklevel=5)
         # float32 probabilities (for non-float64 logits) passed as exact float64 values: the
         # knots are then float32 numbers, stored without rounding
-        probs = torch.softmax(_compute(logits), dim=-1).double().cpu().numpy()
+        probs = torch.softmax(in_compute_dtype(logits), dim=-1).double().cpu().numpy()
         targets = labels.cpu().numpy()
         knots, heights = [], []
         for k in range(n_classes):

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from torchcal._objective import SoftmaxTemperatureNLL
 from torchcal._shapes import INPUTS, check_probabilities_input, probabilities_to_logits, to_rows
-from torchcal._validation import check_choice, check_positive_int
+from torchcal._validation import check_choice, check_model, check_positive_int
 from torchcal._version import __version__
 from torchcal.collect import logits_and_labels
 from torchcal.errors import CalibrationWarning, NotFittedError
@@ -147,9 +147,7 @@ class SoftmaxCalibrator(Calibrator):
         n_bins: int = 15,
     ) -> None:
         super().__init__()
-        if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
-        self.model = model
+        self.model = check_model(model)
         self.class_dim = class_dim
         self.ignore_index = ignore_index
         self.inputs = check_choice(inputs, "inputs", INPUTS)
@@ -161,8 +159,14 @@ class SoftmaxCalibrator(Calibrator):
         self._fit_device: torch.device | None = None
 
     # ------------------------------------------------------------------------- subclass hooks
-    def _fit_rows(self, logits: Tensor, labels: Tensor) -> tuple[int, bool]:
-        """Fit on (M, K) validated logits and (M,) labels; return (iterations, converged)."""
+    def _fit_rows(
+        self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
+    ) -> tuple[int, bool]:
+        """Fit on (M, K) validated logits and (M,) labels; return (iterations, converged).
+
+        ``objective`` is the temperature-scaling NLL on these rows, already built (its
+        validating pass done), for methods that fit a temperature first.
+        """
         raise NotImplementedError
 
     def _calibrate(self, logits: Tensor) -> Tensor:
@@ -252,12 +256,13 @@ class SoftmaxCalibrator(Calibrator):
             inputs=self.inputs,
         )
         # One validating pass (NaN/inf, probabilities given as logits) that also yields the
-        # uncalibrated NLL and reliability bins.
+        # uncalibrated NLL and reliability bins; the methods that fit a temperature reuse it.
         uncalibrated = SoftmaxTemperatureNLL(rows.logits, rows.labels, n_bins=self.n_bins)
         self._fit_device = rows.logits.device  # fitted values live where the logits are
         with torch.no_grad():
-            iterations, converged = self._fit_rows(rows.logits, rows.labels)
-        self._fitted_class_dim = -1 if rows.class_dim is None else rows.class_dim
+            iterations, converged = self._fit_rows(rows.logits, rows.labels, uncalibrated)
+        assert rows.class_dim is not None  # softmax rows always have a class dimension
+        self._fitted_class_dim = rows.class_dim
         self._n_classes = rows.logits.shape[1]
         self._fitted = True
         probs = torch.softmax(self._calibrate(rows.logits), dim=-1)

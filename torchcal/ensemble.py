@@ -38,9 +38,15 @@ from torch import Tensor, nn
 
 from torchcal._objective import SoftmaxTemperatureNLL, default_chunk_elements
 from torchcal._solver import solve_temperature
-from torchcal._validation import check_choice, check_positive_finite, check_positive_int
+from torchcal._validation import (
+    check_choice,
+    check_positive_finite,
+    check_positive_int,
+    check_temperature_bounds,
+)
 from torchcal.calibrator import SoftmaxCalibrator
 from torchcal.errors import CalibrationWarning
+from torchcal.export import in_compute_dtype
 
 LOSSES = ("mse", "nll")
 #: Frank-Wolfe gap (objective units) at which the weight fit counts as converged.
@@ -53,7 +59,7 @@ def ensemble_temperature_calibrate(logits: Tensor, temperature: Tensor, weights:
     Computed as a log-sum-exp of the three weighted log-probabilities, so it stays finite (and
     accurate) where the probabilities underflow; a zero weight drops its component.
     """
-    z = logits if logits.dtype == torch.float64 else logits.float()
+    z = in_compute_dtype(logits)
     log_weights = weights.to(z.dtype).log()
     scaled = torch.log_softmax(z / temperature.to(z.dtype), dim=-1) + log_weights[0]
     plain = torch.log_softmax(z, dim=-1) + log_weights[1]
@@ -252,12 +258,7 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
             model, class_dim=class_dim, ignore_index=ignore_index, inputs=inputs, n_bins=n_bins
         )
         self.loss = check_choice(loss, "loss", LOSSES)
-        low, high = (check_positive_finite(b, "temperature_bounds") for b in temperature_bounds)
-        if not low < high:
-            raise ValueError(
-                f"temperature_bounds must be (low, high) with low < high, got {temperature_bounds}"
-            )
-        self.temperature_bounds = (low, high)
+        self.temperature_bounds = check_temperature_bounds(temperature_bounds)
         self.tol = check_positive_finite(tol, "tol")
         self.max_iter = check_positive_int(max_iter, "max_iter")
         self.register_buffer("temperature_", torch.empty(0))
@@ -284,8 +285,9 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
         w1, w2, w3 = self.weights_.tolist()
         return w1, w2, w3
 
-    def _fit_rows(self, logits: Tensor, labels: Tensor) -> tuple[int, bool]:
-        objective = SoftmaxTemperatureNLL(logits, labels)
+    def _fit_rows(
+        self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
+    ) -> tuple[int, bool]:
         solution = solve_temperature(
             objective,
             method="lbfgs",

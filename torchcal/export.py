@@ -8,13 +8,28 @@ travels with it: no fitting code, no options, no Python-side state, so ``torch.j
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from torchcal._shapes import probabilities_to_logits
-from torchcal._validation import check_choice
+from torchcal._validation import check_choice, check_model
 
 OUTPUTS = ("logits", "probs")
 LINKS = ("softmax", "sigmoid")
+
+
+def in_compute_dtype(logits: Tensor) -> Tensor:
+    """``logits`` in the dtype heads compute in: float64 stays float64, anything else (half
+    precision included) becomes float32.
+
+    Example:
+        >>> import torch
+        >>> in_compute_dtype(torch.ones(2, dtype=torch.float16)).dtype
+        torch.float32
+    """
+    if logits.dtype == torch.float64:
+        return logits
+    return logits.float()
 
 
 class ProbabilitiesToLogits(nn.Module):
@@ -90,8 +105,7 @@ class CalibratedModel(nn.Module):
         link: str = "softmax",
     ) -> None:
         super().__init__()
-        if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
+        check_model(model)
         check_choice(output, "output", OUTPUTS)
         check_choice(link, "link", LINKS)
         self.model = nn.Identity() if model is None else model

@@ -36,12 +36,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from torchcal._affine import AffineObjective, canonical, fit_affine
+from torchcal._affine import AffineObjective, fit_affine
 from torchcal._objective import SoftmaxTemperatureNLL
 from torchcal._solver import solve_temperature
 from torchcal._validation import check_positive_finite, check_positive_int
 from torchcal.calibrator import SoftmaxCalibrator
 from torchcal.errors import CalibrationWarning
+from torchcal.export import in_compute_dtype
 
 #: The largest K a full (K, K) matrix is fitted for: beyond it the K^2 parameters, their LBFGS
 #: history and the O(M K^2) passes are out of proportion to what a calibration set can support.
@@ -57,17 +58,15 @@ DEFAULT_PENALTY = 100.0
 def affine_calibration(logits: Tensor, weight: Tensor, bias: Tensor, log_probs: bool) -> Tensor:
     """``x W^T + b`` (or ``x * w + b`` for a (K,) weight) along the last dimension.
 
-    ``x`` is ``logits`` or, with ``log_probs``, ``log_softmax(logits)``. Half-precision logits
-    are computed in float32; the weight and bias are cast to the compute dtype.
+    ``x`` is ``logits`` or, with ``log_probs``, ``log_softmax(logits)``, computed in float64 for
+    float64 logits and in float32 otherwise; the weight and bias are cast to that dtype.
 
     Example:
         >>> logits = torch.tensor([[1.0, 2.0, 3.0]])
         >>> affine_calibration(logits, torch.tensor([2.0, 1.0, 0.5]), torch.zeros(3), False)
         tensor([[2.0000, 2.0000, 1.5000]])
     """
-    x = logits
-    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
-        x = x.float()
+    x = in_compute_dtype(logits)
     if log_probs:
         x = torch.log_softmax(x, dim=-1)
     weight = weight.to(x.dtype)
@@ -140,7 +139,9 @@ class _AffineCalibrator(SoftmaxCalibrator):
         self.reg_mu_ = default * k if self.reg_mu is None else self.reg_mu
         return self.reg_lambda_ / (k * (k - 1)), self.reg_mu_ / k
 
-    def _fit_rows(self, logits: Tensor, labels: Tensor) -> tuple[int, bool]:
+    def _fit_rows(
+        self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
+    ) -> tuple[int, bool]:
         n_samples, n_classes = logits.shape
         if not self.diagonal and n_classes > MAX_MATRIX_CLASSES:
             raise ValueError(
@@ -148,17 +149,8 @@ class _AffineCalibrator(SoftmaxCalibrator):
                 f"the {MAX_MATRIX_CLASSES} classes it supports ({n_classes**2:,} parameters); "
                 "use VectorScaler, DirichletCalibrator(diagonal=True) or TemperatureScaler"
             )
-        n_parameters = n_classes * (1 if self.diagonal else n_classes) + n_classes
-        if n_parameters > n_samples:
-            warnings.warn(
-                f"{type(self).__name__} has {n_parameters} parameters but only {n_samples} "
-                "samples to fit them on: expect it to overfit; calibrate on more data, raise the "
-                "penalties, or use a smaller map (VectorScaler, TemperatureScaler)",
-                CalibrationWarning,
-                stacklevel=3,
-            )
         off_diagonal_penalty, bias_penalty = self._penalties(n_samples, n_classes)
-        objective = AffineObjective(
+        affine = AffineObjective(
             logits,
             labels,
             log_probs=self._log_probs,
@@ -166,19 +158,26 @@ class _AffineCalibrator(SoftmaxCalibrator):
             off_diagonal_penalty=off_diagonal_penalty,
             bias_penalty=bias_penalty,
         )
-        beta = _temperature_start(logits, labels)
+        if affine.n_parameters > n_samples:
+            warnings.warn(
+                f"{type(self).__name__} has {affine.n_parameters} parameters but only "
+                f"{n_samples} samples to fit them on: expect it to overfit; calibrate on more "
+                "data, raise the penalties, or use a smaller map (VectorScaler, TemperatureScaler)",
+                CalibrationWarning,
+                stacklevel=3,
+            )
+        beta = _temperature_start(objective)
         eye = torch.ones(n_classes) if self.diagonal else torch.eye(n_classes)
         result = fit_affine(
-            objective,
+            affine,
             eye.double() * beta,
             torch.zeros(n_classes, dtype=torch.float64),
             tol=self.tol,
             max_iter=self.max_iter,
         )
-        weight, bias = canonical(result.weight, result.bias, diagonal=self.diagonal)
-        self._set_buffer("weight", weight)
-        self._set_buffer("bias", bias)
-        largest = float(weight.abs().max())
+        self._set_buffer("weight", result.weight)
+        self._set_buffer("bias", result.bias)
+        largest = float(result.weight.abs().max())
         if result.unbounded or largest > DIVERGENCE_FACTOR * beta:
             why = (
                 "scaling up its unpenalised parameters narrows no sample's margin and widens some"
@@ -216,14 +215,15 @@ def _check_penalty(value: object, name: str) -> float | None:
     return value
 
 
-def _temperature_start(logits: Tensor, labels: Tensor) -> float:
-    """1/T of the fitted temperature, the start of every affine fit (1 if T hit a bound).
+def _temperature_start(objective: SoftmaxTemperatureNLL) -> float:
+    """1/T of the temperature fitted on ``objective``, the start of every affine fit (1 if T hit
+    a bound).
 
     ``softmax(log_softmax(z) / T) = softmax(z / T)``, so it is also the Dirichlet map's best
     multiple of the identity.
     """
     solution = solve_temperature(
-        SoftmaxTemperatureNLL(logits, labels),
+        objective,
         method="newton",
         temperature_bounds=(1e-2, 1e2),
         rtol=1e-4,

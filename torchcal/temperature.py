@@ -14,7 +14,13 @@ from torchcal._distributed import LocalReducer, ProcessGroupReducer
 from torchcal._objective import SigmoidTemperatureNLL, SoftmaxTemperatureNLL
 from torchcal._shapes import ACTIVATIONS, INPUTS, FitRows, fit_rows
 from torchcal._solver import Solution, solve_temperature
-from torchcal._validation import check_choice, check_positive_finite, check_positive_int
+from torchcal._validation import (
+    check_choice,
+    check_model,
+    check_positive_finite,
+    check_positive_int,
+    check_temperature_bounds,
+)
 from torchcal._version import __version__
 from torchcal.calibrator import Calibrator, streamed_calibration_error
 from torchcal.collect import logits_and_labels
@@ -89,21 +95,14 @@ class TemperatureScaler(Calibrator):
         n_bins: int = 15,
     ) -> None:
         super().__init__()
-        if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
-        self.model = model
+        self.model = check_model(model)
         self.activation = check_choice(activation, "activation", ACTIVATIONS)
         self.class_dim = class_dim
         self.ignore_index = ignore_index
         self.per_class = bool(per_class)
         self.inputs = check_choice(inputs, "inputs", INPUTS)
         self.method = check_choice(method, "method", METHODS)
-        low, high = (check_positive_finite(b, "temperature_bounds") for b in temperature_bounds)
-        if not low < high:
-            raise ValueError(
-                f"temperature_bounds must be (low, high) with low < high, got {temperature_bounds}"
-            )
-        self.temperature_bounds = (low, high)
+        self.temperature_bounds = check_temperature_bounds(temperature_bounds)
         self.tol = check_positive_finite(tol, "tol")
         self.max_iter = check_positive_int(max_iter, "max_iter")
         self.n_bins = check_positive_int(n_bins, "n_bins")
