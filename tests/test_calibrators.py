@@ -62,6 +62,16 @@ def test_fit_gives_probabilities_and_a_fit_result_that_improves_calibration(kind
     assert torch.allclose(torch.softmax(calibrator(logits), dim=1), probs, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
+@pytest.mark.parametrize("kind", KINDS)
+def test_labels_of_any_integer_dtype_fit_as_int64_labels(kind, dtype, fitted, data):
+    logits, labels = data
+    calibrator = fit_quietly(make(kind), logits, labels.to(dtype))
+    for name, value in fitted[kind].fitted_tensors().items():
+        assert torch.equal(calibrator.fitted_tensors()[name], value), name
+    assert labels.dtype == torch.int64  # the caller's labels are left as they were
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_loader_fit_equals_the_tensor_fit_and_leaves_the_model_untouched(kind):
     model = MODELS["mlp"][0]()

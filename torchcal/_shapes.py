@@ -144,7 +144,7 @@ def _softmax_rows(
         rows = logits.movedim(dim, -1).reshape(-1, n_classes)
         flat_labels = labels.reshape(-1)
     rows, flat_labels, n_ignored = _drop_ignored(rows, flat_labels, ignore_index)
-    return Rows("softmax", rows, flat_labels, dim - logits.ndim, n_ignored)
+    return Rows("softmax", rows, flat_labels.long(), dim - logits.ndim, n_ignored)
 
 
 def _is_binary(shape: tuple[int, ...]) -> bool:

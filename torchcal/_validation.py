@@ -58,7 +58,8 @@ def check_labels(
 ) -> Tensor:
     """Check that ``labels`` is an integer (N,) tensor of class indices in [0, n_classes).
 
-    Labels equal to ``ignore_index`` (if given) are exempt from the range check.
+    Labels equal to ``ignore_index`` (if given) are exempt from the range check. Returns them as
+    int64 (any integer dtype is accepted).
     """
     labels = check_tensor(labels, name)
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
@@ -86,7 +87,7 @@ def check_labels(
                 f"{name} must lie in [0, {n_classes}) for {n_classes} classes; "
                 f"found {int(bad.sum())} out of range, e.g. {int(labels[bad][0])}"
             )
-    return labels
+    return labels.long()  # indices for gather; no copy when already int64
 
 
 def check_binary_targets(labels: Tensor, ignore_index: int | None = None) -> Tensor:
