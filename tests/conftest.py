@@ -46,3 +46,16 @@ def numpy_nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> flo
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the hostile-input harness's counts (see ``tests/hostile.py``) when any case ran."""
+    from hostile import COUNTS
+
+    if sum(COUNTS.values()):
+        tried = sum(COUNTS.values())
+        terminalreporter.write_line(
+            f"hostile inputs: {tried} tried, {COUNTS['refused']} refused clearly, "
+            f"{COUNTS['warned']} warned, {COUNTS['exact']} exact, "
+            f"{COUNTS['mishandled']} mishandled"
+        )
