@@ -152,8 +152,8 @@ def check_output(path: str | Path) -> Path:
 
 
 def _write_error(path: str | Path, error: OSError) -> OSError:
-    # errors from the temporary file name that file; the user knows only ``path``
-    reason = error.strerror if error.filename else str(error)
+    # the reason without the temporary file's name (the user knows only ``path``)
+    reason = error.strerror or str(error)
     return OSError(f"cannot write {path}: {reason or type(error).__name__}")
 
 
