@@ -106,6 +106,11 @@ def test_bad_inputs_end_in_one_clear_line(files, tmp_path):
         "report", folder / "logits.pt", folder / "labels.npy", "--scaler", tmp_path / "junk.pt"
     )
     one_line_error(report, "not a saved calibrator")
+    # probabilities without --inputs probs: the advice names the option, not the Python keyword
+    np.save(tmp_path / "probs.npy", torch.softmax(files[1], dim=1).numpy())
+    probs = (tmp_path / "probs.npy", folder / "labels.npy")
+    one_line_error(torchcal("fit", *probs, *out), "look like probabilities", "--inputs probs")
+    one_line_error(torchcal("report", *probs), "looks like probabilities", "--inputs probs")
 
 
 def test_compare_prints_one_row_per_method_with_the_library_values(files):

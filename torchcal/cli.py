@@ -241,6 +241,7 @@ def _report(args: argparse.Namespace) -> None:
     if args.inputs == "probs":
         probs = {"uncalibrated": logits.double()}
     else:
+        _refuse_probabilities(logits, args.logits)
         probs = {"uncalibrated": torch.softmax(logits.double(), dim=1)}
     extra: dict = {"n_samples": int(labels.numel()), "inputs": args.inputs}
     if args.scaler is not None:
@@ -272,6 +273,17 @@ def _report(args: argparse.Namespace) -> None:
     print(f"{labels.numel()} samples, 95% bootstrap intervals ({args.resamples} resamples)")
     print(format_table(summaries))
     print(f"\ndiagram: {diagram}\nreport:  {json_path}")
+
+
+def _refuse_probabilities(logits: torch.Tensor, path: Path) -> None:
+    """Refuse logits that are probabilities (rows in [0, 1] summing to 1, as the fits refuse
+    them): their softmax would be reported as the model's probabilities."""
+    in_unit_interval = bool(((logits >= 0) & (logits <= 1)).all())
+    if in_unit_interval and bool(((logits.double().sum(dim=1) - 1).abs() <= 1e-3).all()):
+        raise ValueError(
+            f"{path} looks like probabilities: every row lies in [0, 1] and sums to 1; "
+            "pass --inputs probs"
+        )
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -384,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         COMMANDS[args.command](args)
     except (ValueError, TypeError, OSError, ImportError, NotFittedError, RuntimeError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
+        message = message.replace("inputs='probs'", "--inputs probs")  # the option's CLI name
         print(f"torchcal {args.command}: error: {message}", file=sys.stderr)
         return 1
     return 0
