@@ -17,7 +17,8 @@ from torchcal.files import load_scaler
 from torchcal.metrics import expected_calibration_error
 
 
-def torchcal(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def torchcal(*args: str, cwd=None, **options) -> subprocess.CompletedProcess:
+    """Run the command line in a fresh process (``options`` go to ``subprocess.run``)."""
     return subprocess.run(
         [sys.executable, "-m", "torchcal", *map(str, args)],
         capture_output=True,
@@ -25,6 +26,7 @@ def torchcal(*args: str, cwd=None) -> subprocess.CompletedProcess:
         timeout=300,
         cwd=cwd,
         env={**os.environ},
+        **options,
     )
 
 
@@ -92,11 +94,23 @@ def test_bad_inputs_end_in_one_clear_line(files, tmp_path):
     one_line_error(torchcal("fit", tmp_path / "junk.pt", folder / "labels.npy", *out), "junk.pt")
     one_line_error(torchcal("fit", tmp_path / "x.csv", folder / "labels.npy", *out), ".csv")
     one_line_error(torchcal("fit", tmp_path / "nope.pt", folder / "labels.npy", *out), "no such")
-    one_line_error(torchcal("fit", folder / "both.npz", folder / "labels.npy", *out), "key")
+    one_line_error(
+        torchcal("fit", folder / "both.npz", folder / "labels.npy", *out),
+        "both.npz holds 2 arrays (labels, logits); name one with --logits-key",
+    )
+    one_line_error(
+        torchcal("fit", folder / "logits.pt", folder / "both.npz", "--labels-key", "y", *out),
+        "no array named 'y'; it holds labels, logits: name one with --labels-key",
+    )
     report = torchcal(
         "report", folder / "logits.pt", folder / "labels.npy", "--scaler", tmp_path / "junk.pt"
     )
     one_line_error(report, "not a saved calibrator")
+    # probabilities without --inputs probs: the advice names the option, not the Python keyword
+    np.save(tmp_path / "probs.npy", torch.softmax(files[1], dim=1).numpy())
+    probs = (tmp_path / "probs.npy", folder / "labels.npy")
+    one_line_error(torchcal("fit", *probs, *out), "look like probabilities", "--inputs probs")
+    one_line_error(torchcal("report", *probs), "looks like probabilities", "--inputs probs")
 
 
 def test_compare_prints_one_row_per_method_with_the_library_values(files):

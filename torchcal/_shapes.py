@@ -92,11 +92,13 @@ def resolve_class_dim(
                 "accepted for softmax; pass class indices (labels.argmax(dim=class_dim)), or "
                 "activation='sigmoid' for multi-label 0/1 targets"
             )
+        column = ndim == 2 and tuple(labels_shape) == (logits_shape[0], 1)
         raise ValueError(
             f"labels of shape {tuple(labels_shape)} do not match logits of shape "
             f"{tuple(logits_shape)}: expected the logits' shape without its class dimension, "
             "e.g. logits (N, K) with labels (N,), (N, K, H, W) with (N, H, W), or (B, L, V) "
             "with (B, L)"
+            + ("; (N, 1) labels hold one class index per row: pass labels.reshape(-1)" * column)
         )
     raise ValueError(
         f"the class dimension of logits {tuple(logits_shape)} with labels "

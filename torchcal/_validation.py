@@ -68,10 +68,13 @@ def check_labels(
             "convert with labels.long() if the values are whole numbers"
         )
     if labels.ndim != 1:
-        raise ValueError(
-            f"{name} must have shape (N,), got shape {tuple(labels.shape)}; "
-            "one-hot labels can be converted with labels.argmax(dim=1)"
-        )
+        if labels.ndim == 2 and labels.shape[1] == 1:  # argmax would make every label 0
+            advice = "(N, 1) labels hold one class index per row: pass labels.reshape(-1)"
+        elif labels.ndim == 2 and labels.shape[1] == n_classes:
+            advice = "one-hot labels can be converted with labels.argmax(dim=1)"
+        else:
+            advice = "pass one integer class index per row of the logits"
+        raise ValueError(f"{name} must have shape (N,), got shape {tuple(labels.shape)}; {advice}")
     if labels.shape[0] != n_samples:
         raise ValueError(
             f"{name} has {labels.shape[0]} entries but the logits have {n_samples} rows; "

@@ -15,10 +15,13 @@ hands ``(M, K)`` rows to :meth:`SoftmaxCalibrator._fit_rows`, and applies
 
 from __future__ import annotations
 
+import functools
+import inspect
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -42,11 +45,68 @@ def streamed_calibration_error(objective: SoftmaxTemperatureNLL, bins: Tensor | 
     return float(bins_from_sums(objective.edges, counts, bins[1], bins[2]).calibration_error())
 
 
+def as_tensor(value: Any) -> Any:
+    """A numpy array as a tensor sharing its memory (nothing here writes to it); anything else
+    (a tensor, a loader, a file opened with :func:`~torchcal.open_logits`) as it is.
+
+    Example:
+        >>> as_tensor(np.array([[0.25, 0.75]]))
+        tensor([[0.2500, 0.7500]], dtype=torch.float64)
+    """
+    if not isinstance(value, np.ndarray):
+        return value
+    if any(stride < 0 for stride in value.strides):  # torch.from_numpy refuses reversed views
+        value = value.copy()
+    with warnings.catch_warnings():  # read-only arrays and memory maps are only read
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(value)
+
+
+def _refuse_constructor_options(fit: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a ``fit`` so that a constructor option passed to it (``fit(..., inputs="probs")``)
+    raises a TypeError saying where the option goes, not "unexpected keyword argument"."""
+    accepted = set(inspect.signature(fit).parameters)
+
+    @functools.wraps(fit)
+    def checked_fit(self: Calibrator, *args: Any, **kwargs: Any) -> Any:
+        misplaced = sorted(set(kwargs) - accepted)
+        constructor = inspect.signature(type(self).__init__).parameters
+        options = [name for name in misplaced if name in constructor]
+        if options:
+            cls = type(self).__name__
+            given = ", ".join(f"{name}={kwargs[name]!r}" for name in options)
+            raise TypeError(
+                f"{', '.join(options)} {'is a' if len(options) == 1 else 'are'} {cls} "
+                f"constructor option{'s' * (len(options) > 1)}, not {'a ' * (len(options) == 1)}"
+                f"fit argument{'s' * (len(options) > 1)}: build the calibrator with "
+                f"{cls}({given}) and call .fit(logits, labels)"
+            )
+        return fit(self, *args, **kwargs)
+
+    return checked_fit
+
+
 class Calibrator(nn.Module):
     """What every torchcal calibrator offers (see the module docstring).
 
     Subclasses set :attr:`kind` and implement ``fit``, ``forward``, ``export``, :meth:`options`,
-    :meth:`fitted_tensors` and :meth:`_restore`.
+    :meth:`fitted_tensors` and :meth:`_restore`. Arrays from numpy are accepted wherever tensors
+    are. The repr shows the fitted values and the options that differ from the defaults.
+
+    Example:
+        >>> from torchcal import TemperatureScaler, VectorScaler
+        >>> _ = torch.manual_seed(0)
+        >>> logits = torch.randn(1000, 5) * 4
+        >>> labels = torch.distributions.Categorical(logits=logits / 4).sample()
+        >>> TemperatureScaler(method="newton")
+        TemperatureScaler(method='newton')
+        >>> TemperatureScaler().fit(logits, labels, progress=False)  # doctest: +ELLIPSIS
+        TemperatureScaler(T=3.95...)
+        >>> VectorScaler().fit(logits.numpy(), labels.numpy(), progress=False)
+        VectorScaler(K=5, fitted)
+        >>> TemperatureScaler().fit(logits, labels, inputs="probs")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        TypeError: inputs is a TemperatureScaler constructor option, not a fit argument: ...
     """
 
     #: The calibrator's name in save files, tables and the command line.
@@ -61,11 +121,32 @@ class Calibrator(nn.Module):
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("kind"):
             Calibrator.registry[cls.kind] = cls
+        if "fit" in cls.__dict__:
+            cls.fit = _refuse_constructor_options(cls.__dict__["fit"])  # type: ignore[method-assign]
 
     @property
     def is_fitted(self) -> bool:
         """Whether the calibrator has been fitted or loaded."""
         return bool(getattr(self, "_fitted", False))
+
+    def extra_repr(self) -> str:
+        """The fitted values (:meth:`_fitted_repr`), then the options that differ from their
+        defaults, as ``TemperatureScaler(T=1.8302)`` or ``VectorScaler(K=10, fitted)``."""
+        options = self.options()
+        shown = [self._fitted_repr()] if self.is_fitted else []
+        for name, parameter in inspect.signature(type(self).__init__).parameters.items():
+            if name not in options or parameter.default is inspect.Parameter.empty:
+                continue
+            value = options[name]
+            if isinstance(parameter.default, tuple) and isinstance(value, list):
+                value = tuple(value)  # options() holds JSON lists
+            if value != parameter.default:
+                shown.append(f"{name}={value!r}")
+        return ", ".join(shown)
+
+    def _fitted_repr(self) -> str:
+        """What the repr of a fitted calibrator shows first."""
+        return "fitted"
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
@@ -92,7 +173,7 @@ class Calibrator(nn.Module):
     def _scores(self, inputs: Any, activation: str = "softmax") -> Tensor:
         """The logits to calibrate: ``model(inputs)`` (or ``inputs`` without a model), turned
         from probabilities into logits when the calibrator was built with ``inputs="probs"``."""
-        scores = inputs if self.model is None else self.model(inputs)
+        scores = as_tensor(inputs) if self.model is None else self.model(inputs)
         if getattr(self, "inputs", "logits") == "probs":
             check_probabilities_input(scores)
             scores = probabilities_to_logits(scores, activation)
@@ -191,6 +272,9 @@ class SoftmaxCalibrator(Calibrator):
             **self._hyperparameters(),
         }
 
+    def _fitted_repr(self) -> str:
+        return f"K={self._n_classes}, fitted"
+
     def _own_buffers(self) -> dict[str, Tensor]:
         return {name: buffer for name, buffer in self.named_buffers(recurse=False)}
 
@@ -247,6 +331,7 @@ class SoftmaxCalibrator(Calibrator):
         device, and every submodule's mode is restored afterwards. Returns ``self``.
         """
         logits, labels = logits_and_labels(self.model, data, labels, progress=progress)
+        logits, labels = as_tensor(logits), as_tensor(labels)
         rows = to_rows(
             logits,
             labels,

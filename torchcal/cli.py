@@ -21,6 +21,7 @@ from torchcal._version import __version__
 from torchcal.errors import NotFittedError
 
 if TYPE_CHECKING:
+    from torchcal.compare import Comparison
     from torchcal.mapped import LogitsFile
 
 __all__ = ["main"]
@@ -36,9 +37,11 @@ isotonic regression.
   torchcal report test_logits.npy test_labels.npy --scaler scaler.pt
   torchcal compare val_logits.npy val_labels.npy test_logits.npy test_labels.npy
 
-Logits are (N, K) float arrays and labels (N,) integer class indices, saved as .pt, .npy,
-.npz or .safetensors (use --logits-key/--labels-key when a file holds several arrays).
-'fit' reads .npy and .safetensors logits in row chunks, so they may be larger than memory.
+Logits are (N, K) float arrays (or probabilities with --inputs probs) and labels (N,) or
+(N, 1) integer class indices, saved as .pt, .npy, .npz or .safetensors (use
+--logits-key/--labels-key when a file holds several arrays). 'fit' reads .npy and .safetensors
+logits in row chunks, so they may be larger than memory. Every output file is written in full
+to a temporary file beside it and then renamed, so a failed write never destroys an earlier file.
 """
 
 
@@ -46,9 +49,17 @@ def _data_arguments(parser: argparse.ArgumentParser, splits: tuple[str, ...] = (
     for split in splits:
         name = {"val_": "validation ", "test_": "test "}.get(split, "")
         parser.add_argument(f"{split}logits", type=Path, help=f"(N, K) {name}logits file")
-        parser.add_argument(f"{split}labels", type=Path, help=f"(N,) integer {name}labels file")
+        parser.add_argument(
+            f"{split}labels", type=Path, help=f"(N,) or (N, 1) integer {name}labels file"
+        )
     parser.add_argument("--logits-key", help="array name inside the logits file(s)")
     parser.add_argument("--labels-key", help="array name inside the labels file(s)")
+    parser.add_argument(
+        "--inputs",
+        choices=("logits", "probs"),
+        default="logits",
+        help="what the logits files hold: logits (default) or softmax probabilities",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     compare.add_argument("--markdown", action="store_true", help="print a markdown table")
+    compare.add_argument(
+        "--save-best", type=Path, metavar="PATH", help="save the best calibrator (see --best-by)"
+    )
+    compare.add_argument(
+        "--best-by",
+        type=_metric_name,
+        default="NLL",
+        metavar="METRIC",
+        help="the test-split metric that picks --save-best: " + ", ".join(_metric_names())
+        + " (default: NLL)",
+    )  # fmt: skip
+    compare.add_argument("--json", type=Path, metavar="PATH", help="write the table as JSON")
     return parser
 
 
@@ -116,25 +139,55 @@ def _method_names() -> tuple[str, ...]:
     return DEFAULT_METHODS
 
 
+def _metric_names() -> tuple[str, ...]:
+    from torchcal.report import METRICS
+
+    return tuple(METRICS)
+
+
+def _metric_name(text: str) -> str:
+    """``text`` as one of the report's metric names, in any letter case."""
+    names = {name.lower(): name for name in _metric_names()}
+    if text.lower() not in names:
+        raise argparse.ArgumentTypeError(
+            f"unknown metric {text!r}; choose from {', '.join(_metric_names())}"
+        )
+    return names[text.lower()]
+
+
 def _load_data(
     args: argparse.Namespace, split: str = "", *, chunked: bool = False
 ) -> tuple[torch.Tensor | LogitsFile, torch.Tensor]:
-    """A split's logits and labels, checked. ``chunked=True`` opens .npy and .safetensors logits
-    with :func:`~torchcal.open_logits`, to be read in row chunks rather than loaded whole."""
-    from torchcal._validation import check_labels, check_logits_matrix, check_matrix_layout
-    from torchcal.files import load_tensor
+    """A split's logits (or probabilities) and labels, checked. ``chunked=True`` opens .npy and
+    .safetensors logits with :func:`~torchcal.open_logits`, to be read in row chunks rather than
+    loaded whole. (N, 1) labels are taken as (N,)."""
+    from torchcal._validation import (
+        check_labels,
+        check_logits_matrix,
+        check_matrix_layout,
+        check_probabilities_matrix,
+    )
+    from torchcal.files import load_tensor, safetensors_key
     from torchcal.mapped import open_logits
 
     logits_path, labels_path = getattr(args, f"{split}logits"), getattr(args, f"{split}labels")
     suffix = logits_path.suffix.lower()
+    name = f"{'probabilities' if args.inputs == 'probs' else 'logits'} ({logits_path})"
     if chunked and suffix in (".npy", ".safetensors"):
-        logits = open_logits(logits_path, args.logits_key if suffix == ".safetensors" else None)
-        check_matrix_layout(logits.shape, logits.dtype, f"logits ({logits_path})")
+        key = None
+        if suffix == ".safetensors":
+            key = safetensors_key(logits_path, args.logits_key, "--logits-key")
+        logits = open_logits(logits_path, key)
+        check_matrix_layout(logits.shape, logits.dtype, name)
     else:
         logits = check_logits_matrix(
-            load_tensor(logits_path, args.logits_key), f"logits ({logits_path})"
+            load_tensor(logits_path, args.logits_key, "--logits-key"), name
         )
-    labels = load_tensor(labels_path, args.labels_key)
+        if args.inputs == "probs":
+            check_probabilities_matrix(logits, name)
+    labels = load_tensor(labels_path, args.labels_key, "--labels-key")
+    if labels.ndim == 2 and labels.shape[1] == 1:  # one class index per row, as saved by many
+        labels = labels[:, 0]
     labels = check_labels(labels, logits.shape[0], logits.shape[1], f"labels ({labels_path})")
     return logits, labels
 
@@ -153,12 +206,16 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _fit(args: argparse.Namespace) -> None:
     from torchcal.calibrator import Calibrator
-    from torchcal.files import save_scaler
+    from torchcal.files import check_output, save_scaler
 
-    # only temperature scaling streams its logits; the other calibrators fit in-memory rows
-    logits, labels = _load_data(args, chunked=args.method == "temperature")
+    check_output(args.output)
+    # only temperature scaling of logits streams them; the other fits take in-memory rows
+    logits, labels = _load_data(
+        args, chunked=args.method == "temperature" and args.inputs == "logits"
+    )
     try:
-        scaler = Calibrator.registry[args.method]().fit(logits, labels, progress=False)
+        calibrator = Calibrator.registry[args.method](inputs=args.inputs)
+        scaler = calibrator.fit(logits, labels, progress=False)
     finally:
         if hasattr(logits, "close"):
             logits.close()
@@ -167,17 +224,34 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from torchcal.files import load_scaler
+    from torchcal.files import check_output, load_scaler, output_file
     from torchcal.metrics import reliability_bins
     from torchcal.plots import reliability_diagram
     from torchcal.report import calibration_summary, format_table, write_json
     from torchcal.temperature import TemperatureScaler
 
+    try:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OSError(f"cannot create the folder {args.output_dir}: {reason}") from error
+    diagram, json_path = args.output_dir / "reliability.png", args.output_dir / "report.json"
+    check_output(diagram), check_output(json_path)
     logits, labels = _load_data(args)
-    probs = {"uncalibrated": torch.softmax(logits.double(), dim=1)}
-    extra: dict = {"n_samples": int(labels.numel())}
+    if args.inputs == "probs":
+        probs = {"uncalibrated": logits.double()}
+    else:
+        _refuse_probabilities(logits, args.logits)
+        probs = {"uncalibrated": torch.softmax(logits.double(), dim=1)}
+    extra: dict = {"n_samples": int(labels.numel()), "inputs": args.inputs}
     if args.scaler is not None:
         scaler = load_scaler(args.scaler)
+        if scaler.inputs != args.inputs:
+            raise ValueError(
+                f"{args.scaler} was fitted on {scaler.inputs} (torchcal fit --inputs "
+                f"{scaler.inputs}) but this report reads {args.inputs}: pass --inputs "
+                f"{scaler.inputs} with {scaler.inputs} files"
+            )
         with torch.no_grad():
             probs["calibrated"] = scaler.predict_proba(logits.double()).double()
         extra["calibrator"] = scaler.kind
@@ -190,32 +264,120 @@ def _report(args: argparse.Namespace) -> None:
 
     summaries = {
         name: calibration_summary(p, labels, n_resamples=args.resamples)
-        for name, p in tqdm(probs.items(), desc="bootstrap", leave=False)
+        for name, p in tqdm(probs.items(), desc="bootstrap", leave=False, disable=None)
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    diagram, json_path = args.output_dir / "reliability.png", args.output_dir / "report.json"
-    reliability_diagram({name: reliability_bins(p, labels) for name, p in probs.items()},
-                        path=diagram)  # fmt: skip
+    with output_file(diagram, "wb") as file:
+        reliability_diagram({name: reliability_bins(p, labels) for name, p in probs.items()},
+                            path=file)  # fmt: skip
     write_json(json_path, summaries, **extra)
     print(f"{labels.numel()} samples, 95% bootstrap intervals ({args.resamples} resamples)")
     print(format_table(summaries))
     print(f"\ndiagram: {diagram}\nreport:  {json_path}")
 
 
+def _refuse_probabilities(logits: torch.Tensor, path: Path) -> None:
+    """Refuse logits that are probabilities (rows in [0, 1] summing to 1, as the fits refuse
+    them): their softmax would be reported as the model's probabilities."""
+    in_unit_interval = bool(((logits >= 0) & (logits <= 1)).all())
+    if in_unit_interval and bool(((logits.double().sum(dim=1) - 1).abs() <= 1e-3).all()):
+        raise ValueError(
+            f"{path} looks like probabilities: every row lies in [0, 1] and sums to 1; "
+            "pass --inputs probs"
+        )
+
+
 def _compare(args: argparse.Namespace) -> None:
     from torchcal.compare import DEFAULT_METHODS, compare
 
+    _check_compare_outputs(args)
     val_logits, val_labels = _load_data(args, "val_")
     test_logits, test_labels = _load_data(args, "test_")
     methods = args.methods or DEFAULT_METHODS
     comparison = compare(
-        val_logits, val_labels, test_logits, test_labels, methods, n_resamples=args.resamples
-    )
+        val_logits, val_labels, test_logits, test_labels, methods, n_resamples=args.resamples,
+        inputs=args.inputs,
+    )  # fmt: skip
     print(
         f"fitted on {val_labels.numel()} validation samples, scored on {test_labels.numel()} "
         f"test samples, 95% bootstrap intervals ({args.resamples} resamples)"
     )
     print(comparison.to_markdown() if args.markdown else comparison)
+    _compare_outputs(args, comparison, val_labels.numel(), test_labels.numel())
+
+
+def _check_compare_outputs(args: argparse.Namespace) -> None:
+    """Refuse unwritable --save-best and --json targets before the fits."""
+    from torchcal.files import check_output
+
+    for path in (args.save_best, args.json):
+        if path is not None:
+            check_output(path)
+
+
+def _compare_outputs(
+    args: argparse.Namespace, comparison: Comparison, n_validation: int, n_test: int
+) -> None:
+    """Print the best method per metric; write --save-best and --json."""
+    from torchcal.compare import UNCALIBRATED
+    from torchcal.files import save_scaler
+    from torchcal.report import METRICS, write_json
+
+    best = {metric: _best_methods(comparison, metric) for metric in METRICS}
+    print("\nbest on the test split (point estimates; ties listed together):")
+    for metric, names in best.items():
+        print(f"  {metric + ':':<10}{', '.join(names)}")
+    saved: dict[str, str] = {}
+    if args.save_best is not None:
+        chosen = _best_calibrator(comparison, args.best_by)
+        if chosen not in best[args.best_by]:
+            print(
+                f"warning: no calibrator improves the test {args.best_by} of the {UNCALIBRATED} "
+                f"model; saving the best calibrator, {chosen}, all the same",
+                file=sys.stderr,
+            )
+        calibrator = comparison.calibrators[chosen]
+        if args.inputs == "probs":
+            # compare fitted it on log-probabilities; with inputs="probs" it takes the logs itself
+            calibrator.inputs = "probs"
+        save_scaler(calibrator, args.save_best)
+        saved = {"method": chosen, "best_by": args.best_by, "path": str(args.save_best)}
+        print(
+            f"\nsaved:   {args.save_best} ({chosen}, best test {args.best_by} of the calibrators)"
+        )
+    if args.json is not None:
+        extra = {"saved_best": saved} if saved else {}
+        write_json(
+            args.json,
+            comparison.summaries,
+            inputs=args.inputs,
+            n_validation=n_validation,
+            n_test=n_test,
+            n_resamples=args.resamples,
+            best=best,
+            fit_seconds=comparison.fit_seconds,
+            **extra,
+        )
+        print(f"report:  {args.json}")
+
+
+def _best_methods(comparison: Comparison, metric: str) -> list[str]:
+    """Every method whose test ``metric`` equals the best one's (in table order)."""
+    value = comparison.summaries[comparison.best(metric)][metric].value
+    return [
+        name for name, summary in comparison.summaries.items() if summary[metric].value == value
+    ]
+
+
+def _best_calibrator(comparison: Comparison, metric: str) -> str:
+    """The fitted calibrator (never the uncalibrated row) with the best test ``metric``."""
+    from torchcal.compare import Comparison
+
+    fitted = Comparison(
+        {name: comparison.summaries[name] for name in comparison.calibrators},
+        comparison.calibrators,
+        comparison.fit_seconds,
+    )
+    return fitted.best(metric)
 
 
 COMMANDS = {"demo": _demo, "fit": _fit, "report": _report, "compare": _compare}
@@ -234,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         COMMANDS[args.command](args)
     except (ValueError, TypeError, OSError, ImportError, NotFittedError, RuntimeError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
+        message = message.replace("inputs='probs'", "--inputs probs")  # the option's CLI name
         print(f"torchcal {args.command}: error: {message}", file=sys.stderr)
         return 1
     return 0

@@ -1,20 +1,35 @@
-"""Load logits and labels saved as ``.pt``, ``.npy``, ``.npz`` or ``.safetensors``.
+"""Load logits and labels saved as ``.pt``, ``.npy``, ``.npz`` or ``.safetensors``; write outputs.
 
-A file holds one tensor, or several of which ``key`` names one. Every failure raises
-:class:`DataFileError` with a one-line message naming the file.
+A file holds one tensor, or several of which ``key`` names one; from ``.npz`` and
+``.safetensors`` files only that one is read. Every failure raises :class:`DataFileError` with a
+one-line message naming the file. Outputs are written by :func:`output_file`, atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from torchcal._atomic import atomic_write, check_writable_target
 from torchcal.calibrator import Calibrator
 
-__all__ = ["SUFFIXES", "DataFileError", "load_scaler", "load_tensor", "save_scaler"]
+__all__ = [
+    "SUFFIXES",
+    "DataFileError",
+    "check_output",
+    "load_scaler",
+    "load_tensor",
+    "output_file",
+    "safetensors_key",
+    "save_scaler",
+]
 
 SUFFIXES = (".pt", ".pth", ".npy", ".npz", ".safetensors")
 
@@ -23,20 +38,48 @@ class DataFileError(ValueError):
     """A data file is missing, unreadable or does not hold one tensor."""
 
 
-def _pick(values: dict[str, Tensor], path: Path, key: str | None) -> Tensor:
+def _pick(names: Iterable[str], path: Path, key: str | None, key_option: str) -> str:
+    """The name of the one array to read from a file holding ``names``."""
+    names = sorted(names)
     if key is not None:
-        if key not in values:
-            raise DataFileError(f"{path}: no array named {key!r}; it holds {sorted(values)}")
-        return values[key]
-    if len(values) != 1:
+        if key not in names:
+            raise DataFileError(
+                f"{path}: no array named {key!r}; it holds {', '.join(names) or 'none'}: "
+                f"name one with {key_option}"
+            )
+        return key
+    if len(names) != 1:
         raise DataFileError(
-            f"{path} holds {len(values)} arrays ({', '.join(sorted(values))}); name one with key"
+            f"{path} holds {len(names)} arrays ({', '.join(names)}); name one with {key_option}"
         )
-    return next(iter(values.values()))
+    return names[0]
 
 
-def load_tensor(path: str | Path, key: str | None = None) -> Tensor:
+def safetensors_key(path: str | Path, key: str | None = None, key_option: str = "key") -> str:
+    """The name of the tensor to read from a ``.safetensors`` file (``key``, or its only one),
+    from the file's header alone; ``key_option`` is what the error messages call ``key``."""
+    path = Path(path)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as file:
+            names = list(file.keys())
+    except Exception as error:  # the reader's own exception types
+        raise DataFileError(f"{path}: cannot read it as .safetensors: {_reason(error)}") from error
+    return _pick(names, path, key, key_option)
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_tensor(path: str | Path, key: str | None = None, key_option: str = "key") -> Tensor:
     """The tensor stored in ``path`` (the suffix picks the format).
+
+    ``key`` names the array in a file that holds several (a dict in ``.pt``, ``.npz``,
+    ``.safetensors``); only that one is read from ``.npz`` and ``.safetensors`` files.
+    ``key_option`` is what the error messages call ``key`` (the CLI's ``--logits-key``).
 
     Example:
         >>> import tempfile
@@ -57,36 +100,84 @@ def load_tensor(path: str | Path, key: str | None = None) -> Tensor:
         if suffix in (".pt", ".pth"):
             loaded = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(loaded, dict):
-                loaded = _pick(loaded, path, key)
+                loaded = loaded[_pick(loaded, path, key, key_option)]
             if not isinstance(loaded, Tensor):
                 raise DataFileError(f"{path} holds a {type(loaded).__name__}, not a tensor")
             return loaded
         if suffix == ".npy":
             return torch.from_numpy(np.load(path, allow_pickle=False))
-        if suffix == ".npz":
+        if suffix == ".npz":  # members are decompressed one by one, on access
             with np.load(path, allow_pickle=False) as archive:
-                arrays = {name: torch.from_numpy(archive[name]) for name in archive.files}
-            return _pick(arrays, path, key)
-        from safetensors.torch import load_file
+                return torch.from_numpy(archive[_pick(archive.files, path, key, key_option)])
+        from safetensors import safe_open
 
-        return _pick(load_file(path), path, key)
+        with safe_open(path, framework="pt") as file:
+            return file.get_tensor(_pick(file.keys(), path, key, key_option))
     except DataFileError:
         raise
     except ImportError as error:
         raise DataFileError(f"{path}: reading {suffix} files needs {error.name}") from error
     except Exception as error:  # every reader has its own exception types
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataFileError(f"{path}: cannot read it as {suffix}: {reason}") from error
+        raise DataFileError(f"{path}: cannot read it as {suffix}: {_reason(error)}") from error
+
+
+@contextlib.contextmanager
+def output_file(path: str | Path, mode: Literal["w", "wb"] = "w") -> Iterator[IO]:
+    """Open ``path`` for writing with :func:`~torchcal._atomic.atomic_write` (a temporary file in
+    the same folder, renamed over ``path`` only once it is written in full, so a failed or
+    interrupted write leaves an earlier file as it was). Any failure to write raises ``OSError``
+    with one line naming ``path`` and the reason.
+
+    Example:
+        >>> import tempfile
+        >>> with output_file(Path(tempfile.mkdtemp()) / "missing" / "report.json") as file:
+        ...     _ = file.write("{}")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        OSError: cannot write .../missing/report.json: the folder ... does not exist
+    """
+    try:
+        with atomic_write(path, mode) as file:
+            yield file
+    except OSError as error:
+        raise _write_error(path, error) from error
+
+
+def check_output(path: str | Path) -> Path:
+    """Raise the ``OSError`` :func:`output_file` would raise for a target that cannot be written
+    (a folder, a device, a missing folder), before any work is spent on what goes there."""
+    try:
+        return check_writable_target(path)
+    except OSError as error:
+        raise _write_error(path, error) from error
+
+
+def _write_error(path: str | Path, error: OSError) -> OSError:
+    # the reason without the temporary file's name (the user knows only ``path``)
+    reason = error.strerror or str(error)
+    return OSError(f"cannot write {path}: {reason or type(error).__name__}")
 
 
 def save_scaler(scaler: Calibrator, path: str | Path) -> Path:
     """Save a fitted calibrator (its values, fit record and options, no model) with
-    :func:`torchcal.save`, creating the folder if needed."""
+    :func:`torchcal.save`, atomically (see :func:`output_file`); the folder must exist."""
     from torchcal.io import save
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save(scaler, path)
+    check_output(path)
+    # torchcal.save writes to a path: a scratch file, whose bytes then go through output_file
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch_file = Path(scratch, "calibrator.safetensors")
+        try:
+            save(scaler, scratch_file)
+            data = scratch_file.read_bytes()
+        except OSError as error:
+            raise _write_error(path, error) from error
+        except Exception as error:  # safetensors reports a failed write with its own type
+            if type(error).__name__ != "SafetensorError":
+                raise
+            raise _write_error(path, OSError(_reason(error))) from error
+    with output_file(path, "wb") as file:
+        file.write(data)
     return path
 
 

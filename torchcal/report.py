@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from torchcal.files import output_file
 from torchcal.metrics import (
     MetricInterval,
     accuracy,
@@ -82,7 +83,8 @@ def format_table(summaries: dict[str, dict[str, MetricInterval]], rows: str = "m
 
 
 def write_json(path: str | Path, summaries: dict[str, dict[str, MetricInterval]], **extra) -> None:
-    """Write the summaries (and any extra JSON-able fields) to ``path``."""
+    """Write the summaries (and any extra JSON-able fields) to ``path``, atomically (an earlier
+    file there is replaced only once the new one is written in full)."""
     report = {
         **extra,
         "metrics": {
@@ -90,4 +92,5 @@ def write_json(path: str | Path, summaries: dict[str, dict[str, MetricInterval]]
             for name, summary in summaries.items()
         },
     }
-    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+    with output_file(path, "w") as file:
+        file.write(json.dumps(report, indent=2) + "\n")

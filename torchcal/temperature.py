@@ -22,7 +22,7 @@ from torchcal._validation import (
     check_temperature_bounds,
 )
 from torchcal._version import __version__
-from torchcal.calibrator import Calibrator, streamed_calibration_error
+from torchcal.calibrator import Calibrator, as_tensor, streamed_calibration_error
 from torchcal.collect import logits_and_labels
 from torchcal.errors import CalibrationWarning
 from torchcal.export import CalibratedModel, TemperatureHead
@@ -197,6 +197,12 @@ class TemperatureScaler(Calibrator):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._fitted = not bool(torch.isnan(self.temperature_).any())
 
+    def _fitted_repr(self) -> str:
+        if self.temperature_.ndim:
+            values = ", ".join(f"{float(t):.5g}" for t in self.temperature_[:4])
+            return f"T=({values}{', ...' if self.temperature_.numel() > 4 else ''})"
+        return f"T={float(self.temperature_):.5g}"
+
     # ----------------------------------------------------------------------------- use
     def forward(self, inputs: Any) -> Tensor:
         """Calibrated logits: ``model(inputs) / T``, or ``inputs / T`` without a model.
@@ -351,6 +357,8 @@ class TemperatureScaler(Calibrator):
 
     def _collect_rows(self, data: Any, labels: Any, progress: bool | None) -> FitRows:
         data, labels = logits_and_labels(self.model, data, labels, progress=progress)
+        if self.inputs == "probs" or self.per_class or getattr(data, "ndim", 2) > 2:
+            data = as_tensor(data)  # numpy arrays are read in chunks only as (N, K) or (N,) logits
         return fit_rows(
             data,
             labels,
