@@ -10,9 +10,9 @@ Rows:
     torchcal ECE                 ``expected_calibration_error(probs, labels)``
     torchcal reliability_bins    ``reliability_bins(probs, labels)`` (value: its ECE)
     torchcal classwise ECE       ``classwise_calibration_error(probs, labels)``
-    torchcal meter update        ``CalibrationErrorMeter().update(probs, labels)`` then ``compute()``
+    torchcal meter update        ``CalibrationErrorMeter().update(probs, labels)``, ``compute()``
     torchmetrics ECE             ``multiclass_calibration_error(probs, labels, K, n_bins=15)``
-    torchmetrics meter           ``MulticlassCalibrationError(K, 15).update(...)`` then ``compute()``
+    torchmetrics meter           ``MulticlassCalibrationError(K, 15).update(...)``, ``compute()``
     netcal ECE                   ``ECE(bins=15).measure(probs.numpy(), labels.numpy())``
 
 Usage:

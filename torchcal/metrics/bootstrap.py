@@ -16,6 +16,7 @@ interval of the resampled values.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from torchcal._validation import check_positive_int
-from torchcal.metrics._inputs import check_probs_and_labels
+from torchcal.metrics._inputs import check_n_bins, check_probs_and_labels
 from torchcal.metrics.calibration import (
     bin_index,
     bins_from_sums,
@@ -42,7 +43,6 @@ Metric = Callable[..., Tensor]
 #: The most resamples one interval takes: their values are kept (8 bytes each).
 MAX_RESAMPLES = 1_000_000
 _CHUNK_ELEMENTS = 1 << 22  # resamples x samples drawn at once
-_SEGMENT_BINS = 64  # up to this many non-empty bins, one matrix product per bin
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class MetricInterval:
         return {"value": self.value, "low": self.low, "high": self.high}
 
 
-# A batched statistic maps the multiplicities of R resamples, (R, N) float64, to R values.
+# A batched statistic maps the multiplicities of R resamples, (N, R) float64, to R values.
 Batched = Callable[[Tensor], Tensor]
 
 
@@ -78,47 +78,56 @@ def _resampled_mean(terms: Tensor) -> Batched:
     any_infinite = bool(infinite.any())
 
     def batched(weights: Tensor) -> Tensor:
-        means = weights @ finite / weights.shape[1]
+        means = finite @ weights / weights.shape[0]
         if any_infinite:  # 0 * inf is NaN, not 0: mark the resamples that drew one instead
-            drawn = (weights @ infinite.to(weights.dtype)) > 0
+            drawn = (infinite.to(weights.dtype) @ weights) > 0
             means = means.masked_fill(drawn, math.inf)
         return means
 
     return batched
 
 
-def _resampled_binned_error(statistics: SampleStatistics, n_bins: int, norm: str) -> Batched:
+class _ResampledBinSums:
+    """Per-bin count, sum of confidence and sum of correctness of each resample, (R, n_bins)
+    each: the multiplicities' rows added into their sample's bin. ECE and MCE of the same
+    probabilities share one evaluation per chunk of resamples."""
+
+    def __init__(self, statistics: SampleStatistics, n_bins: int) -> None:
+        self.edges = uniform_edges(n_bins, statistics.confidences.device)
+        self.index = bin_index(statistics.confidences, self.edges)
+        self.confidences = statistics.confidences[:, None]
+        self.correct = statistics.correct.nonzero().squeeze(1)
+        self._weights: weakref.ref[Tensor] | None = None
+        self._sums: tuple[Tensor, Tensor, Tensor] = ()  # type: ignore[assignment]
+
+    def __call__(self, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self._weights is not None and self._weights() is weights:
+            return self._sums
+        shape = (self.edges.numel() - 1, weights.shape[1])
+        counts = weights.new_zeros(shape).index_add_(0, self.index, weights)
+        confidence = weights.new_zeros(shape).index_add_(0, self.index, weights * self.confidences)
+        correct = weights.new_zeros(shape).index_add_(
+            0, self.index[self.correct], weights[self.correct]
+        )
+        self._weights, self._sums = weakref.ref(weights), (counts.T, confidence.T, correct.T)
+        return self._sums
+
+
+def _resampled_binned_error(bin_sums: _ResampledBinSums, norm: str) -> Batched:
     """The equal-width-bin calibration error (``norm``) of each resample."""
-    device = statistics.confidences.device
-    edges = uniform_edges(n_bins, device)
-    index = bin_index(statistics.confidences, edges)
-    order = torch.argsort(index, stable=True)
-    sizes = torch.bincount(index, minlength=n_bins).tolist()
-    ones = torch.ones_like(statistics.confidences)
-    values = torch.stack([ones, statistics.confidences, statistics.correct.to(ones)], 1)
-    segments, start = [], 0
-    for bin_number, size in enumerate(sizes):
-        if size:
-            segments.append((bin_number, start, start + size))
-        start += size
-    sorted_values = values[order]
 
     def batched(weights: Tensor) -> Tensor:
-        sums = weights.new_zeros(weights.shape[0], 3, n_bins)
-        if len(segments) <= _SEGMENT_BINS:
-            drawn = weights[:, order]  # multiplicities in bin order: each bin a column range
-            for bin_number, low, high in segments:
-                sums[:, :, bin_number] = drawn[:, low:high] @ sorted_values[low:high]
-        else:
-            for column in range(3):
-                sums[:, column].index_add_(1, index, weights * values[:, column])
-        return bins_from_sums(edges, sums[:, 0], sums[:, 1], sums[:, 2]).calibration_error(norm)
+        bins = bins_from_sums(bin_sums.edges, *bin_sums(weights))
+        return bins.calibration_error(norm)
 
     return batched
 
 
 def _batched(
-    metric: Metric, kwargs: dict[str, Any], statistics: Callable[[], SampleStatistics]
+    metric: Metric,
+    kwargs: dict[str, Any],
+    statistics: Callable[[], SampleStatistics],
+    bin_sums: dict[int, _ResampledBinSums],
 ) -> Batched | None:
     """A batched form of ``metric`` from per-sample statistics, or None if it has none."""
     if kwargs and metric in (accuracy, negative_log_likelihood, brier_score):
@@ -135,7 +144,10 @@ def _batched(
         if kwargs.get("strategy", "uniform") != "uniform":
             return None
         norm = "max" if metric is maximum_calibration_error else kwargs.get("norm", "l1")
-        return _resampled_binned_error(statistics(), kwargs.get("n_bins", 15), norm)
+        n_bins = check_n_bins(kwargs.get("n_bins", 15))
+        if n_bins not in bin_sums:
+            bin_sums[n_bins] = _ResampledBinSums(statistics(), n_bins)
+        return _resampled_binned_error(bin_sums[n_bins], norm)
     return None
 
 
@@ -242,10 +254,11 @@ class Bootstrap:
                 computed.append(statistics_of_rows(rows, labels, squares=squares))
             return computed[0]
 
+        bin_sums: dict[int, _ResampledBinSums] = {}
         group = self._groups.setdefault(name, {})
         for key, metric in metrics.items():
             value = float(metric(rows, labels, **metric_kwargs))
-            batched = _batched(metric, metric_kwargs, statistics)
+            batched = _batched(metric, metric_kwargs, statistics, bin_sums)
             each = None
             if batched is None:
 
@@ -294,9 +307,10 @@ class Bootstrap:
 
 
 def _multiplicities(indices: Tensor, n_samples: int) -> Tensor:
-    """(R, N) float64 counts of each sample in each of the R resamples drawn as ``indices``."""
-    weights = torch.zeros(indices.shape[0], n_samples, dtype=torch.float64, device=indices.device)
-    return weights.scatter_add_(1, indices, torch.ones_like(weights))
+    """(N, R) float64 counts of each sample in each of the R resamples drawn as (R, N)
+    ``indices``: samples in rows, so that adding a sample's counts into its bin is contiguous."""
+    weights = torch.zeros(n_samples, indices.shape[0], dtype=torch.float64, device=indices.device)
+    return weights.scatter_add_(0, indices.T, torch.ones_like(weights))
 
 
 def bootstrap_interval(
