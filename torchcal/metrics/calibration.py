@@ -11,9 +11,14 @@ Conventions (those of Guo et al. 2017, torchmetrics and netcal):
   error ``sqrt(sum_b (acc_b - conf_b)^2 n_b / N)`` and ``norm="max"`` the MCE
   ``max_b |acc_b - conf_b|`` over non-empty bins.
 
-Every function takes probabilities and labels on any device and returns a 0-dim float64 tensor on
-that device. Shapes are those the scalers take: (N, K) with (N,) labels, dense (N, K, *spatial)
-with (N, *spatial) labels or token sequences (B, L, V) with (B, L) labels (``class_dim`` as in
+Every function takes probabilities and labels (tensors on any device, or numpy arrays) and returns
+a 0-dim float64 tensor on that device. The probabilities are read a few times (their range, their
+row sums, the top-label statistics of :mod:`torchcal.metrics.samples`) and never copied; the bins
+then work on float64 vectors of length N, their sums exact up to float64 rounding. Class-wise bins
+read the probabilities in row chunks, converting one chunk at a time to float64.
+
+Shapes are those the scalers take: (N, K) with (N,) labels, dense (N, K, *spatial) with
+(N, *spatial) labels or token sequences (B, L, V) with (B, L) labels (``class_dim`` as in
 :class:`~torchcal.TemperatureScaler`, ``ignore_index`` positions left out), binary (N,) sigmoid
 probabilities with 0/1 labels, and multi-label (N, K) probabilities with (N, K) 0/1 targets, where
 every (sample, label) pair counts as one binary prediction.
