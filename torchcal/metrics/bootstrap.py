@@ -71,20 +71,42 @@ class MetricInterval:
 Batched = Callable[[Tensor], Tensor]
 
 
-def _resampled_mean(terms: Tensor) -> Batched:
-    """Means of per-sample ``terms`` over resamples; a drawn infinite term makes the mean inf."""
-    infinite = terms.isinf()
-    finite = terms.masked_fill(infinite, 0.0)
-    any_infinite = bool(infinite.any())
+class _ResampledMeans:
+    """Means of per-sample terms over each resample, every term of one set of probabilities
+    from one matrix product per chunk of resamples; a drawn infinite term makes the mean inf."""
 
-    def batched(weights: Tensor) -> Tensor:
-        means = finite @ weights / weights.shape[0]
-        if any_infinite:  # 0 * inf is NaN, not 0: mark the resamples that drew one instead
-            drawn = (infinite.to(weights.dtype) @ weights) > 0
-            means = means.masked_fill(drawn, math.inf)
-        return means
+    def __init__(self) -> None:
+        self.columns: list[Tensor] = []
+        self._terms: Tensor | None = None
+        self._weights: weakref.ref[Tensor] | None = None
+        self._means = torch.empty(0)
 
-    return batched
+    def add(self, terms: Tensor) -> Batched:
+        """Register ``terms`` (N,); returns the batched mean of them."""
+        infinite = terms.isinf()
+        has_infinite = bool(infinite.any())
+        column = len(self.columns)
+        self.columns.append(terms.masked_fill(infinite, 0.0))
+        if has_infinite:  # 0 * inf is NaN, not 0: count the infinite terms drawn instead
+            self.columns.append(infinite.to(terms.dtype))
+
+        def batched(weights: Tensor) -> Tensor:
+            means = self(weights)
+            found = means[:, column]
+            if has_infinite:
+                found = found.masked_fill(means[:, column + 1] > 0, math.inf)
+            return found
+
+        return batched
+
+    def __call__(self, weights: Tensor) -> Tensor:
+        if self._weights is not None and self._weights() is weights:
+            return self._means
+        if self._terms is None:
+            self._terms = torch.stack(self.columns)  # (terms, N)
+        self._weights = weakref.ref(weights)
+        self._means = weights.T @ self._terms.T / weights.shape[0]  # (R, terms)
+        return self._means
 
 
 class _ResampledBinSums:
@@ -127,17 +149,18 @@ def _batched(
     metric: Metric,
     kwargs: dict[str, Any],
     statistics: Callable[[], SampleStatistics],
+    means: _ResampledMeans,
     bin_sums: dict[int, _ResampledBinSums],
 ) -> Batched | None:
     """A batched form of ``metric`` from per-sample statistics, or None if it has none."""
     if kwargs and metric in (accuracy, negative_log_likelihood, brier_score):
         return None
     if metric is accuracy:
-        return _resampled_mean(statistics().correct.to(torch.float64))
+        return means.add(statistics().correct.to(torch.float64))
     if metric is negative_log_likelihood:
-        return _resampled_mean(statistics().nll_terms())
+        return means.add(statistics().nll_terms())
     if metric is brier_score:
-        return _resampled_mean(statistics().brier_terms())
+        return means.add(statistics().brier_terms())
     if metric in (expected_calibration_error, maximum_calibration_error):
         if set(kwargs) - {"n_bins", "strategy", "norm"}:
             return None
@@ -254,11 +277,12 @@ class Bootstrap:
                 computed.append(statistics_of_rows(rows, labels, squares=squares))
             return computed[0]
 
+        means = _ResampledMeans()
         bin_sums: dict[int, _ResampledBinSums] = {}
         group = self._groups.setdefault(name, {})
         for key, metric in metrics.items():
             value = float(metric(rows, labels, **metric_kwargs))
-            batched = _batched(metric, metric_kwargs, statistics, bin_sums)
+            batched = _batched(metric, metric_kwargs, statistics, means, bin_sums)
             each = None
             if batched is None:
 
