@@ -25,12 +25,12 @@ from torchcal.metrics._inputs import check_probs_and_labels, row_chunks
 
 @dataclass(frozen=True)
 class SampleStatistics:
-    """Per-sample float64 vectors (M,) of validated probability rows.
+    """Per-sample vectors (M,) of validated probability rows.
 
     Attributes:
-        confidences: the top-label confidence ``max_k p_k``.
+        confidences: the top-label confidence ``max_k p_k``, float64.
         correct: bool, whether the label's probability equals the maximum.
-        label_probs: ``p_y``.
+        label_probs: ``p_y``, in the probabilities' dtype (exact; widened where used).
         squared_norms: ``sum_k p_k^2``, or ``None`` when not asked for.
     """
 
@@ -92,7 +92,7 @@ def statistics_of_rows(rows: Tensor, labels: Tensor, *, squares: bool = False) -
     return SampleStatistics(
         confidences=confidences.to(torch.float64),
         correct=label_probs == confidences,
-        label_probs=label_probs.to(torch.float64),
+        label_probs=label_probs,
         squared_norms=squared_norms(rows) if squares else None,
     )
 
