@@ -10,6 +10,7 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from torchcal import HistogramBinning, TemperatureScaler, compare
+from torchcal.report import calibration_summary
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +88,20 @@ def test_splits_with_different_classes_are_refused(splits):
         compare(val_logits, val_labels, test_logits[:, :4], test_labels.clamp(max=3))
     with pytest.raises(ValueError, match="metric must be one of"):
         compare(*splits, ["temperature"], n_resamples=10).best("AUROC")
+
+
+def test_rows_equal_the_report_summary_of_each_methods_probabilities(splits, capfd):
+    _, _, test_logits, test_labels = splits
+    quiet = compare(*splits, ["temperature", "histogram"], n_resamples=40, seed=3)
+    assert capfd.readouterr().err == ""
+    shown = compare(*splits, ["temperature", "histogram"], n_resamples=40, seed=3, progress=True)
+    bars = capfd.readouterr().err
+    assert "fitting" in bars and "bootstrap" in bars and "40/40" in bars
+    for name, calibrator in quiet.calibrators.items():
+        probs = calibrator.predict_proba(test_logits).double()
+        expected = calibration_summary(probs, test_labels, n_resamples=40, seed=3)
+        for metric, interval in expected.items():
+            for found in (quiet.summaries[name][metric], shown.summaries[name][metric]):
+                assert found.value == interval.value
+                assert found.low == pytest.approx(interval.low, abs=1e-12)
+                assert found.high == pytest.approx(interval.high, abs=1e-12)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import requires_cuda, tempered_logits
+from hostile import expect_exact, expect_refused
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from netcal.metrics import ECE
@@ -13,12 +14,21 @@ from sklearn.metrics import log_loss
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from torchcal.metrics import (
+    CalibrationErrorMeter,
+    _inputs,
+    accuracy,
+    bootstrap_interval,
     brier_score,
     classwise_calibration_error,
+    debiased_calibration_error,
+    entropy,
     expected_calibration_error,
+    max_probability,
     maximum_calibration_error,
     negative_log_likelihood,
     reliability_bins,
+    smooth_calibration_error,
+    top1_margin,
 )
 
 
@@ -178,3 +188,151 @@ def test_bad_metric_options_are_named(options, message):
     probs, labels = probabilities(n=10)
     with pytest.raises(ValueError, match=message):
         expected_calibration_error(probs, labels, **options)
+
+
+# ----------------------------------------------- numpy inputs, wording, bounds, chunked reads
+LABELLED = [
+    expected_calibration_error,
+    maximum_calibration_error,
+    classwise_calibration_error,
+    negative_log_likelihood,
+    brier_score,
+    accuracy,
+    debiased_calibration_error,
+    smooth_calibration_error,
+    lambda p, y: reliability_bins(p, y).calibration_error(),
+    lambda p, y: bootstrap_interval(expected_calibration_error, p, y, n_resamples=20).low,
+]
+
+
+@pytest.mark.parametrize("metric", LABELLED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numpy_arrays_give_the_tensor_values(metric, dtype):
+    probs, labels = probabilities(n=500, k=6, seed=13, dtype=dtype)
+    expected = float(metric(probs, labels))
+    array, label_array = probs.numpy(), labels.numpy()
+    array.flags.writeable = False  # read, never written: no warning, no copy needed
+    expect_exact(lambda: float(metric(array, label_array)), lambda found: found == expected)
+
+
+def test_numpy_arrays_feed_the_meter_and_the_uncertainty_signals():
+    probs, labels = probabilities(n=300, k=4, seed=14)
+    meter, reference = CalibrationErrorMeter(), CalibrationErrorMeter()
+    meter.update(probs.numpy(), labels.numpy().astype(np.int32))
+    reference.update(probs, labels)
+    assert meter.summary() == reference.summary()
+    for signal in (entropy, top1_margin, max_probability):
+        assert torch.equal(signal(probs.numpy()), signal(probs))
+    reversed_rows = probs.numpy()[::-1]  # a negative stride: read through a copy
+    assert float(expected_calibration_error(reversed_rows, labels.numpy()[::-1])) == (
+        pytest.approx(float(expected_calibration_error(probs, labels)), abs=1e-15)
+    )
+
+
+@pytest.mark.parametrize(
+    ("probs", "labels", "words"),
+    [
+        (torch.full((3, 2), 0.5), torch.zeros(4, dtype=torch.long), ("probs", "labels")),
+        (torch.full((3, 2), 0.5), torch.zeros(3, 2, dtype=torch.long), ("one-hot",)),
+        (torch.tensor(0.5), torch.tensor(1), ("probs",)),
+        (torch.full((2, 3, 4), 0.25), torch.zeros(5, 4, dtype=torch.long), ("probs", "shape")),
+        (torch.full((3, 2), 0.5), torch.full((3,), -100), ("ignore_index",)),
+        (torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, dtype=torch.long), ("probs", "int")),
+        ([[0.5, 0.5]], torch.zeros(1, dtype=torch.long), ("probs", "list")),
+        (np.array([["a", "b"]]), np.zeros(1, dtype=np.int64), ("probs", "numpy")),
+        (torch.full((3,), 0.5), torch.zeros(4), ("probs", "entries")),
+    ],
+)
+def test_metric_errors_speak_of_probs_never_of_logits(probs, labels, words):
+    for metric in (expected_calibration_error, negative_log_likelihood, brier_score):
+        expect_refused(lambda metric=metric: metric(probs, labels), *words)
+        with pytest.raises((ValueError, TypeError)) as error:
+            metric(probs, labels)
+        assert "logits" not in str(error.value).replace("apply torch.softmax(logits", "")
+
+
+def test_out_of_range_values_and_rows_off_the_simplex_are_refused_in_every_dtype():
+    probs = torch.tensor([[0.7, 0.3], [0.4, 0.6]])
+    labels = torch.tensor([0, 1])
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        negative = probs.to(dtype).clone()
+        negative[0, 1] = -1e-3
+        expect_refused(lambda p=negative: expected_calibration_error(p, labels), "[0, 1]")
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            broken = probs.to(dtype).clone()
+            broken[1, 0] = bad
+            expect_refused(lambda p=broken: expected_calibration_error(p, labels), "probs")
+        # 0.5 + 0.504: a bfloat16 sum would round to 1.0; the check sums in float32
+        off = torch.tensor([[0.5, 0.5], [0.5, 0.504]], dtype=dtype)
+        expect_refused(lambda p=off: expected_calibration_error(p, labels), "sum to 1", "row 1")
+
+
+def test_label_fast_path_and_input_layer_route_agree():
+    probs, labels = probabilities(n=400, k=5, seed=15)
+    ignored = labels.clone()
+    ignored[::7] = 3  # ignore_index inside the class range: these rows are left out
+    kept = ignored != 3
+    assert float(expected_calibration_error(probs, ignored, ignore_index=3)) == float(
+        expected_calibration_error(probs[kept], labels[kept])
+    )
+    expect_refused(lambda: expected_calibration_error(probs, labels + 5), "[0, 5)")
+    square, square_labels = probabilities(n=5, k=5, seed=16)  # N == K: classes in dim 1 given
+    assert float(expected_calibration_error(square, square_labels, class_dim=1)) == pytest.approx(
+        float(expected_calibration_error(square.numpy(), square_labels.numpy(), class_dim=-1))
+    )
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda p, y: expected_calibration_error(p, y, n_bins=10**9),
+        lambda p, y: reliability_bins(p, y, n_bins=10**9),
+        lambda p, y: classwise_calibration_error(p, y, n_bins=10**9),
+        lambda p, y: debiased_calibration_error(p, y, n_bins=10**9),
+        lambda p, y: CalibrationErrorMeter(n_bins=10**9),
+        lambda p, y: bootstrap_interval(expected_calibration_error, p, y, n_bins=10**9),
+    ],
+)
+def test_a_huge_bin_count_is_refused_before_any_allocation(call):
+    probs, labels = probabilities(n=50, k=3, seed=17)
+    expect_refused(lambda: call(probs, labels), "n_bins", "100,000")
+
+
+def test_huge_resample_counts_and_tiny_bandwidths_are_refused_with_their_limits():
+    probs, labels = probabilities(n=50, k=3, seed=18)
+    expect_refused(
+        lambda: bootstrap_interval(accuracy, probs, labels, n_resamples=10**9),
+        "n_resamples",
+        "1,000,000",
+    )
+    expect_refused(lambda: smooth_calibration_error(probs, labels, bandwidth=1e-9), "0.001")
+    assert float(smooth_calibration_error(probs, labels, bandwidth=1e-3)) >= 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chunked_class_wise_and_brier_equal_numpy_float64(monkeypatch, dtype):
+    monkeypatch.setattr(_inputs, "CHUNK_ELEMENTS", 64)  # many row chunks of 12 rows
+    probs, labels = probabilities(n=1001, k=5, seed=19, dtype=dtype)
+    p, y = probs.numpy().astype(np.float64), labels.numpy()
+    edges = np.linspace(0, 1, 11)
+    errors = []
+    for k in range(5):
+        counts, conf, acc = _numpy_bins(p[:, k], (y == k).astype(float), edges)
+        errors.append(np.sqrt(np.sum((acc - conf) ** 2 * counts) / counts.sum()))
+    found = classwise_calibration_error(probs, labels, n_bins=10, norm="l2")
+    assert float(found) == pytest.approx(np.mean(errors), abs=1e-12)
+    brier = np.mean(np.sum((p - np.eye(5)[y]) ** 2, axis=1))  # float64 from the float32 values
+    assert float(brier_score(probs, labels)) == pytest.approx(brier, rel=1e-13)
+
+
+def test_class_wise_quantile_bins_match_numpy():
+    probs, labels = probabilities(n=600, k=3, seed=20)
+    p, y = probs.numpy(), labels.numpy()
+    errors = []
+    for k in range(3):
+        edges = np.quantile(p[:, k], np.linspace(0, 1, 6))
+        edges[0], edges[-1] = 0.0, 1.0
+        counts, conf, acc = _numpy_bins(p[:, k], (y == k).astype(float), edges)
+        errors.append(np.sum(np.abs(acc - conf) * counts) / counts.sum())
+    found = classwise_calibration_error(probs, labels, n_bins=5, strategy="quantile")
+    assert float(found) == pytest.approx(np.mean(errors), abs=1e-12)

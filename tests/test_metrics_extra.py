@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from torchcal.metrics import (
+    Bootstrap,
     MetricInterval,
     accuracy,
     bootstrap_interval,
+    bootstrap_intervals,
     brier_score,
     debiased_calibration_error,
     expected_calibration_error,
@@ -162,3 +164,62 @@ def test_bootstrap_of_an_infinite_nll_gives_an_open_interval_not_nan():
     )
     assert interval.value == math.inf and interval.high == math.inf
     assert math.isfinite(interval.low) and interval == one_by_one
+
+
+def test_bootstrap_intervals_share_draws_and_equal_one_metric_at_a_time():
+    probs, labels = overconfident(5, 700, 6, 2.5)
+    metrics = {
+        "accuracy": accuracy,
+        "NLL": negative_log_likelihood,
+        "ECE": expected_calibration_error,
+        "MCE": maximum_calibration_error,
+        "Brier": brier_score,
+        "debiased": debiased_calibration_error,  # no batched form: called per resample
+    }
+    together = bootstrap_intervals(metrics, probs, labels, n_resamples=150, seed=4)
+    for name, metric in metrics.items():
+        alone = bootstrap_interval(metric, probs, labels, n_resamples=150, seed=4)
+        assert together[name].value == alone.value
+        assert together[name].low == pytest.approx(alone.low, abs=1e-12)
+        assert together[name].high == pytest.approx(alone.high, abs=1e-12)
+
+
+def test_bootstrap_of_many_bins_and_of_metrics_with_options_equals_the_naive_recompute():
+    probs, labels = overconfident(6, 500, 4, 3.0)
+    cases = [
+        (expected_calibration_error, {"n_bins": 300, "norm": "l2"}),  # many non-empty bins
+        (expected_calibration_error, {"strategy": "quantile"}),
+        (negative_log_likelihood, {"ignore_index": None}),
+    ]
+    for metric, kwargs in cases:
+        fast = bootstrap_interval(metric, probs, labels, n_resamples=60, seed=2, **kwargs)
+        naive = bootstrap_interval(
+            lambda p, y, metric=metric, **kw: metric(p, y, **kw),
+            probs,
+            labels,
+            n_resamples=60,
+            seed=2,
+            **kwargs,
+        )
+        assert fast.value == naive.value
+        assert fast.low == pytest.approx(naive.low, abs=1e-12)
+        assert fast.high == pytest.approx(naive.high, abs=1e-12)
+
+
+def test_bootstrap_scores_several_probability_sets_on_the_same_draws():
+    probs, labels = overconfident(7, 400, 3, 2.0)
+    sharper = torch.softmax(probs.log() * 1.5, dim=1)
+    bootstrap = Bootstrap(n_resamples=80, seed=9)
+    bootstrap.add("a", {"ECE": expected_calibration_error}, probs, labels)
+    bootstrap.add("b", {"ECE": expected_calibration_error}, sharper.numpy(), labels.numpy())
+    found = bootstrap.intervals()
+    for name, p in (("a", probs), ("b", sharper)):
+        alone = bootstrap_interval(expected_calibration_error, p, labels, n_resamples=80, seed=9)
+        assert found[name]["ECE"].low == pytest.approx(alone.low, abs=1e-12)
+        assert found[name]["ECE"].high == pytest.approx(alone.high, abs=1e-12)
+    with pytest.raises(ValueError, match="399 samples but the earlier ones have 400"):
+        bootstrap.add("c", {"ECE": expected_calibration_error}, probs[1:], labels[1:])
+    with pytest.raises(TypeError, match=r"seed must be an int or a torch\.Generator"):
+        Bootstrap(seed=0.5)
+    with pytest.raises(RuntimeError, match="nothing to resample"):
+        Bootstrap().intervals()

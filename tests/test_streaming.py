@@ -115,3 +115,20 @@ def test_meter_syncs_across_two_gloo_processes():
         assert results[rank]["accuracy"] == pytest.approx(float(accuracy(probs, labels)), 1e-12)
     half = probs[:1500], labels[:1500]
     assert results[0]["local_ece"] == pytest.approx(float(expected_calibration_error(*half)), 1e-12)
+
+
+def test_meter_on_logits_takes_the_nll_and_brier_in_float64(monkeypatch):
+    from torchcal.metrics import _inputs
+
+    monkeypatch.setattr(_inputs, "CHUNK_ELEMENTS", 50)  # several row chunks per batch
+    logits, labels = data(n=1000, k=6, seed=3)
+    meter = CalibrationErrorMeter(inputs="logits")
+    feed(meter, logits.numpy(), labels.numpy())
+    wide = logits.double()
+    nll = float((torch.logsumexp(wide, 1) - wide.gather(1, labels[:, None]).squeeze(1)).mean())
+    probs = torch.softmax(logits, dim=1).double()  # the meter's probabilities: float32 softmax
+    brier = float(((probs - torch.eye(6, dtype=torch.float64)[labels]) ** 2).sum(1).mean())
+    summary = meter.summary()
+    assert summary["nll"] == pytest.approx(nll, rel=1e-13)
+    assert summary["brier"] == pytest.approx(brier, rel=1e-13)
+    assert summary["n_samples"] == 1000

@@ -60,12 +60,19 @@ def test_half_precision_keeps_its_dtype():
         (torch.tensor([[math.nan, 1.0]]), ValueError, "NaN"),
         (torch.tensor([[1, 0]]), TypeError, "floating"),
         (torch.tensor(1.0), ValueError, "class dimension"),
-        (np.array([[0.5, 0.5]]), TypeError, "torch.Tensor"),
+        ([[0.5, 0.5]], TypeError, "torch.Tensor or a numpy array, got list"),
+        (np.array([[0.5, 0.7]]), ValueError, "sum to 1"),
     ],
 )
 def test_bad_probabilities_raise(function, probs, error, match):
     with pytest.raises(error, match=match):
         function(probs)
+
+
+@pytest.mark.parametrize("function", [entropy, top1_margin, max_probability])
+def test_numpy_probabilities_give_the_tensor_values(function):
+    probs = torch.softmax(torch.randn(20, 4, generator=torch.Generator().manual_seed(0)), 1)
+    assert torch.equal(function(probs.numpy()), function(probs))
 
 
 def test_margin_needs_two_classes():

@@ -294,9 +294,15 @@ def _compare(args: argparse.Namespace) -> None:
     test_logits, test_labels = _load_data(args, "test_")
     methods = args.methods or DEFAULT_METHODS
     comparison = compare(
-        val_logits, val_labels, test_logits, test_labels, methods, n_resamples=args.resamples,
+        val_logits,
+        val_labels,
+        test_logits,
+        test_labels,
+        methods,
+        n_resamples=args.resamples,
         inputs=args.inputs,
-    )  # fmt: skip
+        progress=True,
+    )
     print(
         f"fitted on {val_labels.numel()} validation samples, scored on {test_labels.numel()} "
         f"test samples, 95% bootstrap intervals ({args.resamples} resamples)"

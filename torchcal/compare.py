@@ -21,11 +21,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from torchcal._shapes import to_rows
 from torchcal.calibrator import Calibrator
-from torchcal.metrics import MetricInterval
-from torchcal.report import METRICS, calibration_summary, format_table
+from torchcal.metrics import Bootstrap, MetricInterval
+from torchcal.report import METRICS, format_table
 
 __all__ = ["DEFAULT_METHODS", "Comparison", "compare"]
 
@@ -136,6 +137,7 @@ def compare(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    progress: bool = False,
 ) -> Comparison:
     """Fit each method on the validation split; score it on the test split.
 
@@ -149,7 +151,10 @@ def compare(
             ``"isotonic"``), unfitted calibrator instances (for non-default options), or a dict
             naming them. The uncalibrated model is always the first row.
         inputs: ``"logits"`` or ``"probs"`` (probabilities are used as log-probabilities).
-        n_resamples, confidence, seed: the test-split bootstrap intervals.
+        n_resamples, confidence, seed: the test-split bootstrap intervals, drawn once for all
+            methods: each method's metrics come from per-sample statistics of its test
+            probabilities, and equal those of ``torchcal.report.calibration_summary``.
+        progress: show progress bars (tqdm, on stderr) for the fits and the bootstrap.
 
     Returns:
         A :class:`Comparison`; ``print(comparison)`` shows the table.
@@ -164,21 +169,20 @@ def compare(
         )
     calibrators = _calibrators(methods)
 
-    def summary(probs: Tensor) -> dict[str, MetricInterval]:
-        return calibration_summary(
-            probs, test.labels, n_resamples=n_resamples, confidence=confidence, seed=seed
-        )
-
+    bootstrap = Bootstrap(n_resamples=n_resamples, confidence=confidence, seed=seed)
     # torch.optim's first optimizer in a process imports torch._dynamo (about 1.5 s on a CPU):
     # pay it here so that it is not charged to whichever method happens to be timed first.
     torch.optim.LBFGS([torch.zeros(1, requires_grad=True)])
-    summaries = {UNCALIBRATED: summary(torch.softmax(test.logits.double(), dim=1))}
+    bootstrap.add(UNCALIBRATED, METRICS, torch.softmax(test.logits.double(), dim=1), test.labels)
     fit_seconds: dict[str, float] = {}
-    for name, calibrator in calibrators.items():
+    for name, calibrator in tqdm(
+        calibrators.items(), desc="fitting", unit="method", disable=not progress
+    ):
         start = time.perf_counter()
         calibrator.fit(val.logits, val.labels, progress=False)
         fit_seconds[name] = time.perf_counter() - start
         with torch.no_grad():
             probs = calibrator.predict_proba(test.logits)
-        summaries[name] = summary(probs.double())
+        bootstrap.add(name, METRICS, probs.double(), test.labels)
+    summaries = bootstrap.intervals(progress=progress)
     return Comparison(summaries=summaries, calibrators=calibrators, fit_seconds=fit_seconds)

@@ -8,7 +8,12 @@ Example:
     0.3333
 """
 
-from torchcal.metrics.bootstrap import MetricInterval, bootstrap_interval
+from torchcal.metrics.bootstrap import (
+    Bootstrap,
+    MetricInterval,
+    bootstrap_interval,
+    bootstrap_intervals,
+)
 from torchcal.metrics.calibration import (
     ReliabilityBins,
     classwise_calibration_error,
@@ -23,11 +28,13 @@ from torchcal.metrics.streaming import CalibrationErrorMeter
 from torchcal.metrics.uncertainty import entropy, max_probability, top1_margin
 
 __all__ = [
+    "Bootstrap",
     "CalibrationErrorMeter",
     "MetricInterval",
     "ReliabilityBins",
     "accuracy",
     "bootstrap_interval",
+    "bootstrap_intervals",
     "brier_score",
     "classwise_calibration_error",
     "debiased_calibration_error",

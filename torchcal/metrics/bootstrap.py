@@ -1,34 +1,48 @@
 """Bootstrap confidence intervals for any metric of ``(probs, labels)``.
 
-Resamples draw N indices with replacement from a seeded ``torch.Generator``. Accuracy, NLL, Brier
-and the equal-width-bin ECE/MCE/RMS are evaluated for a whole chunk of resamples at once (each
-resample is a vector of per-sample multiplicities); any other metric is called once per resample on
-the same draws. The interval is the percentile interval of the resampled values.
+Each resample draws N indices with replacement from a seeded ``torch.Generator`` (a chunk of
+resamples at a time) and is also read as a vector of multiplicities: how often each sample was
+drawn. Accuracy, NLL, Brier and the equal-width-bin ECE/MCE/RMS are functions of per-sample
+statistics (:mod:`torchcal.metrics.samples`), computed once from the probabilities: a resample's
+mean of a per-sample term is its multiplicities times the terms, and its per-bin sums group the
+same products by bin (the samples sorted by bin once). Nothing of size (N, K) is gathered. Any
+other metric is called once per resample on the drawn rows. The interval is the percentile
+interval of the resampled values.
+
+:class:`Bootstrap` scores several metrics of several sets of probabilities on the same draws;
+:func:`torchcal.compare` scores every method with one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from torchcal._validation import check_positive_int
+from torchcal.metrics._inputs import check_n_bins, check_probs_and_labels
 from torchcal.metrics.calibration import (
     bin_index,
     bins_from_sums,
-    check_probs_and_labels,
     expected_calibration_error,
     maximum_calibration_error,
-    top_label,
     uniform_edges,
 )
+from torchcal.metrics.samples import SampleStatistics, statistics_of_rows
 from torchcal.metrics.scores import accuracy, brier_score, negative_log_likelihood
 
+__all__ = ["Bootstrap", "MetricInterval", "bootstrap_interval", "bootstrap_intervals"]
+
 Metric = Callable[..., Tensor]
-_CHUNK_ELEMENTS = 1 << 22  # resamples x samples held at once
+#: The most resamples one interval takes: their values are kept (8 bytes each).
+MAX_RESAMPLES = 1_000_000
+_CHUNK_ELEMENTS = 1 << 22  # resamples x samples drawn at once
 
 
 @dataclass(frozen=True)
@@ -53,63 +67,274 @@ class MetricInterval:
         return {"value": self.value, "low": self.low, "high": self.high}
 
 
-def _per_sample_mean(values: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tensor]:
-    def batched(weights: Tensor, probs: Tensor, labels: Tensor) -> Tensor:
-        terms = values(probs, labels)
+# A batched statistic maps the multiplicities of R resamples, (N, R) float64, to R values.
+Batched = Callable[[Tensor], Tensor]
+
+
+class _ResampledMeans:
+    """Means of per-sample terms over each resample, every term of one set of probabilities
+    from one matrix product per chunk of resamples; a drawn infinite term makes the mean inf."""
+
+    def __init__(self) -> None:
+        self.columns: list[Tensor] = []
+        self._terms: Tensor | None = None
+        self._weights: weakref.ref[Tensor] | None = None
+        self._means = torch.empty(0)
+
+    def add(self, terms: Tensor) -> Batched:
+        """Register ``terms`` (N,); returns the batched mean of them."""
         infinite = terms.isinf()
-        means = weights @ terms.masked_fill(infinite, 0.0) / weights.shape[1]
-        if bool(infinite.any()):  # a drawn sample with an infinite term (0 * inf is not 0)
-            drawn_infinite = (weights @ infinite.to(weights.dtype)) > 0
-            means = means.masked_fill(drawn_infinite, float("inf"))
-        return means
+        has_infinite = bool(infinite.any())
+        column = len(self.columns)
+        self.columns.append(terms.masked_fill(infinite, 0.0))
+        if has_infinite:  # 0 * inf is NaN, not 0: count the infinite terms drawn instead
+            self.columns.append(infinite.to(terms.dtype))
+
+        def batched(weights: Tensor) -> Tensor:
+            means = self(weights)
+            found = means[:, column]
+            if has_infinite:
+                found = found.masked_fill(means[:, column + 1] > 0, math.inf)
+            return found
+
+        return batched
+
+    def __call__(self, weights: Tensor) -> Tensor:
+        if self._weights is not None and self._weights() is weights:
+            return self._means
+        if self._terms is None:
+            self._terms = torch.stack(self.columns)  # (terms, N)
+        self._weights = weakref.ref(weights)
+        self._means = weights.T @ self._terms.T / weights.shape[0]  # (R, terms)
+        return self._means
+
+
+class _ResampledBinSums:
+    """Per-bin count, sum of confidence and sum of correctness of each resample, (R, n_bins)
+    each: the multiplicities' rows added into their sample's bin. ECE and MCE of the same
+    probabilities share one evaluation per chunk of resamples."""
+
+    def __init__(self, statistics: SampleStatistics, n_bins: int) -> None:
+        self.edges = uniform_edges(n_bins, statistics.confidences.device)
+        self.index = bin_index(statistics.confidences, self.edges)
+        self.confidences = statistics.confidences[:, None]
+        self.correct = statistics.correct.nonzero().squeeze(1)
+        self._weights: weakref.ref[Tensor] | None = None
+        self._sums: tuple[Tensor, Tensor, Tensor] = ()  # type: ignore[assignment]
+
+    def __call__(self, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self._weights is not None and self._weights() is weights:
+            return self._sums
+        shape = (self.edges.numel() - 1, weights.shape[1])
+        counts = weights.new_zeros(shape).index_add_(0, self.index, weights)
+        confidence = weights.new_zeros(shape).index_add_(0, self.index, weights * self.confidences)
+        correct = weights.new_zeros(shape).index_add_(
+            0, self.index[self.correct], weights[self.correct]
+        )
+        self._weights, self._sums = weakref.ref(weights), (counts.T, confidence.T, correct.T)
+        return self._sums
+
+
+def _resampled_binned_error(bin_sums: _ResampledBinSums, norm: str) -> Batched:
+    """The equal-width-bin calibration error (``norm``) of each resample."""
+
+    def batched(weights: Tensor) -> Tensor:
+        bins = bins_from_sums(bin_sums.edges, *bin_sums(weights))
+        return bins.calibration_error(norm)
 
     return batched
 
 
-def _label_probs(probs: Tensor, labels: Tensor) -> Tensor:
-    return probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
-
-
-def _nll_terms(probs: Tensor, labels: Tensor) -> Tensor:
-    return -_label_probs(probs, labels).log()
-
-
-def _brier_terms(probs: Tensor, labels: Tensor) -> Tensor:
-    return probs.to(torch.float64).square().sum(dim=1) - 2 * _label_probs(probs, labels) + 1
-
-
-def _binned_error(
-    weights: Tensor,
-    probs: Tensor,
-    labels: Tensor,
-    n_bins: int = 15,
-    strategy: str = "uniform",
-    norm: str = "l1",
-) -> Tensor:
-    confidences, correct = top_label(probs, labels)
-    confidences = confidences.to(torch.float64)
-    edges = uniform_edges(n_bins, probs.device)
-    one_hot = torch.nn.functional.one_hot(bin_index(confidences, edges), n_bins).to(weights)
-    counts = weights @ one_hot
-    sum_confidence = weights @ (one_hot * confidences[:, None])
-    sum_correct = weights @ (one_hot * correct.to(torch.float64)[:, None])
-    return bins_from_sums(edges, counts, sum_confidence, sum_correct).calibration_error(norm)
-
-
-def _vectorised(metric: Metric, kwargs: dict[str, Any]) -> Callable[..., Tensor] | None:
+def _batched(
+    metric: Metric,
+    kwargs: dict[str, Any],
+    statistics: Callable[[], SampleStatistics],
+    means: _ResampledMeans,
+    bin_sums: dict[int, _ResampledBinSums],
+) -> Batched | None:
+    """A batched form of ``metric`` from per-sample statistics, or None if it has none."""
+    if kwargs and metric in (accuracy, negative_log_likelihood, brier_score):
+        return None
     if metric is accuracy:
-        return _per_sample_mean(lambda p, y: top_label(p, y)[1].to(torch.float64))
+        return means.add(statistics().correct.to(torch.float64))
     if metric is negative_log_likelihood:
-        return _per_sample_mean(_nll_terms)
+        return means.add(statistics().nll_terms())
     if metric is brier_score:
-        return _per_sample_mean(_brier_terms)
+        return means.add(statistics().brier_terms())
     if metric in (expected_calibration_error, maximum_calibration_error):
+        if set(kwargs) - {"n_bins", "strategy", "norm"}:
+            return None
         if kwargs.get("strategy", "uniform") != "uniform":
             return None
-        if metric is maximum_calibration_error:
-            kwargs = {**kwargs, "norm": "max"}
-        return lambda weights, probs, labels: _binned_error(weights, probs, labels, **kwargs)
+        norm = "max" if metric is maximum_calibration_error else kwargs.get("norm", "l1")
+        n_bins = check_n_bins(kwargs.get("n_bins", 15))
+        if n_bins not in bin_sums:
+            bin_sums[n_bins] = _ResampledBinSums(statistics(), n_bins)
+        return _resampled_binned_error(bin_sums[n_bins], norm)
     return None
+
+
+@dataclass
+class _Resampled:
+    """One metric of one set of probabilities: its value and how to evaluate a resample."""
+
+    value: float
+    batched: Batched | None  # from multiplicities, or else
+    each: Callable[[Tensor], float] | None  # from the drawn indices (N,)
+    device: torch.device
+    values: Tensor | None = None  # (n_resamples,) once evaluated
+
+
+def _check_seed(seed: object) -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
+    return torch.Generator().manual_seed(seed)
+
+
+def _percentile_interval(value: float, values: Tensor, confidence: float) -> MetricInterval:
+    tail = (1.0 - confidence) / 2
+    quantiles = torch.tensor([tail, 1.0 - tail], dtype=torch.float64)
+    # Interpolating between infinite values (an NLL with a zero probability) gives NaN: take the
+    # nearest resample's value instead, so that the interval reads e.g. [0.1, inf].
+    interpolation = "linear" if bool(values.isfinite().all()) else "nearest"
+    low, high = torch.quantile(values, quantiles, interpolation=interpolation).tolist()
+    return MetricInterval(value=value, low=low, high=high, confidence=confidence)
+
+
+class Bootstrap:
+    """Percentile intervals of several metrics, of several sets of probabilities, on one set of
+    seeded resamples of the samples.
+
+    :meth:`add` computes each metric's value and the per-sample statistics it is resampled from
+    (the probabilities themselves are kept only for metrics without a batched form);
+    :meth:`intervals` draws the resamples once and evaluates everything added on them.
+
+    Args:
+        n_resamples: number of bootstrap resamples, at most :data:`MAX_RESAMPLES`.
+        confidence: coverage of the intervals, in (0, 1).
+        seed: an int seed or a ``torch.Generator`` (CPU) that draws the resamples.
+
+    Example:
+        >>> from torchcal.metrics import accuracy, expected_calibration_error
+        >>> _ = torch.manual_seed(0)
+        >>> probs = torch.softmax(torch.randn(2000, 5) * 2, dim=1)
+        >>> labels = torch.multinomial(probs, 1).squeeze(1)
+        >>> bootstrap = Bootstrap(n_resamples=200)
+        >>> bootstrap.add("model", {"ECE": expected_calibration_error, "accuracy": accuracy},
+        ...               probs, labels)
+        >>> ece = bootstrap.intervals()["model"]["ECE"]
+        >>> ece.low < ece.value < ece.high
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        n_resamples: int = 1000,
+        confidence: float = 0.95,
+        seed: int | torch.Generator = 0,
+    ) -> None:
+        check_positive_int(n_resamples, "n_resamples")
+        if n_resamples > MAX_RESAMPLES:
+            raise ValueError(
+                f"n_resamples must be <= {MAX_RESAMPLES:,} (each resample's value is kept), "
+                f"got {n_resamples:,}"
+            )
+        if isinstance(confidence, bool) or not isinstance(confidence, (int, float)):
+            raise TypeError(f"confidence must be a number, got {type(confidence).__name__}")
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+        self.n_resamples = n_resamples
+        self.confidence = float(confidence)
+        self.generator = _check_seed(seed)
+        self.n_samples: int | None = None
+        self._groups: dict[str, dict[str, _Resampled]] = {}
+
+    def add(
+        self,
+        name: str,
+        metrics: Mapping[str, Metric],
+        probs: Tensor,
+        labels: Tensor,
+        **metric_kwargs: Any,
+    ) -> None:
+        """Compute ``metric(probs, labels, **metric_kwargs)`` for each of ``metrics`` and
+        prepare its resampling; the samples must be as many as in every earlier call."""
+        rows, labels = check_probs_and_labels(probs, labels)
+        if self.n_samples is not None and rows.shape[0] != self.n_samples:
+            raise ValueError(
+                f"{name!r} has {rows.shape[0]} samples but the earlier ones have "
+                f"{self.n_samples}: the resamples are drawn once for all of them"
+            )
+        self.n_samples = rows.shape[0]
+        computed: list[SampleStatistics] = []
+
+        def statistics() -> SampleStatistics:
+            if not computed:
+                squares = brier_score in metrics.values()
+                computed.append(statistics_of_rows(rows, labels, squares=squares))
+            return computed[0]
+
+        means = _ResampledMeans()
+        bin_sums: dict[int, _ResampledBinSums] = {}
+        group = self._groups.setdefault(name, {})
+        for key, metric in metrics.items():
+            value = float(metric(rows, labels, **metric_kwargs))
+            batched = _batched(metric, metric_kwargs, statistics, means, bin_sums)
+            each = None
+            if batched is None:
+
+                def each(indices: Tensor, metric: Metric = metric) -> float:
+                    indices = indices.to(rows.device)
+                    return float(metric(rows[indices], labels[indices], **metric_kwargs))
+
+            group[key] = _Resampled(value, batched, each, rows.device)
+
+    def intervals(self, *, progress: bool = False) -> dict[str, dict[str, MetricInterval]]:
+        """Draw the resamples and return ``{name: {metric: interval}}`` for everything added.
+
+        ``progress=True`` shows a progress bar (tqdm, on stderr).
+        """
+        if self.n_samples is None:
+            raise RuntimeError("nothing to resample yet: call add(name, metrics, probs, labels)")
+        n_samples, n_resamples = self.n_samples, self.n_resamples
+        jobs = [job for group in self._groups.values() for job in group.values()]
+        for job in jobs:
+            job.values = torch.empty(n_resamples, dtype=torch.float64)
+        chunk = max(1, _CHUNK_ELEMENTS // n_samples)
+        with tqdm(
+            total=n_resamples, desc="bootstrap", unit="resample", disable=not progress
+        ) as bar:
+            for start in range(0, n_resamples, chunk):
+                size = min(chunk, n_resamples - start)
+                indices = torch.randint(n_samples, (size, n_samples), generator=self.generator)
+                weights: dict[torch.device, Tensor] = {}
+                for job in jobs:
+                    if job.batched is None:
+                        drawn = [job.each(i) for i in indices]
+                        job.values[start : start + size] = torch.tensor(drawn, dtype=torch.float64)
+                        continue
+                    device = job.device
+                    if device not in weights:
+                        weights[device] = _multiplicities(indices.to(device), n_samples)
+                    job.values[start : start + size] = job.batched(weights[device]).cpu()
+                bar.update(size)
+        return {
+            name: {
+                key: _percentile_interval(job.value, job.values, self.confidence)
+                for key, job in group.items()
+            }
+            for name, group in self._groups.items()
+        }
+
+
+def _multiplicities(indices: Tensor, n_samples: int) -> Tensor:
+    """(N, R) float64 counts of each sample in each of the R resamples drawn as (R, N)
+    ``indices``: samples in rows, so that adding a sample's counts into its bin is contiguous."""
+    weights = torch.zeros(n_samples, indices.shape[0], dtype=torch.float64, device=indices.device)
+    return weights.scatter_add_(0, indices.T, torch.ones_like(weights))
 
 
 def bootstrap_interval(
@@ -139,31 +364,33 @@ def bootstrap_interval(
         >>> ece.low < ece.value < ece.high
         True
     """
-    probs, labels = check_probs_and_labels(probs, labels)
-    check_positive_int(n_resamples, "n_resamples")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
-    n_samples = probs.shape[0]
-    value = float(metric(probs, labels, **metric_kwargs))
-    batched = _vectorised(metric, metric_kwargs)
-    chunk = max(1, _CHUNK_ELEMENTS // n_samples)
-    statistics = []
-    for start in range(0, n_resamples, chunk):
-        size = min(chunk, n_resamples - start)
-        indices = torch.randint(n_samples, (size, n_samples), generator=generator)
-        indices = indices.to(probs.device)
-        if batched is None:
-            statistics.extend(float(metric(probs[i], labels[i], **metric_kwargs)) for i in indices)
-        else:
-            weights = torch.zeros(size, n_samples, dtype=torch.float64, device=probs.device)
-            weights.scatter_add_(1, indices, torch.ones_like(weights))
-            statistics.extend(batched(weights, probs, labels).tolist())
-    tail = (1.0 - confidence) / 2
-    quantiles = torch.tensor([tail, 1.0 - tail], dtype=torch.float64)
-    values = torch.tensor(statistics, dtype=torch.float64)
-    # Interpolating between infinite values (an NLL with a zero probability) gives NaN: take the
-    # nearest resample's value instead, so that the interval reads e.g. [0.1, inf].
-    interpolation = "linear" if bool(values.isfinite().all()) else "nearest"
-    low, high = torch.quantile(values, quantiles, interpolation=interpolation).tolist()
-    return MetricInterval(value=value, low=low, high=high, confidence=confidence)
+    bootstrap = Bootstrap(n_resamples=n_resamples, confidence=confidence, seed=seed)
+    bootstrap.add("", {"": metric}, probs, labels, **metric_kwargs)
+    return bootstrap.intervals()[""][""]
+
+
+def bootstrap_intervals(
+    metrics: Mapping[str, Metric],
+    probs: Tensor,
+    labels: Tensor,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int | torch.Generator = 0,
+    progress: bool = False,
+) -> dict[str, MetricInterval]:
+    """Several metrics with bootstrap intervals from the same resamples (and the same numbers
+    as :func:`bootstrap_interval` called once per metric with the same ``seed``).
+
+    Example:
+        >>> from torchcal.metrics import accuracy, negative_log_likelihood
+        >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]]).repeat(10, 1)
+        >>> labels = torch.tensor([0, 1, 1]).repeat(10)
+        >>> found = bootstrap_intervals({"acc": accuracy, "nll": negative_log_likelihood},
+        ...                             probs, labels, n_resamples=100)
+        >>> round(found["acc"].value, 4), round(found["nll"].value, 4)
+        (0.6667, 0.4594)
+    """
+    bootstrap = Bootstrap(n_resamples=n_resamples, confidence=confidence, seed=seed)
+    bootstrap.add("", metrics, probs, labels)
+    return bootstrap.intervals(progress=progress)[""]

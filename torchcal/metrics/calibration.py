@@ -11,9 +11,14 @@ Conventions (those of Guo et al. 2017, torchmetrics and netcal):
   error ``sqrt(sum_b (acc_b - conf_b)^2 n_b / N)`` and ``norm="max"`` the MCE
   ``max_b |acc_b - conf_b|`` over non-empty bins.
 
-Every function takes probabilities and labels on any device and returns a 0-dim float64 tensor on
-that device. Shapes are those the scalers take: (N, K) with (N,) labels, dense (N, K, *spatial)
-with (N, *spatial) labels or token sequences (B, L, V) with (B, L) labels (``class_dim`` as in
+Every function takes probabilities and labels (tensors on any device, or numpy arrays) and returns
+a 0-dim float64 tensor on that device. The probabilities are read a few times (their range, their
+row sums, the top-label statistics of :mod:`torchcal.metrics.samples`) and never copied; the bins
+then work on float64 vectors of length N, their sums exact up to float64 rounding. Class-wise bins
+read the probabilities in row chunks, converting one chunk at a time to float64.
+
+Shapes are those the scalers take: (N, K) with (N,) labels, dense (N, K, *spatial) with
+(N, *spatial) labels or token sequences (B, L, V) with (B, L) labels (``class_dim`` as in
 :class:`~torchcal.TemperatureScaler`, ``ignore_index`` positions left out), binary (N,) sigmoid
 probabilities with 0/1 labels, and multi-label (N, K) probabilities with (N, K) 0/1 targets, where
 every (sample, label) pair counts as one binary prediction.
@@ -26,14 +31,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from torchcal._shapes import to_rows
-from torchcal._validation import (
-    check_choice,
-    check_labels,
-    check_positive_int,
-    check_probabilities_matrix,
-    check_tensor,
+from torchcal._validation import check_choice
+from torchcal.metrics._inputs import (
+    check_n_bins,
+    check_probs_and_labels,
+    row_chunks,
 )
+from torchcal.metrics.samples import statistics_of_rows
 
 STRATEGIES = ("uniform", "quantile")
 NORMS = ("l1", "l2", "max")
@@ -103,7 +107,7 @@ def top_label_bins(
     This is the one place binning happens; :func:`reliability_bins`, the fitted scalers' reports,
     the streaming meter and the bootstrap all call it or its per-bin sums.
     """
-    check_positive_int(n_bins, "n_bins")
+    check_n_bins(n_bins)
     check_choice(strategy, "strategy", STRATEGIES)
     confidences = confidences.reshape(-1).to(torch.float64).contiguous()
     edges = _bin_edges(confidences, n_bins, strategy)
@@ -117,16 +121,16 @@ def bin_index(confidences: Tensor, edges: Tensor) -> Tensor:
 
 
 def bin_sums(confidences: Tensor, correct: Tensor, edges: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-bin count, sum of confidence and sum of correctness (float64) for fixed ``edges``."""
+    """Per-bin count (int64), sum of confidence and sum of correctness (float64) for ``edges``."""
     confidences = confidences.reshape(-1).to(torch.float64)
     n_bins = edges.numel() - 1
     index = bin_index(confidences, edges)
-    counts = torch.bincount(index, minlength=n_bins)
-    sum_confidence = torch.bincount(index, weights=confidences, minlength=n_bins)
-    sum_correct = torch.bincount(
-        index, weights=correct.reshape(-1).to(torch.float64), minlength=n_bins
-    )
-    return counts, sum_confidence, sum_correct
+    counts = torch.zeros(n_bins, dtype=torch.int64, device=index.device)
+    counts.index_add_(0, index, torch.ones_like(index))
+    sums = torch.zeros(2, n_bins, dtype=torch.float64, device=index.device)
+    sums[0].index_add_(0, index, confidences)
+    sums[1].index_add_(0, index, correct.reshape(-1).to(torch.float64))
+    return counts, sums[0], sums[1]
 
 
 def bins_from_sums(
@@ -144,47 +148,8 @@ def bins_from_sums(
 
 def uniform_edges(n_bins: int, device: torch.device | str | None = None) -> Tensor:
     """``n_bins + 1`` equal-width edges from 0 to 1 in float64."""
-    check_positive_int(n_bins, "n_bins")
+    check_n_bins(n_bins)
     return torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=device)
-
-
-def check_probs_and_labels(
-    probs: Tensor,
-    labels: Tensor,
-    class_dim: int | None = None,
-    ignore_index: int | None = -100,
-) -> tuple[Tensor, Tensor]:
-    """Validate probabilities and labels of any supported shape; return (M, K) rows, (M,) labels.
-
-    Binary and multi-label sigmoid probabilities become two-column rows ``[1 - p, p]``.
-    """
-    probs, labels = check_tensor(probs, "probs"), check_tensor(labels, "labels")
-    sigmoid = probs.ndim == 1 or (probs.ndim == 2 and probs.shape[1] == 1)
-    sigmoid |= labels.shape == probs.shape and (
-        labels.dtype.is_floating_point or labels.dtype == torch.bool
-    )
-    rows = to_rows(
-        probs,
-        labels,
-        activation="sigmoid" if sigmoid else "softmax",
-        class_dim=class_dim,
-        ignore_index=ignore_index,
-    )
-    if rows.activation == "sigmoid":
-        positive = rows.logits
-        two_columns = check_probabilities_matrix(torch.stack([1 - positive, positive], 1))
-        return two_columns, rows.labels.long()
-    probs = check_probabilities_matrix(rows.logits, "probs")
-    labels = check_labels(rows.labels, probs.shape[0], probs.shape[1]).to(probs.device)
-    row_sums = probs.sum(dim=1, dtype=torch.float64)
-    off = (row_sums - 1).abs() > 1e-3
-    if bool(off.any()):
-        row = int(off.nonzero()[0])
-        raise ValueError(
-            f"probs rows must sum to 1; {int(off.sum())} row(s) do not, e.g. row {row} sums to "
-            f"{float(row_sums[row]):.6g}. Pass softmax probabilities, not logits or scores"
-        )
-    return probs, labels
 
 
 def top_label(
@@ -193,11 +158,10 @@ def top_label(
     class_dim: int | None = None,
     ignore_index: int | None = -100,
 ) -> tuple[Tensor, Tensor]:
-    """Validated top-label confidences (M,) and correctness (M,, bool) of ``probs``."""
-    probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
-    confidences = probs.max(dim=1).values
-    correct = probs.gather(1, labels[:, None]).squeeze(1) == confidences
-    return confidences, correct
+    """Validated top-label confidences (M,, float64) and correctness (M,, bool) of ``probs``."""
+    rows, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
+    statistics = statistics_of_rows(rows, labels)
+    return statistics.confidences, statistics.correct
 
 
 def reliability_bins(
@@ -209,7 +173,9 @@ def reliability_bins(
     class_dim: int | None = None,
     ignore_index: int | None = -100,
 ) -> ReliabilityBins:
-    """Top-label reliability bins of ``probs`` against ``labels``."""
+    """Top-label reliability bins of ``probs`` against ``labels`` (tensors or numpy arrays)."""
+    check_n_bins(n_bins)
+    check_choice(strategy, "strategy", STRATEGIES)
     confidences, correct = top_label(probs, labels, class_dim, ignore_index)
     return top_label_bins(confidences, correct, n_bins, strategy)
 
@@ -253,6 +219,31 @@ def maximum_calibration_error(
     )
 
 
+def _classwise_uniform_bins(probs: Tensor, labels: Tensor, edges: Tensor) -> ReliabilityBins:
+    """One-vs-rest bins of every class at once: (K, n_bins) sums, binned a row chunk at a time.
+
+    Class ``k``'s bins hold ``p_k`` of every sample; its correct ones are the samples labelled
+    ``k``, one per row, so their sums come from the labels' probabilities alone.
+    """
+    n_classes, n_bins = probs.shape[1], edges.numel() - 1
+    device = probs.device
+    offsets = torch.arange(n_classes, device=device) * n_bins
+    counts = torch.zeros(n_classes * n_bins, dtype=torch.int64, device=device)
+    sum_probs = torch.zeros(n_classes * n_bins, dtype=torch.float64, device=device)
+    chunks = row_chunks(probs)
+    for start in chunks:
+        wide = probs[start : start + chunks.step].to(torch.float64)
+        index = (bin_index(wide, edges) + offsets).reshape(-1)
+        counts.index_add_(0, index, torch.ones_like(index))
+        sum_probs.index_add_(0, index, wide.reshape(-1))
+    label_probs = probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
+    label_index = bin_index(label_probs, edges) + labels * n_bins
+    sum_correct = torch.zeros(n_classes * n_bins, dtype=torch.float64, device=device)
+    sum_correct.index_add_(0, label_index, torch.ones_like(label_probs))
+    shape = (n_classes, n_bins)
+    return bins_from_sums(edges, counts.view(shape), sum_probs.view(shape), sum_correct.view(shape))
+
+
 def classwise_calibration_error(
     probs: Tensor,
     labels: Tensor,
@@ -272,8 +263,13 @@ def classwise_calibration_error(
         >>> round(float(classwise_calibration_error(probs, torch.tensor([0, 1, 1]))), 4)
         0.3333
     """
-    probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
+    check_n_bins(n_bins)
+    check_choice(strategy, "strategy", STRATEGIES)
     check_choice(norm, "norm", NORMS)
+    probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
+    if strategy == "uniform":
+        bins = _classwise_uniform_bins(probs, labels, uniform_edges(n_bins, probs.device))
+        return bins.calibration_error(norm).mean()
     errors = [
         top_label_bins(probs[:, k], labels == k, n_bins, strategy).calibration_error(norm)
         for k in range(probs.shape[1])

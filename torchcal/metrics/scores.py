@@ -1,11 +1,14 @@
-"""Proper scoring rules on probabilities: negative log-likelihood and the Brier score."""
+"""Proper scoring rules on probabilities: negative log-likelihood and the Brier score.
+
+Each is the mean of a per-sample term from :mod:`torchcal.metrics.samples`, in float64.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from torchcal.metrics.calibration import check_probs_and_labels, top_label
+from torchcal.metrics.samples import sample_statistics
 
 
 def negative_log_likelihood(
@@ -22,9 +25,7 @@ def negative_log_likelihood(
         >>> round(float(negative_log_likelihood(probs, torch.tensor([0, 1, 1]))), 4)
         0.4594
     """
-    probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
-    label_probs = probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
-    return -label_probs.log().mean()
+    return sample_statistics(probs, labels, class_dim, ignore_index).nll_terms().mean()
 
 
 def brier_score(
@@ -41,10 +42,8 @@ def brier_score(
         >>> round(float(brier_score(probs, torch.tensor([0, 1, 1]))), 4)
         0.3067
     """
-    probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
-    squared = probs.to(torch.float64).square().sum(dim=1)
-    label_probs = probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
-    return (squared - 2 * label_probs + 1).mean()
+    statistics = sample_statistics(probs, labels, class_dim, ignore_index, squares=True)
+    return statistics.brier_terms().mean()
 
 
 def accuracy(probs: Tensor, labels: Tensor) -> Tensor:
@@ -57,4 +56,4 @@ def accuracy(probs: Tensor, labels: Tensor) -> Tensor:
         >>> round(float(accuracy(probs, torch.tensor([0, 1, 1]))), 4)
         0.6667
     """
-    return top_label(probs, labels)[1].to(torch.float64).mean()
+    return sample_statistics(probs, labels).correct.to(torch.float64).mean()

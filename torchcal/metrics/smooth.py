@@ -20,6 +20,9 @@ from torchcal.metrics.calibration import top_label
 _MIN_MESH_POINTS = 200  # evaluation mesh of the smoothed residual (relplot's smECE_mesh_pts)
 _DENSITY_EPS = 1e-4  # added to the smoothed density, as the reference does
 _BISECTION_STEPS = 10
+#: The narrowest kernel taken: the fixed-point search stops there, and the smoothing grid and its
+#: convolution grow as 1 / bandwidth and its square.
+MIN_BANDWIDTH = 1e-3
 
 
 def _smooth_on_grid(confidences: Tensor, values: Tensor, sigma: float, mesh: Tensor) -> Tensor:
@@ -74,7 +77,8 @@ def smooth_calibration_error(
 ) -> Tensor:
     """Top-label smooth ECE of ``probs`` (N, K) against ``labels`` (N,), as a 0-dim float64 tensor.
 
-    ``bandwidth=None`` picks the kernel width by the authors' fixed-point rule; a number fixes it.
+    ``bandwidth=None`` picks the kernel width by the authors' fixed-point rule; a number in
+    [0.001, inf) fixes it. Tensors or numpy arrays.
 
     Example:
         >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
@@ -88,4 +92,9 @@ def smooth_calibration_error(
         bandwidth = smooth_bandwidth(confidences, correct)
     else:
         bandwidth = check_positive_finite(bandwidth, "bandwidth")
+        if bandwidth < MIN_BANDWIDTH:
+            raise ValueError(
+                f"bandwidth must be >= {MIN_BANDWIDTH} (the smoothing grid and its convolution "
+                f"grow as 1 / bandwidth and its square), got {bandwidth}"
+            )
     return _smooth_ece(confidences, correct, bandwidth)

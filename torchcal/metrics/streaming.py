@@ -10,15 +10,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from torchcal._validation import check_choice, check_logits_matrix, check_positive_int
+from torchcal._validation import check_choice, check_logits_matrix
+from torchcal.metrics._inputs import as_tensor, check_n_bins, check_probs_and_labels
 from torchcal.metrics.calibration import (
     NORMS,
     ReliabilityBins,
     bin_sums,
     bins_from_sums,
-    top_label,
     uniform_edges,
 )
+from torchcal.metrics.samples import nll_terms_from_logits, statistics_of_rows
 
 INPUTS = ("probs", "logits")
 
@@ -58,7 +59,7 @@ class CalibrationErrorMeter:
         inputs: str = "probs",
         device: torch.device | str | None = None,
     ) -> None:
-        self.n_bins = check_positive_int(n_bins, "n_bins")
+        self.n_bins = check_n_bins(n_bins)
         self.norm = check_choice(norm, "norm", NORMS)
         self.inputs = check_choice(inputs, "inputs", INPUTS)
         self.device = None if device is None else torch.device(device)
@@ -76,28 +77,33 @@ class CalibrationErrorMeter:
         self._totals = torch.zeros(4, dtype=torch.float64, device=self.device)
 
     def update(self, inputs: Tensor, labels: Tensor) -> None:
-        """Add a batch of probabilities or logits (N, K) with integer labels (N,)."""
+        """Add a batch of probabilities or logits (N, K) with integer labels (N,).
+
+        Tensors or numpy arrays; the probabilities are read a few times, never copied.
+        """
         if self.inputs == "logits":
-            logits = check_logits_matrix(inputs)
-            probs = torch.softmax(logits, dim=1)
-            log_probs = torch.log_softmax(logits.to(torch.float64), dim=1)
+            logits = check_logits_matrix(as_tensor(inputs, "inputs"), "inputs")
+            rows, labels = check_probs_and_labels(torch.softmax(logits, dim=1), labels)
+            nll_terms = nll_terms_from_logits(logits, labels)
         else:
-            probs, log_probs = inputs, None
-        confidences, correct = top_label(probs, labels)
-        labels = labels.to(probs.device)
-        label_probs = probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
-        if log_probs is None:
-            nll = -label_probs.log().sum()
-        else:
-            nll = -log_probs.gather(1, labels[:, None]).sum()
-        brier = (probs.to(torch.float64).square().sum(dim=1) - 2 * label_probs + 1).sum()
+            rows, labels = check_probs_and_labels(inputs, labels)
+            nll_terms = None
+        statistics = statistics_of_rows(rows, labels, squares=True)
+        if nll_terms is None:
+            nll_terms = statistics.nll_terms()
         if self._bin_state is None:
-            self._allocate(probs.device)
-        edges = uniform_edges(self.n_bins, probs.device)
-        sums = torch.stack([s.to(torch.float64) for s in bin_sums(confidences, correct, edges)])
-        self._bin_state += sums.to(self.device)
-        n_batch = label_probs.new_tensor(float(labels.numel()))
-        totals = torch.stack([nll, brier, correct.to(torch.float64).sum(), n_batch])
+            self._allocate(rows.device)
+        edges = uniform_edges(self.n_bins, rows.device)
+        sums = bin_sums(statistics.confidences, statistics.correct, edges)
+        self._bin_state += torch.stack([s.to(torch.float64) for s in sums]).to(self.device)
+        totals = torch.stack(
+            [
+                nll_terms.sum(),
+                statistics.brier_terms().sum(),
+                statistics.correct.sum().to(torch.float64),
+                nll_terms.new_tensor(float(statistics.n_samples)),
+            ]
+        )
         self._totals += totals.to(self.device)
 
     def _synced(self, sync: bool) -> tuple[Tensor, Tensor]:

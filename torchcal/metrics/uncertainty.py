@@ -2,8 +2,8 @@
 
 Each takes probabilities of any shape with the classes along ``dim`` (the last by default), checks
 that they lie in [0, 1] and sum to 1, and returns one value per sample (the shape without ``dim``)
-in the probabilities' dtype. Higher entropy, a lower margin or a lower max probability means less
-certain.
+in the probabilities' dtype (a numpy array is read as a tensor). Higher entropy, a lower margin
+or a lower max probability means less certain.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from torchcal._validation import check_probabilities
+from torchcal.metrics._inputs import as_tensor
 
 
 def entropy(probs: Tensor, dim: int = -1) -> Tensor:
@@ -21,7 +22,7 @@ def entropy(probs: Tensor, dim: int = -1) -> Tensor:
         >>> entropy(torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
         tensor([0.6931, 0.0000])
     """
-    probs, dim = check_probabilities(probs, dim)
+    probs, dim = check_probabilities(as_tensor(probs, "probs"), dim)
     wide = probs.to(torch.promote_types(probs.dtype, torch.float32))
     return (torch.special.entr(wide).sum(dim=dim) + 0.0).to(probs.dtype)  # + 0.0: no -0.0
 
@@ -33,7 +34,7 @@ def top1_margin(probs: Tensor, dim: int = -1) -> Tensor:
         >>> top1_margin(torch.tensor([0.5755, 0.3858, 0.0387]))
         tensor(0.1897)
     """
-    probs, dim = check_probabilities(probs, dim)
+    probs, dim = check_probabilities(as_tensor(probs, "probs"), dim)
     if probs.shape[dim] < 2:
         raise ValueError(
             f"top1_margin needs at least 2 classes along dim {dim}, got {probs.shape[dim]}"
@@ -49,5 +50,5 @@ def max_probability(probs: Tensor, dim: int = -1) -> Tensor:
         >>> max_probability(torch.tensor([[0.2, 0.8], [0.6, 0.4]]))
         tensor([0.8000, 0.6000])
     """
-    probs, dim = check_probabilities(probs, dim)
+    probs, dim = check_probabilities(as_tensor(probs, "probs"), dim)
     return probs.amax(dim=dim)

@@ -1,0 +1,180 @@
+"""Input checks of the metrics: probabilities and labels as tensors or numpy arrays, and bounds.
+
+The checks read the probabilities a few times without an (N, K) temporary: one ``aminmax`` for
+the range (NaN and infinities fail it too) and one matrix-vector product for the row sums. Only
+when a check fails is the tensor searched again for the message.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from torchcal._shapes import to_rows
+from torchcal._validation import check_labels, check_positive_int, check_unit_interval
+
+#: The most bins a binned metric takes: its per-bin sums cost O(n_bins) memory and time.
+MAX_BINS = 100_000
+#: Elements of an (N, K) tensor converted to float64 at a time (8 MB).
+CHUNK_ELEMENTS = 1 << 20
+_ROW_SUM_TOLERANCE = 1e-3
+
+
+def as_tensor(value: object, name: str) -> Tensor:
+    """``value`` as a tensor; a numpy array is wrapped without a copy (and never written to).
+
+    Example:
+        >>> as_tensor(np.array([0.25, 0.75]), "probs")
+        tensor([0.2500, 0.7500], dtype=torch.float64)
+    """
+    if isinstance(value, Tensor):
+        return value
+    if not isinstance(value, np.ndarray):
+        raise TypeError(
+            f"{name} must be a torch.Tensor or a numpy array, got {type(value).__name__}"
+        )
+    if any(stride < 0 for stride in value.strides):  # e.g. a[::-1]: torch has no negative strides
+        value = np.ascontiguousarray(value)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return torch.from_numpy(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"{name} is a numpy array of dtype {value.dtype}, which torch cannot read ({error}); "
+            "pass a numeric array"
+        ) from None
+
+
+def check_n_bins(n_bins: object) -> int:
+    """``n_bins`` as an int in [1, :data:`MAX_BINS`]."""
+    n_bins = check_positive_int(n_bins, "n_bins")
+    if n_bins > MAX_BINS:
+        raise ValueError(
+            f"n_bins must be <= {MAX_BINS:,} (the per-bin sums take memory in proportion), "
+            f"got {n_bins:,}"
+        )
+    return n_bins
+
+
+def row_chunks(rows: Tensor) -> range:
+    """Start rows of chunks of about :data:`CHUNK_ELEMENTS` elements of (N, K) ``rows``."""
+    step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
+    return range(0, rows.shape[0], step)
+
+
+def _probs_wording(error: Exception) -> Exception:
+    """The input layer names its tensor "logits"; the metrics take probabilities."""
+    return type(error)(re.sub(r"\blogits\b", "probs", str(error)))
+
+
+def _check_probs_tensor(probs: Tensor) -> None:
+    if not probs.dtype.is_floating_point:
+        raise TypeError(
+            f"probs must be a floating tensor of probabilities, got dtype {probs.dtype}"
+        )
+    if probs.numel() == 0:
+        raise ValueError(
+            f"probs is empty (shape {tuple(probs.shape)}): at least 1 sample is needed"
+        )
+
+
+def check_unit_range(probs: Tensor, conversion: str) -> None:
+    """Every value finite and in [0, 1], read once; ``conversion`` says how to fix logits."""
+    low, high = torch.stack(list(torch.aminmax(probs))).tolist()
+    if not (low >= 0.0 and high <= 1.0):  # also False for NaN
+        check_unit_interval(probs, "probs", conversion)  # raises the detailed message
+
+
+def check_row_sums(probs: Tensor) -> None:
+    """Rows of (N, K) ``probs`` sum to 1 within 1e-3, from one read of the rows."""
+    if probs.dtype == torch.float64 or (
+        probs.dtype == torch.float32 and probs.device.type == "cpu"
+    ):
+        # a BLAS product reads the rows fastest on a CPU; on a GPU it could use TF32
+        sums = probs @ probs.new_ones(probs.shape[1])
+    else:  # in float32 (float16 and bfloat16 cannot hold a sum to 1e-3)
+        sums = probs.sum(dim=1, dtype=torch.float32)
+    low, high = torch.stack(list(torch.aminmax(sums))).tolist()
+    if low >= 1 - _ROW_SUM_TOLERANCE and high <= 1 + _ROW_SUM_TOLERANCE:
+        return
+    off = (sums - 1).abs() > _ROW_SUM_TOLERANCE
+    row = int(off.nonzero()[0])
+    total = float(probs[row].sum(dtype=torch.float64))
+    raise ValueError(
+        f"probs rows must sum to 1; {int(off.sum())} row(s) do not, e.g. row {row} sums to "
+        f"{total:.6g}. Pass softmax probabilities, not logits or scores"
+    )
+
+
+def _plain_rows(
+    probs: Tensor, labels: Tensor, class_dim: int | None, ignore_index: int | None
+) -> bool:
+    """Whether (N, K) ``probs`` and (N,) ``labels`` need no reshaping and hold no ignored or
+    out-of-range label, decided from one ``aminmax`` of the labels (the input layer's general
+    route costs several passes over the labels)."""
+    n_rows, n_classes = probs.shape if probs.ndim == 2 else (0, 0)
+    plain = (
+        n_classes >= 2
+        and labels.shape == (n_rows,)
+        and not (labels.dtype.is_floating_point or labels.dtype.is_complex)
+        and labels.dtype != torch.bool
+        and (class_dim in (1, -1) or (class_dim is None and n_rows != n_classes))
+    )
+    if not plain:
+        return False
+    low, high = torch.stack(list(torch.aminmax(labels))).tolist()
+    ignorable = ignore_index is not None and low <= ignore_index <= high
+    return low >= 0 and high < n_classes and not ignorable
+
+
+def check_probs_and_labels(
+    probs: object,
+    labels: object,
+    class_dim: int | None = None,
+    ignore_index: int | None = -100,
+) -> tuple[Tensor, Tensor]:
+    """Validate probabilities and labels of any supported shape; return (M, K) rows, (M,) labels.
+
+    Binary and multi-label sigmoid probabilities become two-column rows ``[1 - p, p]``.
+
+    Example:
+        >>> rows, labels = check_probs_and_labels(np.array([0.9, 0.2]), np.array([1, 0]))
+        >>> rows.tolist(), labels.tolist()
+        ([[0.09999999999999998, 0.9], [0.8, 0.2]], [1, 0])
+    """
+    probs, labels = as_tensor(probs, "probs"), as_tensor(labels, "labels")
+    _check_probs_tensor(probs)
+    if _plain_rows(probs, labels, class_dim, ignore_index):
+        check_unit_range(probs, "torch.softmax(logits, dim=1)")
+        check_row_sums(probs)
+        return probs, labels.to(device=probs.device, dtype=torch.int64)
+    sigmoid = probs.ndim == 1 or (probs.ndim == 2 and probs.shape[1] == 1)
+    sigmoid |= labels.shape == probs.shape and (
+        labels.dtype.is_floating_point or labels.dtype == torch.bool
+    )
+    try:
+        rows = to_rows(
+            probs,
+            labels,
+            activation="sigmoid" if sigmoid else "softmax",
+            class_dim=class_dim,
+            ignore_index=ignore_index,
+        )
+    except (TypeError, ValueError) as error:
+        raise _probs_wording(error) from None
+    if rows.activation == "sigmoid":
+        positive = rows.logits
+        check_unit_range(positive, "torch.sigmoid(logits)")
+        return torch.stack([1 - positive, positive], 1), rows.labels.long()
+    probs = rows.logits
+    if probs.shape[1] < 2:
+        raise ValueError(f"probs must have K >= 2 class columns, got K={probs.shape[1]}")
+    check_unit_range(probs, "torch.softmax(logits, dim=1)")
+    check_row_sums(probs)
+    labels = check_labels(rows.labels, probs.shape[0], probs.shape[1]).to(probs.device)
+    return probs, labels
