@@ -46,6 +46,10 @@ class TemperatureScalingCallback(Callback):  # type: ignore[misc,valid-type]
         save: ``True`` saves the calibrator with :func:`torchcal.save` as
             ``calibration.safetensors`` next to the best checkpoint (or in the trainer's
             ``default_root_dir`` without one); a path saves it there; ``False`` (default) does not.
+        dataloader: the data to calibrate on (default: the trainer's validation dataloader,
+            sharded over the ranks under DDP, or else the datamodule's or module's
+            ``val_dataloader()``). A loader given here or found that way is not sharded: every
+            rank then fits on all of it, alone, to the same result.
         dataloader_index: which validation dataloader to use when there are several.
         labels_key, input_index, label_index, output_fn: how to read the batches and the
             module's outputs (see :class:`torchcal.collect.Batches`); the module is called as
@@ -70,6 +74,7 @@ class TemperatureScalingCallback(Callback):  # type: ignore[misc,valid-type]
         kind: str = "temperature",
         *,
         save: bool | str | os.PathLike[str] = False,
+        dataloader: Any | None = None,
         dataloader_index: int = 0,
         labels_key: str = "labels",
         input_index: int = 0,
@@ -86,7 +91,7 @@ class TemperatureScalingCallback(Callback):  # type: ignore[misc,valid-type]
         super().__init__()
         make_calibrator(kind, None, options)  # invalid options fail now, not after training
         self.kind, self.options, self.save = kind, options, save
-        self.dataloader_index = dataloader_index
+        self.dataloader, self.dataloader_index = dataloader, dataloader_index
         self.batch_options = (labels_key, input_index, label_index, output_fn)
         self.progress = progress
         self.calibrator: Calibrator | None = None
@@ -94,12 +99,12 @@ class TemperatureScalingCallback(Callback):  # type: ignore[misc,valid-type]
         self.saved_path: str | None = None
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        loader = self._validation_loader(trainer, pl_module)
+        loader, sharded = self._validation_loader(trainer, pl_module)
         calibrator = make_calibrator(self.kind, pl_module, self.options)
         fit_calibrator(
             calibrator,
             batches(loader, *self.batch_options),
-            distributed=is_distributed(),
+            distributed=sharded and is_distributed(),
             progress=self.progress,
         )
         self.calibrator = calibrator
@@ -108,22 +113,28 @@ class TemperatureScalingCallback(Callback):  # type: ignore[misc,valid-type]
             logger.log_metrics(self.metrics, step=trainer.global_step)
         self.saved_path = self._save(trainer, calibrator)
 
-    def _validation_loader(self, trainer: Any, pl_module: Any) -> Any:
-        loaders = trainer.val_dataloaders
+    def _validation_loader(self, trainer: Any, pl_module: Any) -> tuple[Any, bool]:
+        """The loader to calibrate on, and whether the trainer sharded it over the ranks."""
+        loaders, sharded = self.dataloader, False
+        if loaders is None:
+            loaders, sharded = trainer.val_dataloaders, True
         if loaders is None:  # validation never ran: ask the datamodule or the module
             source = trainer.datamodule if trainer.datamodule is not None else pl_module
+            sharded = False
             try:
                 loaders = source.val_dataloader()
             except Exception as error:
                 raise ValueError(
-                    "TemperatureScalingCallback needs validation data: pass val_dataloaders to "
-                    "trainer.fit, or define val_dataloader() on the module or datamodule"
+                    "TemperatureScalingCallback found no validation data (the validation loop "
+                    "did not run, e.g. without a validation_step): pass the loader as "
+                    "TemperatureScalingCallback(dataloader=...), or define val_dataloader() on "
+                    "the module or datamodule"
                 ) from error
         if isinstance(loaders, (list, tuple)):
-            return loaders[self.dataloader_index]
+            return loaders[self.dataloader_index], sharded
         if isinstance(loaders, dict):
-            return list(loaders.values())[self.dataloader_index]
-        return loaders
+            return list(loaders.values())[self.dataloader_index], sharded
+        return loaders, sharded
 
     def _save(self, trainer: Any, calibrator: Calibrator) -> str | None:
         checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
