@@ -409,3 +409,22 @@ def test_importing_torchcal_imports_no_training_framework():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_calibrators_without_a_distributed_fit_fit_on_every_ranks_logits(tmp_path):
+    """The integrations' fit under DDP for kinds other than temperature: shards are exchanged."""
+    import torch.distributed as dist
+
+    from torchcal.integrations._common import fit_calibrator
+
+    logits, labels = tempered_logits(300, 4, seed=5)
+    loader = Batches([(logits[:150], labels[:150]), (logits[150:], labels[150:])])
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        shared = fit_calibrator(VectorScaler(), loader, distributed=True, progress=False)
+    finally:
+        dist.destroy_process_group()
+    local = VectorScaler().fit(logits, labels)
+    for name, value in local.fitted_tensors().items():
+        torch.testing.assert_close(shared.fitted_tensors()[name], value, rtol=0, atol=0)

@@ -280,6 +280,12 @@ class TemperatureScaler(Calibrator):
         restored afterwards. ``progress`` shows a tqdm bar while collecting logits (``None``:
         only on a terminal).
 
+        With ``shift_labels=True`` a loader is streamed instead of collected: every solver pass
+        runs the model over the loader again and holds one batch's logits, so memory does not
+        grow with the validation set's tokens x vocabulary (only a few numbers per token), at
+        the price of one model pass per solver pass (about 6; ``fit_result.data_passes`` counts
+        them all, the warm start's included). The loader must give the same batches each time.
+
         ``distributed=True`` fits one temperature on the data of every rank of
         ``process_group`` (default: the world) of an initialised ``torch.distributed``: each
         rank passes its own shard, the ranks exchange the fit's float64 sums (a few dozen
