@@ -29,9 +29,14 @@ from torchcal._objective import SoftmaxTemperatureNLL
 from torchcal._shapes import INPUTS, check_probabilities_input, probabilities_to_logits, to_rows
 from torchcal._validation import check_choice, check_model, check_positive_int
 from torchcal._version import __version__
-from torchcal.collect import logits_and_labels
+from torchcal.collect import logits_and_labels, model_logits
 from torchcal.errors import CalibrationWarning, NotFittedError
-from torchcal.export import CalibratedModel, ProbabilitiesToLogits
+from torchcal.export import (
+    CalibratedModel,
+    KeywordCalibratedModel,
+    ProbabilitiesToLogits,
+    takes_keyword_inputs,
+)
 from torchcal.metrics.calibration import bins_from_sums, expected_calibration_error
 from torchcal.metrics.scores import negative_log_likelihood
 from torchcal.result import CalibratorFitResult
@@ -172,8 +177,11 @@ class Calibrator(nn.Module):
 
     def _scores(self, inputs: Any, activation: str = "softmax") -> Tensor:
         """The logits to calibrate: ``model(inputs)`` (or ``inputs`` without a model), turned
-        from probabilities into logits when the calibrator was built with ``inputs="probs"``."""
-        scores = as_tensor(inputs) if self.model is None else self.model(inputs)
+        from probabilities into logits when the calibrator was built with ``inputs="probs"``.
+
+        A mapping of inputs is passed as keyword arguments and the logits are taken from the
+        model's output as :mod:`torchcal.collect` describes (e.g. a ``ModelOutput``)."""
+        scores = as_tensor(inputs) if self.model is None else model_logits(self.model, inputs)
         if getattr(self, "inputs", "logits") == "probs":
             check_probabilities_input(scores)
             scores = probabilities_to_logits(scores, activation)
@@ -183,7 +191,8 @@ class Calibrator(nn.Module):
         """``model -> [probabilities to logits] -> head -> [softmax or sigmoid]``."""
         if getattr(self, "inputs", "logits") == "probs":
             head = nn.Sequential(ProbabilitiesToLogits(activation), head)
-        return CalibratedModel(self.model, head, output, link=activation)
+        wrapper = KeywordCalibratedModel if takes_keyword_inputs(self.model) else CalibratedModel
+        return wrapper(self.model, head, output, link=activation)
 
     def options(self) -> dict[str, Any]:
         """The constructor's keyword arguments (JSON-serialisable), saved by ``torchcal.save``."""
@@ -330,7 +339,14 @@ class SoftmaxCalibrator(Calibrator):
         With a loader the wrapped model runs in eval mode under ``torch.no_grad()`` on its own
         device, and every submodule's mode is restored afterwards. Returns ``self``.
         """
-        logits, labels = logits_and_labels(self.model, data, labels, progress=progress)
+        logits, labels = logits_and_labels(
+            self.model,
+            data,
+            labels,
+            progress=progress,
+            class_dim=self.class_dim,
+            ignore_index=self.ignore_index,
+        )
         logits, labels = as_tensor(logits), as_tensor(labels)
         rows = to_rows(
             logits,

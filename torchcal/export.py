@@ -4,6 +4,10 @@ A deployed model is the trained classifier followed by a small *calibration head
 module that maps logits to calibrated logits, holding its fitted values as buffers. Nothing else
 travels with it: no fitting code, no options, no Python-side state, so ``torch.jit.script``,
 ``torch.export.export`` and ``torch.onnx.export`` see plain tensor operations.
+
+A Hugging Face Transformers model is wrapped in :class:`KeywordCalibratedModel`, whose forward
+takes the model's keyword inputs (``input_ids=..., attention_mask=...``) and picks the logits
+out of its ``ModelOutput``; it passes ``torch.export.export(module, (), kwargs=inputs)``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from torch import Tensor, nn
 
 from torchcal._shapes import probabilities_to_logits
 from torchcal._validation import check_choice, check_model
+from torchcal.collect import logits_of
 
 OUTPUTS = ("logits", "probs")
 LINKS = ("softmax", "sigmoid")
@@ -124,3 +129,41 @@ class CalibratedModel(nn.Module):
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.link(self.head(self.model(inputs)))
+
+
+class KeywordCalibratedModel(CalibratedModel):
+    """A :class:`CalibratedModel` whose forward takes the model's keyword inputs.
+
+    ``calibrated(input_ids=..., attention_mask=...)`` runs ``model(**inputs)``, takes the logits
+    from its output (a tensor, an object or dict with ``logits``, or a tuple led by the logits)
+    and applies the head and link. :meth:`~torchcal.TemperatureScaler.export` builds one for a
+    Hugging Face Transformers model (see :func:`takes_keyword_inputs`). Export it with
+    ``torch.export.export(calibrated, (), kwargs=inputs)``; it cannot be scripted.
+
+    Example:
+        >>> class Classifier(torch.nn.Module):
+        ...     def forward(self, features, scale):
+        ...         return {"logits": features * scale}
+        >>> calibrated = KeywordCalibratedModel(
+        ...     Classifier(), TemperatureHead(torch.tensor(2.0)), output="logits"
+        ... )
+        >>> calibrated(features=torch.tensor([[1.0, 3.0]]), scale=torch.tensor(2.0))
+        tensor([[1., 3.]])
+    """
+
+    def forward(self, **inputs: Tensor) -> Tensor:  # type: ignore[override]
+        return self.link(self.head(logits_of(self.model(**inputs))))
+
+
+def takes_keyword_inputs(model: nn.Module | None) -> bool:
+    """Whether ``model`` is a Hugging Face Transformers model (called with keyword inputs).
+
+    Told from the class hierarchy, without importing transformers.
+
+    Example:
+        >>> takes_keyword_inputs(torch.nn.Linear(2, 2))
+        False
+    """
+    if model is None:
+        return False
+    return any(cls.__module__.split(".")[0] == "transformers" for cls in type(model).__mro__)

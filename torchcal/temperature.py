@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Iterable
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from torchcal._distributed import LocalReducer, ProcessGroupReducer
+from torchcal._model_rows import NextTokenRows
 from torchcal._objective import SigmoidTemperatureNLL, SoftmaxTemperatureNLL
 from torchcal._shapes import ACTIVATIONS, INPUTS, FitRows, fit_rows
 from torchcal._solver import Solution, solve_temperature
@@ -20,10 +22,11 @@ from torchcal._validation import (
     check_positive_finite,
     check_positive_int,
     check_temperature_bounds,
+    check_tensor,
 )
 from torchcal._version import __version__
 from torchcal.calibrator import Calibrator, as_tensor, streamed_calibration_error
-from torchcal.collect import logits_and_labels
+from torchcal.collect import check_loader, logits_and_labels
 from torchcal.errors import CalibrationWarning
 from torchcal.export import CalibratedModel, TemperatureHead
 from torchcal.result import FitResult
@@ -31,6 +34,12 @@ from torchcal.result import FitResult
 METHODS = ("lbfgs", "newton")
 _Objective = SoftmaxTemperatureNLL | SigmoidTemperatureNLL
 DEFAULT_TEMPERATURE_BOUNDS = (1e-3, 1e3)
+
+
+def _check_flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 class TemperatureScaler(Calibrator):
@@ -65,6 +74,10 @@ class TemperatureScaler(Calibrator):
         tol: relative accuracy of T at which the fit stops.
         max_iter: iteration limit of the solver.
         n_bins: equal-width bins of the ECE reported in :attr:`fit_result`.
+        shift_labels: calibrate a causal language model's next-token probabilities: fit the
+            (B, L, V) logits ``logits[:, :-1]`` against the (B, L) labels ``labels[:, 1:]`` (the
+            Hugging Face convention: labels are the input ids, -100 where ignored). A loader is
+            streamed: see :meth:`fit`.
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -93,9 +106,11 @@ class TemperatureScaler(Calibrator):
         tol: float = 1e-6,
         max_iter: int = 100,
         n_bins: int = 15,
+        shift_labels: bool = False,
     ) -> None:
         super().__init__()
         self.model = check_model(model)
+        self.shift_labels = _check_flag(shift_labels, "shift_labels")
         self.activation = check_choice(activation, "activation", ACTIVATIONS)
         self.class_dim = class_dim
         self.ignore_index = ignore_index
@@ -142,6 +157,7 @@ class TemperatureScaler(Calibrator):
             "ignore_index": self.ignore_index,
             "per_class": self.per_class,
             "inputs": self.inputs,
+            "shift_labels": self.shift_labels,
         }
 
     def fitted_tensors(self) -> dict[str, Tensor]:
@@ -270,6 +286,12 @@ class TemperatureScaler(Calibrator):
         restored afterwards. ``progress`` shows a tqdm bar while collecting logits (``None``:
         only on a terminal).
 
+        With ``shift_labels=True`` a loader is streamed instead of collected: every solver pass
+        runs the model over the loader again and holds one batch's logits, so memory does not
+        grow with the validation set's tokens x vocabulary (only a few numbers per token), at
+        the price of one model pass per solver pass (about 6; ``fit_result.data_passes`` counts
+        them all, the warm start's included). The loader must give the same batches each time.
+
         ``distributed=True`` fits one temperature on the data of every rank of
         ``process_group`` (default: the world) of an initialised ``torch.distributed``: each
         rank passes its own shard, the ranks exchange the fit's float64 sums (a few dozen
@@ -336,7 +358,10 @@ class TemperatureScaler(Calibrator):
                 rtol=self.tol,
                 max_iter=self.max_iter,
             )
-            results.append(self._result(objective, solution))
+            result = self._result(objective, solution)
+            if isinstance(objective.source, NextTokenRows):  # every model pass, warm start too
+                result = dataclasses.replace(result, data_passes=objective.source.passes.count)
+            results.append(result)
             temperatures.append(solution.temperature)
             self._warn_about(objective, solution)
         self._fitted_activation, self._fitted_class_dim = rows.activation, rows.class_dim
@@ -356,7 +381,16 @@ class TemperatureScaler(Calibrator):
         return (2, 1, n_objectives)
 
     def _collect_rows(self, data: Any, labels: Any, progress: bool | None) -> FitRows:
-        data, labels = logits_and_labels(self.model, data, labels, progress=progress)
+        if self.shift_labels:
+            return self._next_token_rows(data, labels)
+        data, labels = logits_and_labels(
+            self.model,
+            data,
+            labels,
+            progress=progress,
+            class_dim=self.class_dim,
+            ignore_index=self.ignore_index,
+        )
         if self.inputs == "probs" or self.per_class or getattr(data, "ndim", 2) > 2:
             data = as_tensor(data)  # numpy arrays are read in chunks only as (N, K) or (N,) logits
         return fit_rows(
@@ -368,6 +402,36 @@ class TemperatureScaler(Calibrator):
             per_class=self.per_class,
             inputs=self.inputs,
         )
+
+    def _next_token_rows(self, data: Any, labels: Any) -> FitRows:
+        """``shift_labels=True``: tensors are sliced (no copy), a loader is streamed."""
+        if self.activation == "sigmoid" or self.per_class or self.inputs == "probs":
+            raise ValueError(
+                "shift_labels=True calibrates softmax next-token logits: it cannot be combined "
+                "with activation='sigmoid', per_class=True or inputs='probs'"
+            )
+        if self.class_dim not in (None, -1, 2):
+            raise ValueError(
+                f"shift_labels=True takes (B, L, V) logits with the classes last, got "
+                f"class_dim={self.class_dim}"
+            )
+        if labels is not None:
+            logits, labels = check_tensor(data, "logits"), check_tensor(labels, "labels")
+            if logits.ndim != 3 or labels.ndim != 2 or logits.shape[:2] != labels.shape:
+                raise ValueError(
+                    "shift_labels=True needs (B, L, V) logits with (B, L) labels, got "
+                    f"{tuple(logits.shape)} and {tuple(labels.shape)}"
+                )
+            return fit_rows(
+                logits[:, :-1],
+                labels[:, 1:],
+                activation="softmax",
+                class_dim=-1,
+                ignore_index=self.ignore_index,
+            )
+        check_loader(data)
+        source = NextTokenRows(self.model, data, ignore_index=self.ignore_index)
+        return FitRows("softmax", (source,), (source.labels,), -1, None)
 
     def _warn_if_one_class(self, objective: _Objective) -> None:
         low, high = objective.label_range
