@@ -401,7 +401,7 @@ class TemperatureScaler(Calibrator):
                 raise
             error = caught
         if reducer.distributed:
-            reducer.check(error, agree=self._layout(rows, len(objectives)))
+            reducer.check(error, self._layout(rows, len(objectives)), self._shared_options(rows))
             for objective in objectives:
                 objective.synchronise()
         assert rows is not None
@@ -425,6 +425,14 @@ class TemperatureScaler(Calibrator):
             tuple(results) if self.per_class else results[0],
         )
         return self
+
+    def _shared_options(self, rows: FitRows | None) -> dict[str, Any]:
+        """What every rank of a distributed fit must pass alike: the options and the dtype."""
+        return {
+            "calibrator": self.kind,
+            **self.options(),
+            "dtype": None if rows is None else str(rows.sources[0].dtype),
+        }
 
     @staticmethod
     def _layout(rows: FitRows | None, n_objectives: int) -> tuple[int, int, int]:
