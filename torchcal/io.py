@@ -177,8 +177,8 @@ def _read_regular_file(path: str) -> bytes:
         ) from error
     except OSError as error:  # a folder on some systems, a dangling link, ...
         raise ValueError(f"{path!r} cannot be opened: {error.strerror or error}") from error
-    with os.fdopen(descriptor, "rb") as file:
-        mode = os.fstat(file.fileno()).st_mode
+    try:
+        mode = os.fstat(descriptor).st_mode
         if stat.S_ISDIR(mode):
             raise ValueError(f"{path!r} is a folder, not a torchcal file")
         if not stat.S_ISREG(mode):
@@ -186,7 +186,12 @@ def _read_regular_file(path: str) -> bytes:
                 f"{path!r} is not a regular file (a device, FIFO or socket); torchcal files "
                 "are regular files written by torchcal.save"
             )
-        return file.read()
+        with os.fdopen(descriptor, "rb") as file:
+            descriptor = -1  # closed by the file object from here on
+            return file.read()
+    finally:
+        if descriptor >= 0:
+            os.close(descriptor)
 
 
 def _json_field(metadata: dict[str, Any], field: str, path: str) -> Any:

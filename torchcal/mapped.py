@@ -239,8 +239,14 @@ def open_logits(path: str | Path, key: str | None = None) -> LogitsFile:
             shape, dtype, offset = _npy_header(file, path)
         else:
             key, shape, dtype, offset = _safetensors_header(file, path, key, size)
-    if offset + math.prod(shape) * dtype.itemsize > size:
+    end = offset + math.prod(shape) * dtype.itemsize
+    if end > size:
         raise ValueError(f"{path}: the file is shorter than its header says; is it truncated?")
+    if suffix == ".npy" and end != size:  # numpy writes exactly the array: a header changed
+        raise ValueError(
+            f"{path}: the file holds {size - end} bytes more than its header's shape "
+            f"{tuple(shape)} of {dtype} needs; is the header damaged?"
+        )
     return LogitsFile(path, key, shape, dtype, offset)
 
 
@@ -255,8 +261,8 @@ def _npy_header(file: BinaryIO, path: Path) -> tuple[tuple[int, ...], torch.dtyp
             shape, fortran_order, dtype = npy.read_array_header_2_0(file)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except ValueError as error:
-        raise ValueError(f"{path}: not a readable .npy file: {error}") from error
+    except Exception as error:  # numpy's header parser raises ValueError, TokenError, ...
+        raise ValueError(f"{path}: not a readable .npy file: {error!r}") from error
     if dtype.newbyteorder("=") in NUMPY_FLOAT_DTYPES and not dtype.isnative:
         raise TypeError(
             f"{path}: the array is stored with byte order {dtype.byteorder!r}; re-save it with "
