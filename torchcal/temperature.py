@@ -156,6 +156,8 @@ class TemperatureScaler(Calibrator):
 
     def _restore(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
         no_unknown_tensors(tensors, {"temperature"}, self.kind)
+        if not isinstance(state, dict):
+            raise ValueError(f"fit_result must be a JSON object, got {type(state).__name__}")
         if "temperature" not in tensors:
             raise ValueError("the saved temperature calibrator has no tensor 'temperature'")
         if isinstance(state, dict) and state.get("fit_results") is None and "temperature" in state:
@@ -188,6 +190,10 @@ class TemperatureScaler(Calibrator):
             raise ValueError(
                 f"fit_result.class_dim must be a negative integer or null, got {class_dim!r}"
             )
+        if class_dim is None and (self.per_class or state.get("activation") != "sigmoid"):
+            raise ValueError(
+                "fit_result.class_dim must be set for softmax and per-class temperatures"
+            )
         results = state.get("fit_results")
         if results is None:  # a T set without a fit (e.g. from a bare state dict)
             return _is_set(temperature) and self._check_loaded_temperature(temperature, None)
@@ -202,8 +208,6 @@ class TemperatureScaler(Calibrator):
                 f"fit_result.fit_results holds {len(records)} results; a scaler without "
                 "per_class has one"
             )
-        if self.per_class and class_dim is None:
-            raise ValueError("fit_result.class_dim must be set for per_class temperatures")
         self._check_loaded_temperature(temperature, len(records))
         tolerance = 8 * torch.finfo(temperature.dtype).eps
         for i, (record, value) in enumerate(
