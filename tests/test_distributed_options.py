@@ -18,7 +18,10 @@ import pytest
 from conftest import scipy_temperature, tempered_logits
 from hostile import expect_exact, expect_refused
 
-ROOT = Path(__file__).resolve().parents[1]
+import torchcal
+
+ROOT = Path(torchcal.__file__).resolve().parents[1]  # the torchcal under test, for subprocesses
+TESTS = Path(__file__).resolve().parent
 TIMEOUT_S = 240
 
 # name: (rank 0's options, rank 1's options, the words every rank's error must contain)
@@ -73,7 +76,7 @@ def _run_ranks(tmp_path: Path, cases: list) -> list[dict]:
     """Run the worker on ranks 0 and 1; their results by scenario (stderr shown on failure)."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env_path = f"{ROOT}:{ROOT / 'tests'}"
+    env_path = f"{ROOT}:{TESTS}"
     processes = [
         subprocess.Popen(
             [

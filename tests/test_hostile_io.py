@@ -44,13 +44,19 @@ from hypothesis import strategies as st
 import torchcal
 from torchcal import TemperatureScaler, open_logits
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(torchcal.__file__).resolve().parents[1]  # the torchcal under test, for subprocesses
 NAN, INF = float("nan"), float("inf")
 FAST = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 LARGE = settings(
-    max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=600,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 # ------------------------------------------------------------------------------------ fixtures
