@@ -12,7 +12,10 @@ the others waiting).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,6 +27,36 @@ def sum_in_rank_order(parts: Tensor) -> Tensor:
     for part in parts[1:]:
         total += part
     return total
+
+
+def options_fingerprint(options: Mapping[str, Any]) -> float:
+    """A 48-bit hash of ``options`` (as sorted JSON), exact in a float64, for ranks to compare.
+
+    Example:
+        >>> options_fingerprint({"n_bins": 15}) == options_fingerprint({"n_bins": 15})
+        True
+        >>> options_fingerprint({"n_bins": 15}) == options_fingerprint({"n_bins": 10})
+        False
+    """
+    text = json.dumps(dict(options), sort_keys=True, default=str)
+    return float(int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "big"))
+
+
+def describe_option_mismatch(per_rank: Sequence[Mapping[str, Any]]) -> str:
+    """Name every option whose value differs between ranks, with each rank's value.
+
+    Example:
+        >>> describe_option_mismatch([{"n_bins": 15, "tol": 1e-6}, {"n_bins": 10, "tol": 1e-6}])
+        'n_bins is 15 on rank 0 and 10 on rank 1'
+    """
+    keys = sorted({key for options in per_rank for key in options})
+    parts = []
+    for key in keys:
+        values = [options.get(key, "(absent)") for options in per_rank]
+        if any(value != values[0] for value in values):
+            shown = [f"{value!r} on rank {rank}" for rank, value in enumerate(values)]
+            parts.append(f"{key} is {', '.join(shown[:-1])} and {shown[-1]}")
+    return "; ".join(parts)
 
 
 class LocalReducer:
@@ -41,8 +74,14 @@ class LocalReducer:
         """The sum over ranks of a float64 vector, identical on every rank."""
         return sum_in_rank_order(self.gather(values))
 
-    def check(self, error: Exception | None, agree: Sequence[int] = ()) -> None:
-        """Raise ``error`` (on every rank if any rank has one); ``agree`` must match on all."""
+    def check(
+        self,
+        error: Exception | None,
+        agree: Sequence[int] = (),
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Raise ``error`` (on every rank if any rank has one); ``agree`` and ``options`` must
+        match on all."""
         if error is not None:
             raise error
 
@@ -84,14 +123,26 @@ class ProcessGroupReducer(LocalReducer):
         dist.all_gather(parts, local, group=self.group)
         return torch.stack(parts).to(values.device)
 
-    def check(self, error: Exception | None, agree: Sequence[int] = ()) -> None:
+    def check(
+        self,
+        error: Exception | None,
+        agree: Sequence[int] = (),
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         """Every rank learns whether any rank failed before any of them raises.
 
         Without this a rank that raised (NaN logits, say) would leave the others waiting forever
-        in the fit's next collective. ``agree`` holds numbers every rank must share (the number of
-        classes, ...); a mismatch is an error on every rank.
+        in the fit's next collective. ``options`` are the fit's options that shape the
+        computation (bins, iterations, bounds, ...): ranks that differ would exchange vectors of
+        different sizes or stop after different iterations (a crash or a hang) or end with
+        different results, so a mismatch is an error on every rank that names each differing
+        option and its value on every rank. ``agree`` holds numbers every rank's data must share
+        (the number of classes, ...); a mismatch is an error on every rank.
         """
-        flags = torch.tensor([float(error is not None), *agree], dtype=torch.float64)
+        import torch.distributed as dist
+
+        fingerprint = 0.0 if options is None else options_fingerprint(options)
+        flags = torch.tensor([float(error is not None), fingerprint, *agree], dtype=torch.float64)
         gathered = self.gather(flags)
         failed = [rank for rank in range(self.world_size) if gathered[rank, 0] != 0]
         if error is not None:
@@ -101,9 +152,18 @@ class ProcessGroupReducer(LocalReducer):
                 f"the fit failed on rank(s) {failed} of {self.world_size}; see the error raised "
                 "there. Every rank stops so that none waits for the others"
             )
-        if not bool((gathered[:, 1:] == gathered[0, 1:]).all()):
+        if not bool((gathered[:, 1] == gathered[0, 1]).all()):
+            # every rank sees the same gathered flags, so all of them take this branch together
+            per_rank: list[Any] = [None] * self.world_size
+            dist.all_gather_object(per_rank, dict(options or {}), group=self.group)
             raise ValueError(
-                f"the ranks' data do not match: {gathered[:, 1:].long().tolist()} (per rank: "
+                f"the ranks called fit with different options: {describe_option_mismatch(per_rank)}"
+                ". Every rank of a distributed fit must pass the same options (and logits of the "
+                "same dtype) so that all of them compute the same temperature"
+            )
+        if not bool((gathered[:, 2:] == gathered[0, 2:]).all()):
+            raise ValueError(
+                f"the ranks' data do not match: {gathered[:, 2:].long().tolist()} (per rank: "
                 "activation, classes per row, temperatures); every rank must pass logits of the "
                 "same kind and number of classes"
             )

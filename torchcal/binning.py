@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchcal._loaded import loaded_tensor
 from torchcal._objective import SoftmaxTemperatureNLL
 from torchcal._validation import check_positive_int
 from torchcal.calibrator import SoftmaxCalibrator
@@ -269,6 +270,9 @@ class HistogramBinning(SoftmaxCalibrator):
     def _calibrate(self, logits: Tensor) -> Tensor:
         return histogram_calibrate(logits, self.bin_values_)
 
+    def _check_fitted_values(self, tensors: dict[str, Tensor], n_classes: int) -> None:
+        loaded_tensor(tensors, "bin_values_", shape=(n_classes, self.bins), unit_interval=True)
+
     def head(self) -> nn.Module:
         """A :class:`HistogramHead` with a copy of the fitted bin values."""
         self._check_fitted()
@@ -381,6 +385,20 @@ class IsotonicCalibrator(SoftmaxCalibrator):
 
     def _calibrate(self, logits: Tensor) -> Tensor:
         return isotonic_calibrate(logits, self.thresholds_, self.values_)
+
+    def _check_fitted_values(self, tensors: dict[str, Tensor], n_classes: int) -> None:
+        """Knots and values: (K, M) with M >= 1, in [0, 1], non-decreasing along each row."""
+        knots = loaded_tensor(tensors, "thresholds_", ndim=2, unit_interval=True)
+        if knots.shape[0] != n_classes or knots.shape[1] < 1:
+            raise ValueError(
+                f"thresholds_ must have shape ({n_classes}, M) with M >= 1, got "
+                f"{tuple(knots.shape)}"
+            )
+        loaded_tensor(tensors, "values_", shape=tuple(knots.shape), unit_interval=True)
+        for name in ("thresholds_", "values_"):
+            steps = tensors[name].diff(dim=1)
+            if bool((steps < 0).any()):
+                raise ValueError(f"{name} must be non-decreasing along each class's row")
 
     def head(self) -> nn.Module:
         """An :class:`IsotonicHead` with copies of the fitted knots and values."""

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from torchcal._loaded import loaded_int, loaded_record, loaded_tensor, no_unknown_tensors
 from torchcal._objective import SoftmaxTemperatureNLL
 from torchcal._shapes import INPUTS, check_probabilities_input, probabilities_to_logits, to_rows
 from torchcal._validation import check_choice, check_model, check_positive_int
@@ -308,6 +309,14 @@ class SoftmaxCalibrator(Calibrator):
         self._n_classes = int(state.get("n_classes", 0))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        state = state_dict.get(prefix + "_extra_state")
+        if state is not None:  # checked before anything changes (a missing key torch reports)
+            stored = {
+                name: state_dict[prefix + name]
+                for name in self._own_buffers()
+                if prefix + name in state_dict
+            }
+            self._check_loaded(stored, state)
         for name, buffer in self._own_buffers().items():
             stored = state_dict.get(prefix + name)
             if isinstance(stored, Tensor) and stored.shape != buffer.shape:
@@ -315,11 +324,49 @@ class SoftmaxCalibrator(Calibrator):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _restore(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
+        no_unknown_tensors(tensors, set(self._own_buffers()), self.kind)
+        if not self._check_loaded(tensors, state):
+            raise ValueError("fit_result.fitted is false: the saved calibrator was never fitted")
         for name, buffer in self._own_buffers().items():
-            if name not in tensors:
-                raise ValueError(f"the saved {self.kind} calibrator has no tensor {name!r}")
             setattr(self, name, tensors[name].to(buffer.device))
         self.set_extra_state(state)
+
+    def _check_loaded(self, tensors: dict[str, Tensor], state: object) -> bool:
+        """Refuse loaded values and state that no fit could have produced; return whether they
+        describe a fitted calibrator.
+
+        The one check behind :func:`torchcal.load` and :meth:`load_state_dict`: the state's
+        fields have their types, every fitted tensor is present, floating and finite, and
+        :meth:`_check_fitted_values` (one per kind) accepts their shapes and ranges for the
+        stored number of classes.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"fit_result must be a JSON object, got {type(state).__name__}")
+        fitted = state.get("fitted", False)
+        if not isinstance(fitted, bool):
+            raise ValueError(f"fit_result.fitted must be true or false, got {fitted!r}")
+        if not fitted:
+            return False
+        n_classes = loaded_int(state, "n_classes", "fit_result", minimum=1)
+        class_dim = loaded_int(state, "class_dim", "fit_result")
+        if class_dim >= 0:
+            raise ValueError(f"fit_result.class_dim must be negative, got {class_dim}")
+        result = state.get("fit_result")
+        if result is not None:
+            record = loaded_record(CalibratorFitResult, result, "fit_result.fit_result")
+            if record.method != self.kind:
+                raise ValueError(
+                    f"fit_result.fit_result.method is {record.method!r}, not {self.kind!r}"
+                )
+        for name in self._own_buffers():
+            loaded_tensor(tensors, name)
+        self._check_fitted_values(tensors, n_classes)
+        return True
+
+    def _check_fitted_values(self, tensors: dict[str, Tensor], n_classes: int) -> None:
+        """Raise ``ValueError`` naming the tensor unless ``tensors`` (present, floating and
+        finite) have the shapes and ranges a fit on ``n_classes`` classes gives (one per kind)."""
+        raise NotImplementedError
 
     def _set_buffer(self, name: str, value: Tensor) -> None:
         """Store a fitted value as the float32 buffer ``name``, on the device fitted on."""

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from torchcal._loaded import check_simplex, loaded_tensor
 from torchcal._objective import SoftmaxTemperatureNLL, default_chunk_elements
 from torchcal._solver import solve_temperature
 from torchcal._validation import (
@@ -314,6 +315,13 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
 
     def _calibrate(self, logits: Tensor) -> Tensor:
         return ensemble_temperature_calibrate(logits, self.temperature_, self.weights_)
+
+    def _check_fitted_values(self, tensors: dict[str, Tensor], n_classes: int) -> None:
+        """T: () finite, > 0, within ``temperature_bounds``; weights: (3,) on the simplex."""
+        loaded_tensor(
+            tensors, "temperature_", shape=(), positive=True, bounds=self.temperature_bounds
+        )
+        check_simplex(loaded_tensor(tensors, "weights_", shape=(3,)), "weights_")
 
     def head(self) -> nn.Module:
         """An :class:`EnsembleTemperatureHead` with copies of the fitted T and weights."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 import struct
 import sys
 import threading
@@ -226,18 +227,26 @@ def open_logits(path: str | Path, key: str | None = None) -> LogitsFile:
             f"{path}: open_logits reads .npy and .safetensors files, not {suffix or 'no suffix'!r}"
             "; load other formats whole with torch.load or numpy.load"
         )
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    size = path.stat().st_size
-    with open(path, "rb") as file:
+    size = _regular_file_size(path)
+    try:
+        file = open(path, "rb")  # noqa: SIM115 (closed below; a FIFO was refused above)
+    except PermissionError as error:
+        raise ValueError(f"{path}: cannot be read: permission denied") from error
+    with file:
         if suffix == ".npy":
             if key is not None:
                 raise ValueError(f"{path}: a .npy file holds one array; key is for .safetensors")
             shape, dtype, offset = _npy_header(file, path)
         else:
-            key, shape, dtype, offset = _safetensors_header(file, path, key)
-    if offset + math.prod(shape) * dtype.itemsize > size:
+            key, shape, dtype, offset = _safetensors_header(file, path, key, size)
+    end = offset + math.prod(shape) * dtype.itemsize
+    if end > size:
         raise ValueError(f"{path}: the file is shorter than its header says; is it truncated?")
+    if suffix == ".npy" and end != size:  # numpy writes exactly the array: a header changed
+        raise ValueError(
+            f"{path}: the file holds {size - end} bytes more than its header's shape "
+            f"{tuple(shape)} of {dtype} needs; is the header damaged?"
+        )
     return LogitsFile(path, key, shape, dtype, offset)
 
 
@@ -252,8 +261,8 @@ def _npy_header(file: BinaryIO, path: Path) -> tuple[tuple[int, ...], torch.dtyp
             shape, fortran_order, dtype = npy.read_array_header_2_0(file)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except ValueError as error:
-        raise ValueError(f"{path}: not a readable .npy file: {error}") from error
+    except Exception as error:  # numpy's header parser raises ValueError, TokenError, ...
+        raise ValueError(f"{path}: not a readable .npy file: {error!r}") from error
     if dtype.newbyteorder("=") in NUMPY_FLOAT_DTYPES and not dtype.isnative:
         raise TypeError(
             f"{path}: the array is stored with byte order {dtype.byteorder!r}; re-save it with "
@@ -272,16 +281,46 @@ def _npy_header(file: BinaryIO, path: Path) -> tuple[tuple[int, ...], torch.dtyp
     return tuple(shape), NUMPY_FLOAT_DTYPES[dtype], file.tell()
 
 
-def _safetensors_header(
-    file: BinaryIO, path: Path, key: str | None
-) -> tuple[str, tuple[int, ...], torch.dtype, int]:
+def _regular_file_size(path: Path) -> int:
+    """The size of ``path``, which must be a regular file (a FIFO would block the first read,
+    a device never end); a missing file and a permission problem are told apart."""
     try:
-        (length,) = struct.unpack("<Q", file.read(8))
+        status = path.stat()
+    except FileNotFoundError as error:
+        raise ValueError(f"{path}: no such file") from error
+    except PermissionError as error:
+        raise ValueError(f"{path}: cannot be read: permission denied") from error
+    if stat.S_ISDIR(status.st_mode):
+        raise ValueError(f"{path}: is a folder, not a file of logits")
+    if not stat.S_ISREG(status.st_mode):
+        raise ValueError(f"{path}: is not a regular file (a device, FIFO or socket)")
+    return status.st_size
+
+
+#: The largest safetensors header accepted, as in the safetensors library itself.
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def _safetensors_header(
+    file: BinaryIO, path: Path, key: str | None, size: int
+) -> tuple[str, tuple[int, ...], torch.dtype, int]:
+    """Key, shape, dtype and data offset of one tensor, every field of its entry checked
+    against the file: no claimed length is allocated before it is known to fit in the file."""
+    prefix = file.read(8)
+    if len(prefix) < 8:
+        raise ValueError(f"{path}: not a readable .safetensors file: shorter than 8 bytes")
+    (length,) = struct.unpack("<Q", prefix)
+    if length > min(size - 8, MAX_SAFETENSORS_HEADER):
+        raise ValueError(
+            f"{path}: not a readable .safetensors file: its header length field claims {length} "
+            f"bytes, but the file holds {size} bytes in all"
+        )
+    try:
         header = json.loads(file.read(length))
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
-    except (struct.error, ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise ValueError(f"{path}: not a readable .safetensors file: {error}") from error
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a readable .safetensors file: the header is not an object")
     header.pop("__metadata__", None)
     if key is None:
         if len(header) != 1:
@@ -293,12 +332,39 @@ def _safetensors_header(
     if key not in header:
         raise ValueError(f"{path}: no tensor named {key!r}; it holds {sorted(header)}")
     entry = header[key]
-    if entry.get("dtype") not in SAFETENSORS_DTYPES:
+    field = f"{path}: tensor {key!r}"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{field}: its header entry must be an object, got {entry!r:.80}")
+    dtype_name = entry.get("dtype")
+    if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_DTYPES:
         raise TypeError(
-            f"{path}: tensor {key!r} has dtype {entry.get('dtype')}; logits must be F16, BF16, "
-            "F32 or F64"
+            f"{field} has dtype {dtype_name!r:.40}; logits must be F16, BF16, F32 or F64"
         )
     if sys.byteorder != "little":  # pragma: no cover
         raise TypeError(f"{path}: safetensors data is little-endian; this machine is not")
-    begin, _ = entry["data_offsets"]
-    return key, tuple(entry["shape"]), SAFETENSORS_DTYPES[entry["dtype"]], 8 + length + begin
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise ValueError(f"{field}: 'shape' must be a list of integers >= 0, got {shape!r:.80}")
+    offsets = entry.get("data_offsets")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
+        raise ValueError(
+            f"{field}: 'data_offsets' must be [begin, end] with integers >= 0, got {offsets!r:.80}"
+        )
+    begin, end = offsets
+    dtype = SAFETENSORS_DTYPES[dtype_name]
+    n_bytes = math.prod(shape) * dtype.itemsize
+    if end - begin != n_bytes:
+        raise ValueError(
+            f"{field}: 'data_offsets' {offsets} span {end - begin} bytes, but shape "
+            f"{tuple(shape)} of {dtype_name} needs {n_bytes}"
+        )
+    if 8 + length + end > size:
+        raise ValueError(
+            f"{field}: 'data_offsets' {offsets} end beyond the file ({size} bytes); is it "
+            "truncated?"
+        )
+    return key, tuple(shape), dtype, 8 + length + begin
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from torchcal._affine import AffineObjective, fit_affine
+from torchcal._loaded import loaded_tensor
 from torchcal._objective import SoftmaxTemperatureNLL
 from torchcal._solver import solve_temperature
 from torchcal._validation import check_positive_finite, check_positive_int
@@ -198,6 +199,11 @@ class _AffineCalibrator(SoftmaxCalibrator):
 
     def _calibrate(self, logits: Tensor) -> Tensor:
         return affine_calibration(logits, self.weight, self.bias, self._log_probs)
+
+    def _check_fitted_values(self, tensors: dict[str, Tensor], n_classes: int) -> None:
+        k = n_classes
+        loaded_tensor(tensors, "weight", shape=(k,) if self.diagonal else (k, k))
+        loaded_tensor(tensors, "bias", shape=(k,))
 
     def head(self) -> nn.Module:
         self._check_fitted()

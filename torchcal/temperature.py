@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from torchcal._distributed import LocalReducer, ProcessGroupReducer
+from torchcal._loaded import loaded_record, loaded_tensor, no_unknown_tensors
 from torchcal._model_rows import NextTokenRows
 from torchcal._objective import SigmoidTemperatureNLL, SoftmaxTemperatureNLL
 from torchcal._shapes import ACTIVATIONS, INPUTS, FitRows, fit_rows
@@ -40,6 +41,11 @@ def _check_flag(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+def _is_set(temperature: object) -> bool:
+    """False for the all-NaN temperature of an unfitted scaler."""
+    return not (isinstance(temperature, Tensor) and bool(torch.isnan(temperature).all()))
 
 
 class TemperatureScaler(Calibrator):
@@ -165,12 +171,94 @@ class TemperatureScaler(Calibrator):
         return {"temperature": self.temperature_.detach().cpu().clone()}
 
     def _restore(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
+        no_unknown_tensors(tensors, {"temperature"}, self.kind)
+        if not isinstance(state, dict):
+            raise ValueError(f"fit_result must be a JSON object, got {type(state).__name__}")
         if "temperature" not in tensors:
             raise ValueError("the saved temperature calibrator has no tensor 'temperature'")
-        if state.get("fit_results") is None and "temperature" in state:
+        if isinstance(state, dict) and state.get("fit_results") is None and "temperature" in state:
             state = {"fit_results": [state]}  # format 1 as first written: one bare fit result
+        if not self._check_loaded(tensors["temperature"], state):
+            raise ValueError("temperature is NaN: the saved scaler was never fitted")
         self.set_extra_state(state)
         self._set_fitted(tensors["temperature"], self.fit_result)
+
+    def _check_loaded(self, temperature: Tensor, state: object) -> bool:
+        """Refuse a loaded T and state that no fit of this scaler could have produced; return
+        whether they describe a fitted scaler (an unfitted one holds T = NaN and no results).
+
+        The one check behind :func:`torchcal.load` and :meth:`load_state_dict`: T finite, > 0,
+        within ``temperature_bounds``, of shape () (``per_class``: one per fit result), equal
+        to its fit results' temperatures (to the rounding of its dtype), each result complete.
+        """
+        if state is None:  # a state dict without extra state: only the tensor to check
+            return _is_set(temperature) and self._check_loaded_temperature(temperature, None)
+        if not isinstance(state, dict):
+            raise ValueError(f"fit_result must be a JSON object, got {type(state).__name__}")
+        if state.get("activation", "softmax") not in ("softmax", "sigmoid"):
+            raise ValueError(
+                f"fit_result.activation must be 'softmax' or 'sigmoid', got {state['activation']!r}"
+            )
+        class_dim = state.get("class_dim", -1)
+        if class_dim is not None and (
+            isinstance(class_dim, bool) or not isinstance(class_dim, int) or class_dim >= 0
+        ):
+            raise ValueError(
+                f"fit_result.class_dim must be a negative integer or null, got {class_dim!r}"
+            )
+        if class_dim is None and (self.per_class or state.get("activation") != "sigmoid"):
+            raise ValueError(
+                "fit_result.class_dim must be set for softmax and per-class temperatures"
+            )
+        results = state.get("fit_results")
+        if results is None:  # a T set without a fit (e.g. from a bare state dict)
+            return _is_set(temperature) and self._check_loaded_temperature(temperature, None)
+        if not isinstance(results, list) or not results:
+            raise ValueError(f"fit_result.fit_results must be a non-empty list, got {results!r}")
+        records = [
+            loaded_record(FitResult, result, f"fit_result.fit_results[{i}]")
+            for i, result in enumerate(results)
+        ]
+        if not self.per_class and len(records) != 1:
+            raise ValueError(
+                f"fit_result.fit_results holds {len(records)} results; a scaler without "
+                "per_class has one"
+            )
+        self._check_loaded_temperature(temperature, len(records))
+        tolerance = 8 * torch.finfo(temperature.dtype).eps
+        for i, (record, value) in enumerate(
+            zip(records, temperature.reshape(-1).tolist(), strict=True)
+        ):
+            field = f"fit_result.fit_results[{i}]"
+            if not (math.isfinite(record.temperature) and record.temperature > 0):
+                raise ValueError(
+                    f"{field}.temperature must be finite and > 0, got {record.temperature!r}"
+                )
+            if abs(value / record.temperature - 1) > tolerance:
+                raise ValueError(
+                    f"{field}.temperature is {record.temperature!r} but the stored temperature "
+                    f"is {value!r}: the file's values do not belong together"
+                )
+            if record.method not in METHODS:
+                raise ValueError(f"{field}.method must be one of {METHODS}, got {record.method!r}")
+            if record.bound not in (None, "lower", "upper"):
+                raise ValueError(
+                    f"{field}.bound must be 'lower', 'upper' or null, got {record.bound!r}"
+                )
+        return True
+
+    def _check_loaded_temperature(self, temperature: Tensor, count: int | None) -> bool:
+        """T must be finite, > 0, within ``temperature_bounds``, of shape () or with
+        ``per_class`` (count,) (any length if ``count`` is None); returns True."""
+        per_class = {"ndim": 1} if count is None else {"shape": (count,)}
+        loaded_tensor(
+            {"temperature": temperature},
+            "temperature",
+            **(per_class if self.per_class else {"shape": ()}),
+            positive=True,
+            bounds=self.temperature_bounds,
+        )
+        return True
 
     def get_extra_state(self) -> dict[str, Any]:
         results = self.fit_result
@@ -208,6 +296,8 @@ class TemperatureScaler(Calibrator):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         stored = state_dict.get(prefix + "temperature_")
+        if stored is not None:  # checked before anything changes (a missing key torch reports)
+            self._check_loaded(stored, state_dict.get(prefix + "_extra_state"))
         if isinstance(stored, Tensor) and stored.shape != self.temperature_.shape:
             self.temperature_ = torch.full_like(stored, math.nan, device=self.temperature_.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -343,7 +433,7 @@ class TemperatureScaler(Calibrator):
                 raise
             error = caught
         if reducer.distributed:
-            reducer.check(error, agree=self._layout(rows, len(objectives)))
+            reducer.check(error, self._layout(rows, len(objectives)), self._shared_options(rows))
             for objective in objectives:
                 objective.synchronise()
         assert rows is not None
@@ -370,6 +460,14 @@ class TemperatureScaler(Calibrator):
             tuple(results) if self.per_class else results[0],
         )
         return self
+
+    def _shared_options(self, rows: FitRows | None) -> dict[str, Any]:
+        """What every rank of a distributed fit must pass alike: the options and the dtype."""
+        return {
+            "calibrator": self.kind,
+            **self.options(),
+            "dtype": None if rows is None else str(rows.sources[0].dtype),
+        }
 
     @staticmethod
     def _layout(rows: FitRows | None, n_objectives: int) -> tuple[int, int, int]:
