@@ -144,3 +144,29 @@ def test_export_follows_the_scaler_to_cuda():
     exported = scaler.export("probs")
     assert exported.head.temperature.device.type == "cuda"
     torch.testing.assert_close(exported(logits), scaler.predict_proba(logits))
+
+
+@pytest.mark.parametrize("kind", ["temperature", "vector", "matrix"])
+@pytest.mark.parametrize(
+    ("shape", "label_shape"),
+    [((40, 4, 3, 2), (40, 3, 2)), ((6, 7, 5), (6, 7))],  # segmentation maps; token logits (B, L, V)
+)
+def test_the_export_calibrates_and_normalises_over_the_fitted_class_dimension(
+    kind, shape, label_shape
+):
+    import warnings
+
+    from torchcal import CalibrationWarning, Calibrator
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(*shape, generator=generator) * 3
+    n_classes = shape[1] if len(shape) == 4 else shape[-1]
+    labels = torch.randint(0, n_classes, label_shape, generator=generator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        calibrator = Calibrator.registry[kind]().fit(logits, labels, progress=False)
+    probs = calibrator.export("probs")(logits)
+    assert torch.allclose(probs, calibrator.predict_proba(logits), atol=1e-6)
+    class_dim = 1 if len(shape) == 4 else -1
+    assert torch.allclose(probs.sum(dim=class_dim), torch.ones(label_shape), atol=1e-6)
+    assert torch.allclose(calibrator.export("logits")(logits), calibrator(logits), atol=1e-6)

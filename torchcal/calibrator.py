@@ -193,7 +193,9 @@ class Calibrator(nn.Module):
         if getattr(self, "inputs", "logits") == "probs":
             head = nn.Sequential(ProbabilitiesToLogits(activation), head)
         wrapper = KeywordCalibratedModel if takes_keyword_inputs(self.model) else CalibratedModel
-        return wrapper(self.model, head, output, link=activation)
+        class_dim = getattr(self, "_fitted_class_dim", None)
+        class_dim = -1 if class_dim is None else class_dim  # None: sigmoid logits, elementwise
+        return wrapper(self.model, head, output, link=activation, class_dim=class_dim)
 
     def options(self) -> dict[str, Any]:
         """The constructor's keyword arguments (JSON-serialisable), saved by ``torchcal.save``."""
@@ -454,9 +456,9 @@ class SoftmaxCalibrator(Calibrator):
     def export(self, output: str = "logits") -> CalibratedModel:
         """An inference-only module: the wrapped model, then :meth:`head` (a snapshot).
 
-        ``output="logits"`` gives calibrated logits, ``"probs"`` their softmax over dim 1; the
-        export expects (N, K) logits. It works with ``torch.jit.script``, ``torch.export.export``
-        and ``torch.onnx.export``.
+        ``output="logits"`` gives calibrated logits, ``"probs"`` their softmax over the class
+        dimension the calibrator was fitted with (segmentation maps and token logits included).
+        It works with ``torch.jit.script``, ``torch.export.export`` and ``torch.onnx.export``.
         """
         self._check_fitted()
         return self._export(self.head(), output)

@@ -90,10 +90,13 @@ class CalibratedModel(nn.Module):
             starts in the model's mode; deploy it in eval mode, as the model itself.
         head: a pure-tensor module mapping logits to calibrated logits, e.g.
             :class:`TemperatureHead`.
-        output: ``"logits"`` for calibrated logits, ``"probs"`` for their softmax over dim 1
-            (or their sigmoid, with ``link="sigmoid"``).
+        output: ``"logits"`` for calibrated logits, ``"probs"`` for their softmax over the
+            class dimension (or their sigmoid, with ``link="sigmoid"``).
         link: ``"softmax"`` (one class per sample) or ``"sigmoid"`` (binary, multi-label): how
             ``output="probs"`` turns calibrated logits into probabilities.
+        class_dim: the (negative) class dimension of the model's logits, as fitted: ``-1`` for
+            (N, K) logits and (B, L, V) token logits, ``-3`` for (N, K, H, W) maps. The head sees
+            the classes in the last dimension, and the softmax runs over this one.
 
     Example:
         >>> import math, torch
@@ -108,9 +111,13 @@ class CalibratedModel(nn.Module):
         head: nn.Module,
         output: str = "logits",
         link: str = "softmax",
+        class_dim: int = -1,
     ) -> None:
         super().__init__()
         check_model(model)
+        if isinstance(class_dim, bool) or not isinstance(class_dim, int) or class_dim >= 0:
+            raise ValueError(f"class_dim must be a negative integer, got {class_dim!r}")
+        self.class_dim = class_dim
         check_choice(output, "output", OUTPUTS)
         check_choice(link, "link", LINKS)
         self.model = nn.Identity() if model is None else model
@@ -118,7 +125,7 @@ class CalibratedModel(nn.Module):
         if output == "logits":
             self.link: nn.Module = nn.Identity()
         else:
-            self.link = nn.Softmax(dim=1) if link == "softmax" else nn.Sigmoid()
+            self.link = nn.Softmax(dim=-1) if link == "softmax" else nn.Sigmoid()
         # Start in the wrapped model's mode (eval without a model) without changing that model.
         if model is None:
             self.eval()
@@ -128,7 +135,14 @@ class CalibratedModel(nn.Module):
             self.training = model.training
 
     def forward(self, inputs: Tensor) -> Tensor:
-        return self.link(self.head(self.model(inputs)))
+        return self.calibrate(self.model(inputs))
+
+    def calibrate(self, logits: Tensor) -> Tensor:
+        """The head and link applied with the classes moved to the last dimension and back."""
+        if self.class_dim == -1:
+            return self.link(self.head(logits))
+        calibrated = self.link(self.head(logits.movedim(self.class_dim, -1)))
+        return calibrated.movedim(-1, self.class_dim)
 
 
 class KeywordCalibratedModel(CalibratedModel):
@@ -152,7 +166,7 @@ class KeywordCalibratedModel(CalibratedModel):
     """
 
     def forward(self, **inputs: Tensor) -> Tensor:  # type: ignore[override]
-        return self.link(self.head(logits_of(self.model(**inputs))))
+        return self.calibrate(logits_of(self.model(**inputs)))
 
 
 def takes_keyword_inputs(model: nn.Module | None) -> bool:

@@ -334,10 +334,10 @@ class TemperatureScaler(Calibrator):
     def export(self, output: str = "logits") -> CalibratedModel:
         """A plain inference-only module: the wrapped model followed by the fitted calibration.
 
-        ``output="logits"`` gives ``model(x) / T``, ``"probs"`` gives its softmax over dim 1
-        (its sigmoid for a sigmoid model); without a wrapped model the module maps logits to
-        calibrated logits or probabilities. With ``inputs="probs"`` the module first takes the
-        log of the model's probabilities, as ``forward`` does.
+        ``output="logits"`` gives ``model(x) / T``, ``"probs"`` gives its softmax over the fitted
+        class dimension (its sigmoid for a sigmoid model); without a wrapped model the module
+        maps logits to calibrated logits or probabilities. With ``inputs="probs"`` the module
+        first takes the log of the model's probabilities, as ``forward`` does.
         T is copied into a buffer (refitting this scaler leaves the export unchanged); the
         wrapped model is shared, not copied. The result works with ``torch.jit.script``,
         ``torch.export.export`` and ``torch.onnx.export``.
