@@ -15,6 +15,7 @@ from torchcal._objective import SigmoidTemperatureNLL, SoftmaxTemperatureNLL
 from torchcal._shapes import ACTIVATIONS, INPUTS, FitRows, fit_rows
 from torchcal._solver import Solution, solve_temperature
 from torchcal._validation import (
+    check_bin_count,
     check_choice,
     check_model,
     check_positive_finite,
@@ -22,7 +23,7 @@ from torchcal._validation import (
     check_temperature_bounds,
 )
 from torchcal._version import __version__
-from torchcal.calibrator import Calibrator, streamed_calibration_error
+from torchcal.calibrator import Calibrator, streamed_calibration_error, warn_if_one_class
 from torchcal.collect import logits_and_labels
 from torchcal.errors import CalibrationWarning
 from torchcal.export import CalibratedModel, TemperatureHead
@@ -31,6 +32,41 @@ from torchcal.result import FitResult
 METHODS = ("lbfgs", "newton")
 _Objective = SoftmaxTemperatureNLL | SigmoidTemperatureNLL
 DEFAULT_TEMPERATURE_BOUNDS = (1e-3, 1e3)
+
+
+def fit_temperature(
+    objective: _Objective,
+    *,
+    method: str,
+    temperature_bounds: tuple[float, float],
+    rtol: float,
+    max_iter: int,
+) -> Solution:
+    """The NLL-optimal temperature on ``objective``: a degenerate case decided from the data's
+    exact facts (:attr:`~torchcal._objective.SoftmaxTemperatureNLL.limit`) holds T at its bound
+    without running a solver; otherwise the solver finds the optimum.
+
+    Example:
+        >>> from torchcal._objective import SoftmaxTemperatureNLL
+        >>> separable = SoftmaxTemperatureNLL(torch.eye(4) * 5, torch.arange(4))
+        >>> solution = fit_temperature(separable, method="lbfgs", temperature_bounds=(1e-3, 1e3),
+        ...                            rtol=1e-6, max_iter=100)
+        >>> solution.temperature, solution.bound
+        (0.001, 'lower')
+    """
+    limit = objective.limit
+    if limit is None:
+        return solve_temperature(
+            objective,
+            method=method,
+            temperature_bounds=temperature_bounds,
+            rtol=rtol,
+            max_iter=max_iter,
+        )
+    passes = objective.passes
+    held = temperature_bounds[0] if limit == "lower" else temperature_bounds[1]
+    evaluation = objective.evaluate(1.0 / held, bins=True)
+    return Solution(evaluation, 0, objective.passes - passes, True, limit)
 
 
 class TemperatureScaler(Calibrator):
@@ -105,7 +141,7 @@ class TemperatureScaler(Calibrator):
         self.temperature_bounds = check_temperature_bounds(temperature_bounds)
         self.tol = check_positive_finite(tol, "tol")
         self.max_iter = check_positive_int(max_iter, "max_iter")
-        self.n_bins = check_positive_int(n_bins, "n_bins")
+        self.n_bins = check_bin_count(n_bins, "n_bins")
         self.register_buffer("temperature_", torch.tensor(math.nan))
         self.fit_result: FitResult | tuple[FitResult, ...] | None = None
         self._fitted = False
@@ -208,9 +244,21 @@ class TemperatureScaler(Calibrator):
         logits = self._scores(inputs, self._fitted_activation)
         temperature = self.temperature_
         if temperature.ndim:  # one per class: broadcast along the class dimension
+            self._check_classes(logits, temperature.numel())
             trailing = -self._fitted_class_dim - 1
             temperature = temperature.reshape(temperature.shape + (1,) * trailing)
         return logits / temperature
+
+    def _check_classes(self, logits: Tensor, n_classes: int) -> None:
+        """Per-class temperatures need logits with ``n_classes`` entries in the class dim."""
+        dim = self._fitted_class_dim
+        assert dim is not None  # per-class temperatures always have a class dimension
+        if logits.ndim < -dim or logits.shape[dim] != n_classes:
+            raise ValueError(
+                f"this TemperatureScaler has one temperature per label for K={n_classes} labels "
+                f"in dim {dim}, but got logits of shape {tuple(logits.shape)}; pass logits with "
+                f"{n_classes} labels there"
+            )
 
     def predict_proba(self, inputs: Any) -> Tensor:
         """Calibrated probabilities: softmax over the class dimension, or sigmoid."""
@@ -320,24 +368,25 @@ class TemperatureScaler(Calibrator):
                 objective.synchronise()
         assert rows is not None
         if rows.activation == "softmax":
-            self._warn_if_one_class(objectives[0])
-        results, temperatures = [], []
-        for objective in objectives:
-            solution = solve_temperature(
-                objective,
-                method=self.method,
-                temperature_bounds=self.temperature_bounds,
-                rtol=self.tol,
-                max_iter=self.max_iter,
+            warn_if_one_class(objectives[0], stacklevel=2)
+        with self._fitting() as draft:
+            results, temperatures = [], []
+            for objective in objectives:
+                solution = fit_temperature(
+                    objective,
+                    method=self.method,
+                    temperature_bounds=self.temperature_bounds,
+                    rtol=self.tol,
+                    max_iter=self.max_iter,
+                )
+                results.append(self._result(objective, solution))
+                temperatures.append(solution.temperature)
+                self._warn_about(objective, solution)
+            draft._fitted_activation, draft._fitted_class_dim = rows.activation, rows.class_dim
+            draft._set_fitted(
+                torch.tensor(temperatures if self.per_class else temperatures[0]),
+                tuple(results) if self.per_class else results[0],
             )
-            results.append(self._result(objective, solution))
-            temperatures.append(solution.temperature)
-            self._warn_about(objective, solution)
-        self._fitted_activation, self._fitted_class_dim = rows.activation, rows.class_dim
-        self._set_fitted(
-            torch.tensor(temperatures if self.per_class else temperatures[0]),
-            tuple(results) if self.per_class else results[0],
-        )
         return self
 
     @staticmethod
@@ -361,16 +410,6 @@ class TemperatureScaler(Calibrator):
             inputs=self.inputs,
         )
 
-    def _warn_if_one_class(self, objective: _Objective) -> None:
-        low, high = objective.label_range
-        if objective.n_samples > 1 and low == high:
-            warnings.warn(
-                f"all {objective.n_samples} labels are class {low}: a temperature fitted on one "
-                "class says little about the others; validate on data with every class",
-                CalibrationWarning,
-                stacklevel=3,
-            )
-
     def _result(self, objective: _Objective, solution: Solution) -> FitResult:
         return FitResult(
             temperature=solution.temperature,
@@ -392,7 +431,7 @@ class TemperatureScaler(Calibrator):
         if solution.bound == "lower":
             why = (
                 "every sample's label has the top score, so the NLL keeps falling as T -> 0"
-                if objective.n_correct == objective.n_samples
+                if objective.n_top == objective.n_samples
                 else "the NLL is still falling there"
             )
             warnings.warn(
