@@ -20,6 +20,16 @@ statistics (the row maximum and the label's logit, in the logits' dtype) and O(n
 N x K temporary and no full-size copy of half-precision logits. Rows whose label equals
 ``ignore_index`` are skipped chunk by chunk rather than copied out.
 
+A chunk whose arithmetic overflows float32 (finite logits whose row range exceeds float32's, such
+as +-3e38) makes its pass's sums non-finite; the pass is then redone in float64, for this and every
+later pass, where such values are exact enough. A pass still not finite in float64 is refused with
+an error, never handed to a solver.
+
+Two degenerate cases are decided from exact facts of the data, before any solver runs (see
+:attr:`_StreamedNLL.limit`): the slope dNLL/dbeta at beta = 0 (T -> infinity is optimal when it is
+>= 0, by convexity) and whether every label is a top score (then the NLL falls all the way to
+T -> 0). Both are sums of the validating pass, so a distributed fit reduces them with the rest.
+
 With a distributed reducer (:mod:`torchcal._distributed`) every pass's sums are combined over the
 ranks, so each rank optimises the objective of all ranks' rows together.
 """
@@ -51,6 +61,11 @@ CUDA_CHUNK_ELEMENTS = 1 << 24
 N_MOMENTS = 3
 #: Confidences buffered before they are binned (see _BinSums).
 BIN_BATCH = 1 << 16
+#: Logits whose widest row range is below this are computed in float64: in float32 the squares
+#: of such differences (the curvature) underflow, and a solver would stop on a flat objective.
+FLOAT32_SMALLEST_RANGE = 2.0**-40
+#: Below this, even float64 squares underflow: such logits are refused.
+FLOAT64_SMALLEST_RANGE = 2.0**-480
 
 
 @dataclass(frozen=True)
@@ -253,15 +268,63 @@ class _StreamedNLL:
             bins=sums[N_MOMENTS:].reshape(3, self.n_bins) if bins else None,
         )
 
-    def evaluate(self, beta: float, *, hessian: bool = False, bins: bool = False) -> Evaluation:
-        """NLL, dNLL/dbeta (and d2NLL/dbeta2, reliability-bin sums) at ``beta`` in one pass."""
+    def _local_sums(self, beta: float, hessian: bool, bins: bool) -> Tensor:
+        """This process's sums at ``beta`` (and bin sums), in float64 if float32 overflows."""
         sums, bin_sums = self._new_sums(), self._new_bins() if bins else None
         for chunk in self._chunks():
             self._add_chunk_sums(sums, chunk, beta, hessian, bin_sums)
         self.passes += 1
         if bin_sums is not None:
             sums = torch.cat([sums, bin_sums.result().reshape(-1)])
-        return self._finish(beta, self.reducer.sum(sums), hessian, bins)
+        if not bool(torch.isfinite(sums).all()) and self.compute_dtype != torch.float64:
+            self.compute_dtype = torch.float64  # finite logits whose arithmetic overflows float32
+            return self._local_sums(beta, hessian, bins)
+        return sums
+
+    def evaluate(self, beta: float, *, hessian: bool = False, bins: bool = False) -> Evaluation:
+        """NLL, dNLL/dbeta (and d2NLL/dbeta2, reliability-bin sums) at ``beta`` in one pass.
+
+        Raises ``ValueError`` (on every rank) if the sums are not finite even in float64.
+        """
+        totals = self.reducer.sum(self._local_sums(beta, hessian, bins))
+        if not bool(torch.isfinite(totals).all()):
+            raise ValueError(
+                f"the temperature-scaling NLL at T = {1.0 / beta:.4g} overflows even in float64: "
+                f"the logits' row ranges (or magnitudes) reach {self.largest_range:.4g}, too wide "
+                "to calibrate; check the model's outputs"
+            )
+        return self._finish(beta, totals, hessian, bins)
+
+    def _initial_sums(self, sums: Tensor, bins: _BinSums) -> Tensor:
+        """The validating pass's sums and bins at beta = 1, redone in float64 if they overflowed."""
+        if not bool(torch.isfinite(sums).all()) and self.compute_dtype != torch.float64:
+            self.compute_dtype = torch.float64
+            return self._local_sums(1.0, False, True)
+        return torch.cat([sums, bins.result().reshape(-1)])
+
+    @property
+    def limit(self) -> str | None:
+        """Where the NLL's infimum over T lies when the data alone decide it, else ``None``.
+
+        ``"upper"`` (T -> infinity): dNLL/dbeta at beta = 0 is >= 0, so by convexity the NLL
+        never falls as beta grows from 0 (logits no better than the label marginal, all-equal
+        logits). ``"lower"`` (T -> 0): every label is a top score of its row (a non-negative
+        margin for sigmoids), so every row's NLL falls, or stays, as beta grows. Both are exact
+        facts of the validating pass (over every rank), decided before any solver runs, so
+        underflow in the objective (an NLL of exactly 0, a zero gradient) cannot hide them.
+
+        Example:
+            >>> logits = torch.eye(3).repeat(4, 1) * 5  # every label the top score
+            >>> SoftmaxTemperatureNLL(logits, torch.arange(3).repeat(4)).limit
+            'lower'
+            >>> SoftmaxTemperatureNLL(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0])).limit
+            'upper'
+        """
+        if self.slope_at_zero >= 0:
+            return "upper"
+        if self.n_top == self.n_samples:
+            return "lower"
+        return None
 
     # ------------------------------------------------------------------- ranks
     def synchronise(self) -> None:
@@ -278,6 +341,16 @@ class _StreamedNLL:
         self.n_correct = int(totals[n_sums + 1])
         # Softmax: the smallest and largest label over all ranks (stored negated and as is).
         self.label_range = (-int(parts[:, n_sums + 3].max()), int(parts[:, n_sums + 4].max()))
+        self.n_top = int(totals[n_sums + 5])
+        self.slope_at_zero = float(totals[n_sums + 6])  # has the sign of dNLL/dbeta at 0
+        self.largest_range = float(parts[:, n_sums + 7].max())
+        if 0 < self.largest_range < FLOAT32_SMALLEST_RANGE:
+            if self.largest_range < FLOAT64_SMALLEST_RANGE:
+                raise ValueError(
+                    f"the logits' row ranges (or magnitudes) are at most {self.largest_range:.4g}: "
+                    "too small for their differences to be computed; check the model's outputs"
+                )
+            self.compute_dtype = torch.float64
         self.initial = self._finish(1.0, totals[:n_sums], False, True)
 
     def subsample(self, step: int) -> _StreamedNLL:
@@ -327,8 +400,22 @@ class _StreamedNLL:
                 f"e.g. {what} {first}; check the model's outputs before calibrating"
             )
 
-    def _extras(self, n_kept: int, n_correct: int, label_low: int, label_high: int) -> Tensor:
-        values = [n_kept, n_correct, self.n_rows, -label_low, label_high]
+    def _extras(
+        self,
+        n_kept: int,
+        n_correct: int,
+        label_low: int,
+        label_high: int,
+        n_top: int,
+        slope_at_zero: float,
+        largest_range: float,
+    ) -> Tensor:
+        """The per-rank numbers after the validating pass's sums and bins: kept rows, rows whose
+        label is the (or a tied) top score, all rows, minus the smallest label, the largest label,
+        rows whose label is a top score (a non-negative margin for sigmoids), a sum with the sign
+        of dNLL/dbeta at beta = 0 and the widest row range (the largest magnitude for sigmoids)."""
+        values = [n_kept, n_correct, self.n_rows, -label_low, label_high, n_top, slope_at_zero]
+        values.append(largest_range)  # reduced by its maximum, not summed
         return torch.tensor(values, dtype=torch.float64, device=self.device)
 
 
@@ -380,6 +467,7 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
         self.label_logit = torch.empty(self.n_rows, **storage)
         row_min = torch.empty(self.n_rows, **storage)
         sums, bins = self._new_sums(), self._new_bins()
+        slope = torch.zeros((), dtype=torch.float64, device=self.device)
         # The smallest and largest kept label, gathered on the device chunk by chunk.
         extremes = torch.iinfo(self.labels.dtype)
         label_low = torch.tensor(extremes.max, dtype=self.labels.dtype, device=self.device)
@@ -398,13 +486,23 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
             label_low = torch.minimum(label_low, chunk_low)
             label_high = torch.maximum(label_high, chunk_high)
             self.label_logit[rows] = chunk.logits.gather(1, labels[:, None]).squeeze(1)
-            self._add_chunk_sums(sums, chunk.compacted(), 1.0, False, bins)
+            kept = chunk.compacted()
+            self._add_chunk_sums(sums, kept, 1.0, False, bins)
+            # K (dNLL/dbeta at beta = 0) per row: sum_j z_j - K z_y, exact in float64 for
+            # logits of one magnitude (all-equal rows give exactly 0).
+            label_logits = self._rows(self.label_logit, chunk).to(torch.float64)
+            row_sums = kept.logits.sum(dim=1, dtype=torch.float64)
+            slope += (row_sums - self.n_classes * label_logits).sum()
         finite = torch.isfinite(self.row_max) & torch.isfinite(row_min)
         if keep is not None:
             finite |= ~keep
         if not bool(finite.all()):
             bad = (~finite).nonzero()
             self._raise_if_not_finite(bad.numel(), int(bad[0]), "row", "rows")
+        span = self.row_max.to(torch.float64) - row_min.to(torch.float64)
+        if keep is not None:
+            span = span.where(keep, 0.0)
+        self._refuse_overflowing_rows(span)
         maxima, minima = (
             (self.row_max, row_min) if keep is None else (self.row_max[keep], row_min[keep])
         )
@@ -419,8 +517,35 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
         correct = self.label_logit == self.row_max
         if keep is not None:
             correct &= keep
-        extras = self._extras(n_kept, int(correct.sum()), int(label_low), int(label_high))
-        return torch.cat([sums, bins.result().reshape(-1), extras])
+        n_correct = int(correct.sum())
+        initial = self._initial_sums(sums, bins)
+        extras = self._extras(
+            n_kept,
+            n_correct,
+            int(label_low),
+            int(label_high),
+            n_correct,
+            float(slope),
+            float(span.max()),
+        )
+        return torch.cat([initial, extras])
+
+    def _refuse_overflowing_rows(self, span: Tensor) -> None:
+        """Refuse rows whose range max - min overflows float64; note those beyond float32.
+
+        ``first_wide_row`` is the first row whose range float32 cannot hold (computed here in
+        float64), or None: calibrators that cannot represent such rows refuse them by it.
+        """
+        overflowing = ~torch.isfinite(span)
+        if bool(overflowing.any()):
+            row = int(overflowing.nonzero()[0])
+            raise ValueError(
+                f"logits row {row} spans from {float(self.row_max[row]):.4g} down past "
+                f"-{torch.finfo(torch.float64).max:.4g}: its range max - min overflows float64, "
+                "too wide to calibrate; check the model's outputs"
+            )
+        wide = span > torch.finfo(torch.float32).max
+        self.first_wide_row = int(wide.nonzero()[0]) if bool(wide.any()) else None
 
     def _rows_sum_to_one(self) -> bool:
         return all(
@@ -499,7 +624,8 @@ class SigmoidTemperatureNLL(_StreamedNLL):
         check_binary_targets(self.labels, self.ignore_index)
         sums, bins = self._new_sums(), self._new_bins()
         bad_entries, first_bad = 0, -1
-        low, high, n_correct = float("inf"), -float("inf"), 0
+        low, high, n_correct, n_top = float("inf"), -float("inf"), 0, 0
+        slope = torch.zeros((), dtype=torch.float64, device=self.device)
         for chunk in self._chunks():
             targets = self._rows(self.labels, chunk)
             bad = ~torch.isfinite(chunk.logits)
@@ -512,6 +638,9 @@ class SigmoidTemperatureNLL(_StreamedNLL):
                 chunk_low, chunk_high = torch.aminmax(chunk.logits)
                 low, high = min(low, float(chunk_low)), max(high, float(chunk_high))
                 n_correct += int(((chunk.logits >= 0) == (targets == 1)).sum())
+                margin = chunk.logits.to(torch.float64) * (2 * targets.to(torch.float64) - 1)
+                n_top += int((margin >= 0).sum())
+                slope -= margin.sum()  # 2 M (dNLL/dbeta at beta = 0) = -sum of the margins
                 self._add_chunk_sums(sums, chunk, 1.0, False, bins)
         self._raise_if_not_finite(bad_entries, first_bad, "entry", "entries")
         if n_kept >= 16 and low >= 0 and high <= 1:
@@ -520,8 +649,10 @@ class SigmoidTemperatureNLL(_StreamedNLL):
                 "Temperature scaling needs the raw scores before the sigmoid; pass the model's "
                 "logits, or inputs='probs' if only probabilities are available"
             )
-        extras = self._extras(n_kept, n_correct, 0, 1)
-        return torch.cat([sums, bins.result().reshape(-1), extras])
+        self.first_wide_row = None
+        largest = max(abs(low), abs(high)) if n_kept else 0.0
+        extras = self._extras(n_kept, n_correct, 0, 1, n_top, float(slope), largest)
+        return torch.cat([self._initial_sums(sums, bins), extras])
 
     def _add_chunk_sums(
         self, sums: Tensor, chunk: _Chunk, beta: float, hessian: bool, bins: _BinSums | None
@@ -532,8 +663,9 @@ class SigmoidTemperatureNLL(_StreamedNLL):
         sums[0] += torch.nn.functional.softplus(scaled).sum(dtype=torch.float64)
         wrong = torch.sigmoid(scaled)  # probability given to the wrong class
         sums[1] += (-margin * wrong).sum(dtype=torch.float64)
-        if hessian:
-            sums[2] += (margin.square() * wrong * (1 - wrong)).sum(dtype=torch.float64)
+        if hessian:  # in this order a huge margin meets a zero probability before it squares
+            curvature = (margin * wrong) * ((1 - wrong) * margin)
+            sums[2] += curvature.sum(dtype=torch.float64)
         if bins is not None:
             confidences = torch.sigmoid(chunk.logits.abs() * beta)
             bins.add(confidences, (chunk.logits >= 0) == (targets == 1))

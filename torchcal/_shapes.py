@@ -16,6 +16,7 @@ labels' shape. One-hot labels for softmax are rejected with a message saying how
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,14 @@ import torch
 from torch import Tensor
 
 from torchcal._sources import ColumnRows, RowSource, TensorRows, as_source, check_source
-from torchcal._validation import FLOAT_DTYPES, check_binary_targets, check_choice, check_tensor
+from torchcal._validation import (
+    FLOAT_DTYPES,
+    check_binary_targets,
+    check_choice,
+    check_has_values,
+    check_tensor,
+)
+from torchcal.errors import CalibrationWarning
 
 ACTIVATIONS = ("auto", "softmax", "sigmoid")
 INPUTS = ("logits", "probs")
@@ -220,22 +228,51 @@ def check_probabilities_input(probs: Tensor) -> None:
 def probabilities_to_logits(probs: Tensor, activation: str) -> Tensor:
     """log p for softmax probabilities, log(p / (1 - p)) for sigmoid ones (a new tensor).
 
-    Pure tensor arithmetic (no checks), so it exports; a zero probability maps to the log of the
-    smallest normal float rather than -inf.
+    Pure tensor arithmetic (no checks), so it exports. The logs are taken in float32 (float64 for
+    float64 probabilities): half-precision probabilities, subnormal ones included, are exact in
+    float32, so nothing is rounded away. A zero probability maps to the log of float32's (or
+    float64's) smallest normal number rather than -inf.
 
     Example:
         >>> probabilities_to_logits(torch.tensor([0.5, 0.25, 0.25]), "softmax").exp()
         tensor([0.5000, 0.2500, 0.2500])
+        >>> smallest = torch.tensor([2.0**-24], dtype=torch.float16)  # float16's least subnormal
+        >>> round(float(probabilities_to_logits(smallest, "softmax")), 4)
+        -16.6355
     """
+    if probs.dtype != torch.float64:
+        probs = probs.float()
     tiny = torch.finfo(probs.dtype).tiny
     if activation == "softmax":
         return probs.clamp_min(tiny).log()
     return probs.clamp_min(tiny).log() - (1 - probs).clamp_min(tiny).log()
 
 
-def _probs_to_logits(probs: Tensor, activation: str) -> Tensor:
+def _probs_to_logits(probs: Tensor, labels: Tensor, activation: str) -> Tensor:
     check_probabilities_input(probs)
+    _warn_about_impossible_labels(probs, labels, activation)
     return probabilities_to_logits(probs, activation)
+
+
+def _warn_about_impossible_labels(probs: Tensor, labels: Tensor, activation: str) -> None:
+    """Warn when the probability of a true label is exactly 0: its NLL is infinite."""
+    if activation == "softmax":  # labels out of range are refused later, by the fit
+        valid = (labels >= 0) & (labels < probs.shape[1])
+        at_label = probs.gather(1, labels.where(valid, 0)[:, None]).squeeze(1)
+        impossible = (at_label == 0) & valid
+    else:
+        impossible = torch.where(labels == 1, probs == 0, probs == 1)
+    count = int(impossible.sum())
+    if count:
+        tiny = torch.finfo(torch.float64 if probs.dtype == torch.float64 else torch.float32).tiny
+        warnings.warn(
+            f"{count} of {impossible.numel()} true labels have probability exactly 0, so their "
+            f"NLL is infinite; they are fitted as probability {tiny:.3g}. Rounded probabilities "
+            "(float16, a clamp) lose the small values that calibration needs: pass the logits "
+            "with inputs='logits' if you can",
+            CalibrationWarning,
+            stacklevel=5,
+        )
 
 
 def _check_options(activation: str, inputs: str) -> None:
@@ -255,8 +292,10 @@ def _check_inputs(
     logits: object, labels: object, activation: str, per_class: bool, inputs: str
 ) -> tuple[Tensor, Tensor, str]:
     """Check the tensors and options every shape shares; resolve ``activation="auto"``."""
-    logits = check_tensor(logits, "logits")
-    labels = check_tensor(labels, "labels")
+    # The one place a fit's tensors come in: without autograd history from here on, so no fit
+    # builds a graph through (or needs the caller to detach) model outputs.
+    logits = check_has_values(check_tensor(logits, "logits"), "logits").detach()
+    labels = check_has_values(check_tensor(labels, "labels"), "labels").detach()
     _check_float(logits, "logits")
     _check_options(activation, inputs)
     if logits.numel() == 0:
@@ -294,7 +333,7 @@ def to_rows(
     else:
         rows = _sigmoid_rows(logits, labels, class_dim, ignore_index, per_class)
     if inputs == "probs":
-        converted = _probs_to_logits(rows.logits, rows.activation)
+        converted = _probs_to_logits(rows.logits, rows.labels, rows.activation)
         rows = Rows(rows.activation, converted, rows.labels, rows.class_dim, rows.n_ignored)
     return rows
 
@@ -387,7 +426,7 @@ def _source_rows(
 ) -> FitRows:
     """A numpy array or an opened file: (N, K) softmax rows or (N,) binary logits."""
     source = as_source(logits)
-    labels = check_tensor(labels, "labels")
+    labels = check_has_values(check_tensor(labels, "labels"), "labels").detach()
     _check_options(activation, inputs)
     check_source(source)
     if inputs == "probs" or per_class:

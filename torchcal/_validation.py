@@ -12,6 +12,12 @@ import torch
 from torch import Tensor, nn
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: The most equal-width bins a histogram or reliability diagram may have. A calibration set fills
+#: a few thousand bins at best, and the bin tables grow with the count (with K classes, a
+#: histogram calibrator holds K x bins values).
+MAX_BINS = 1 << 16
+#: The temperature range a float32 buffer holds: T and 1/T both finite and normal.
+FLOAT32_TEMPERATURE_RANGE = (torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max)
 
 
 def check_tensor(value: object, name: str) -> Tensor:
@@ -19,6 +25,22 @@ def check_tensor(value: object, name: str) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     return value
+
+
+def check_has_values(tensor: Tensor, name: str) -> Tensor:
+    """Refuse a tensor without values (on the ``meta`` device): nothing can be fitted on it.
+
+    Example:
+        >>> check_has_values(torch.zeros(2), "logits")
+        tensor([0., 0.])
+    """
+    if tensor.is_meta:
+        raise ValueError(
+            f"{name} are on the meta device, which holds shapes but no values; a fit needs the "
+            "real values: materialise the model (e.g. model.to_empty(device=...) and load its "
+            "weights) and compute the logits on a real device"
+        )
+    return tensor
 
 
 def check_logits_matrix(logits: object, name: str = "logits") -> Tensor:
@@ -143,6 +165,22 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
+def check_bin_count(value: object, name: str) -> int:
+    """Check a number of bins: an int in [1, :data:`MAX_BINS`].
+
+    Example:
+        >>> check_bin_count(15, "n_bins")
+        15
+    """
+    value = check_positive_int(value, name)
+    if value > MAX_BINS:
+        raise ValueError(
+            f"{name}={value} is more bins than the limit of {MAX_BINS:,}: a calibration set "
+            "cannot fill that many, and the tables grow with the count; use fewer bins"
+        )
+    return value
+
+
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
     """Check that ``value`` is one of ``choices``."""
     if value not in choices:
@@ -168,15 +206,25 @@ def check_model(model: object) -> nn.Module | None:
 
 
 def check_temperature_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
-    """Check ``temperature_bounds``: ``(low, high)``, both finite and > 0, with ``low < high``.
+    """Check ``temperature_bounds``: ``(low, high)``, finite and > 0, with ``low < high``, inside
+    the range a float32 temperature holds (:data:`FLOAT32_TEMPERATURE_RANGE`, about 1.2e-38 to
+    3.4e38), since the fitted T is kept in a float32 buffer.
 
     Example:
         >>> check_temperature_bounds((1e-3, 1000))
         (0.001, 1000.0)
     """
+    if isinstance(bounds, (str, bytes)) or not hasattr(bounds, "__len__") or len(bounds) != 2:
+        raise TypeError(f"temperature_bounds must be a pair (low, high), got {bounds!r}")
     low, high = (check_positive_finite(b, "temperature_bounds") for b in bounds)
     if not low < high:
         raise ValueError(f"temperature_bounds must be (low, high) with low < high, got {bounds}")
+    smallest, largest = FLOAT32_TEMPERATURE_RANGE
+    if low < smallest or high > largest:
+        raise ValueError(
+            f"temperature_bounds={bounds} leaves the range a float32 temperature holds, "
+            f"[{smallest:.4g}, {largest:.4g}]; keep both bounds inside it"
+        )
     return low, high
 
 

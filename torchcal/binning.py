@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from torchcal._loaded import loaded_tensor
 from torchcal._objective import SoftmaxTemperatureNLL
-from torchcal._validation import check_positive_int
+from torchcal._validation import check_bin_count
 from torchcal.calibrator import SoftmaxCalibrator
 from torchcal.errors import CalibrationWarning
 from torchcal.export import in_compute_dtype
@@ -227,6 +227,7 @@ class HistogramBinning(SoftmaxCalibrator):
     """
 
     kind = "histogram"
+    _fits_overflowing_rows = True  # softmax gives such a row its limit exactly
 
     def __init__(
         self,
@@ -241,7 +242,7 @@ class HistogramBinning(SoftmaxCalibrator):
         super().__init__(
             model, class_dim=class_dim, ignore_index=ignore_index, inputs=inputs, n_bins=n_bins
         )
-        self.bins = check_positive_int(bins, "bins")
+        self.bins = check_bin_count(bins, "bins")
         self.register_buffer("bin_values_", torch.empty(0))
 
     def _hyperparameters(self) -> dict[str, Any]:
@@ -327,6 +328,7 @@ class IsotonicCalibrator(SoftmaxCalibrator):
     """
 
     kind = "isotonic"
+    _fits_overflowing_rows = True  # softmax gives such a row its limit exactly
 
     def __init__(
         self,

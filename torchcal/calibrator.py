@@ -15,11 +15,13 @@ hands ``(M, K)`` rows to :meth:`SoftmaxCalibrator._fit_rows`, and applies
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import inspect
 import warnings
-from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ from torch import Tensor, nn
 from torchcal._loaded import loaded_int, loaded_record, loaded_tensor, no_unknown_tensors
 from torchcal._objective import SoftmaxTemperatureNLL
 from torchcal._shapes import INPUTS, check_probabilities_input, probabilities_to_logits, to_rows
-from torchcal._validation import check_choice, check_model, check_positive_int
+from torchcal._validation import check_bin_count, check_choice, check_model
 from torchcal._version import __version__
 from torchcal.collect import logits_and_labels, model_logits
 from torchcal.errors import CalibrationWarning, NotFittedError
@@ -41,6 +43,20 @@ from torchcal.export import (
 from torchcal.metrics.calibration import bins_from_sums, expected_calibration_error
 from torchcal.metrics.scores import negative_log_likelihood
 from torchcal.result import CalibratorFitResult
+
+_Self = TypeVar("_Self", bound="Calibrator")
+
+
+def warn_if_one_class(objective: SoftmaxTemperatureNLL, stacklevel: int) -> None:
+    """Warn when every kept label is the same class (over every rank of a distributed fit)."""
+    low, high = objective.label_range
+    if objective.n_samples > 1 and low == high:
+        warnings.warn(
+            f"all {objective.n_samples} labels are class {low}: a calibration fitted on one "
+            "class says little about the others; validate on data with every class",
+            CalibrationWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def streamed_calibration_error(objective: SoftmaxTemperatureNLL, bins: Tensor | None) -> float:
@@ -154,6 +170,30 @@ class Calibrator(nn.Module):
         """What the repr of a fitted calibrator shows first."""
         return "fitted"
 
+    @contextlib.contextmanager
+    def _fitting(self: _Self) -> Iterator[_Self]:
+        """A draft of this calibrator to fit; its state becomes this calibrator's in one step
+        when the ``with`` block ends without an exception.
+
+        A fit that fails part-way, a warning raised as an error (``-W error``) included, leaves
+        this calibrator exactly as it was: buffers, fit result and fitted flag. The draft shares
+        the wrapped model and the current buffers until it assigns new ones.
+
+        Example:
+            >>> import torchcal
+            >>> scaler = torchcal.TemperatureScaler()
+            >>> try:
+            ...     scaler.fit(torch.randn(8, 3), torch.full((8,), 7))
+            ... except ValueError:
+            ...     pass
+            >>> scaler.is_fitted
+            False
+        """
+        draft = copy.copy(self)  # a shallow copy with its own attribute dict
+        draft._buffers = dict(self._buffers)  # a buffer assigned on the draft stays there
+        yield draft
+        self.__dict__.update(draft.__dict__)
+
     def _check_fitted(self) -> None:
         if not self.is_fitted:
             raise NotFittedError(
@@ -244,7 +284,7 @@ class SoftmaxCalibrator(Calibrator):
         self.class_dim = class_dim
         self.ignore_index = ignore_index
         self.inputs = check_choice(inputs, "inputs", INPUTS)
-        self.n_bins = check_positive_int(n_bins, "n_bins")
+        self.n_bins = check_bin_count(n_bins, "n_bins")
         self.fit_result: CalibratorFitResult | None = None
         self._fitted = False
         self._fitted_class_dim = -1
@@ -273,6 +313,10 @@ class SoftmaxCalibrator(Calibrator):
     def _hyperparameters(self) -> dict[str, Any]:
         """Subclass constructor options beyond the shared ones (for :meth:`options`)."""
         return {}
+
+    #: Whether the method represents rows whose range max - min overflows float32 (such as
+    #: +-3e38) exactly in the limit; the others refuse such rows, naming the first.
+    _fits_overflowing_rows: ClassVar[bool] = False
 
     # ------------------------------------------------------------------------- state
     def options(self) -> dict[str, Any]:
@@ -408,33 +452,47 @@ class SoftmaxCalibrator(Calibrator):
         # One validating pass (NaN/inf, probabilities given as logits) that also yields the
         # uncalibrated NLL and reliability bins; the methods that fit a temperature reuse it.
         uncalibrated = SoftmaxTemperatureNLL(rows.logits, rows.labels, n_bins=self.n_bins)
-        self._fit_device = rows.logits.device  # fitted values live where the logits are
-        with torch.no_grad():
-            iterations, converged = self._fit_rows(rows.logits, rows.labels, uncalibrated)
-        assert rows.class_dim is not None  # softmax rows always have a class dimension
-        self._fitted_class_dim = rows.class_dim
-        self._n_classes = rows.logits.shape[1]
-        self._fitted = True
-        probs = torch.softmax(self._calibrate(rows.logits), dim=-1)
-        self.fit_result = CalibratorFitResult(
-            method=self.kind,
-            nll_before=uncalibrated.initial.nll,
-            nll_after=float(negative_log_likelihood(probs, rows.labels)),
-            ece_before=streamed_calibration_error(uncalibrated, uncalibrated.initial.bins),
-            ece_after=float(expected_calibration_error(probs, rows.labels, n_bins=self.n_bins)),
-            n_samples=rows.logits.shape[0],
-            n_parameters=sum(t.numel() for t in self._own_buffers().values()),
-            iterations=iterations,
-            converged=converged,
-        )
-        if not converged:
-            warnings.warn(
-                f"the {self.kind} fit stopped after {iterations} iterations without converging; "
-                "its parameters may be inexact",
-                CalibrationWarning,
-                stacklevel=2,
+        self._refuse_overflowing_rows(uncalibrated)
+        warn_if_one_class(uncalibrated, stacklevel=2)
+        with self._fitting() as draft:
+            draft._fit_device = rows.logits.device  # fitted values live where the logits are
+            with torch.no_grad():
+                iterations, converged = draft._fit_rows(rows.logits, rows.labels, uncalibrated)
+            assert rows.class_dim is not None  # softmax rows always have a class dimension
+            draft._fitted_class_dim = rows.class_dim
+            draft._n_classes = rows.logits.shape[1]
+            draft._fitted = True
+            probs = torch.softmax(draft._calibrate(rows.logits), dim=-1)
+            draft.fit_result = CalibratorFitResult(
+                method=self.kind,
+                nll_before=uncalibrated.initial.nll,
+                nll_after=float(negative_log_likelihood(probs, rows.labels)),
+                ece_before=streamed_calibration_error(uncalibrated, uncalibrated.initial.bins),
+                ece_after=float(expected_calibration_error(probs, rows.labels, n_bins=self.n_bins)),
+                n_samples=rows.logits.shape[0],
+                n_parameters=sum(t.numel() for t in draft._own_buffers().values()),
+                iterations=iterations,
+                converged=converged,
             )
+            if not converged:
+                warnings.warn(
+                    f"the {self.kind} fit stopped after {iterations} iterations without "
+                    "converging; its parameters may be inexact",
+                    CalibrationWarning,
+                    stacklevel=2,
+                )
         return self
+
+    def _refuse_overflowing_rows(self, objective: SoftmaxTemperatureNLL) -> None:
+        row = objective.first_wide_row
+        if row is not None and not self._fits_overflowing_rows:
+            raise ValueError(
+                f"logits row {row} (of the rows fitted on) spans from "
+                f"{float(objective.row_max[row]):.4g} by more than float32's range "
+                f"{torch.finfo(torch.float32).max:.4g}: {type(self).__name__} cannot represent "
+                "such a row; check the model's outputs, or use TemperatureScaler, which fits "
+                "them exactly"
+            )
 
     # ------------------------------------------------------------------------- use
     def forward(self, inputs: Any) -> Tensor:

@@ -38,7 +38,6 @@ from torch import Tensor, nn
 
 from torchcal._loaded import check_simplex, loaded_tensor
 from torchcal._objective import SoftmaxTemperatureNLL, default_chunk_elements
-from torchcal._solver import solve_temperature
 from torchcal._validation import (
     check_choice,
     check_positive_finite,
@@ -48,6 +47,7 @@ from torchcal._validation import (
 from torchcal.calibrator import SoftmaxCalibrator
 from torchcal.errors import CalibrationWarning
 from torchcal.export import in_compute_dtype
+from torchcal.temperature import fit_temperature
 
 LOSSES = ("mse", "nll")
 #: Frank-Wolfe gap (objective units) at which the weight fit counts as converged.
@@ -58,9 +58,12 @@ def ensemble_temperature_calibrate(logits: Tensor, temperature: Tensor, weights:
     """``log(w1 softmax(z/T) + w2 softmax(z) + w3/K)`` over the last dimension of ``logits``.
 
     Computed as a log-sum-exp of the three weighted log-probabilities, so it stays finite (and
-    accurate) where the probabilities underflow; a zero weight drops its component.
+    accurate) where the probabilities underflow; a zero weight drops its component. The logits
+    are shifted by their row maximum before the division by T, so a row whose range overflows
+    float32 gets the limit of the map rather than NaN.
     """
     z = in_compute_dtype(logits)
+    z = z - z.amax(dim=-1, keepdim=True)
     log_weights = weights.to(z.dtype).log()
     scaled = torch.log_softmax(z / temperature.to(z.dtype), dim=-1) + log_weights[0]
     plain = torch.log_softmax(z, dim=-1) + log_weights[1]
@@ -241,6 +244,7 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
     """
 
     kind = "ensemble_temperature"
+    _fits_overflowing_rows = True
 
     def __init__(
         self,
@@ -289,7 +293,7 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
     def _fit_rows(
         self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
     ) -> tuple[int, bool]:
-        solution = solve_temperature(
+        solution = fit_temperature(
             objective,
             method="lbfgs",
             temperature_bounds=self.temperature_bounds,

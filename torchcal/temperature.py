@@ -18,6 +18,7 @@ from torchcal._objective import SigmoidTemperatureNLL, SoftmaxTemperatureNLL
 from torchcal._shapes import ACTIVATIONS, INPUTS, FitRows, fit_rows
 from torchcal._solver import Solution, solve_temperature
 from torchcal._validation import (
+    check_bin_count,
     check_choice,
     check_model,
     check_positive_finite,
@@ -26,7 +27,12 @@ from torchcal._validation import (
     check_tensor,
 )
 from torchcal._version import __version__
-from torchcal.calibrator import Calibrator, as_tensor, streamed_calibration_error
+from torchcal.calibrator import (
+    Calibrator,
+    as_tensor,
+    streamed_calibration_error,
+    warn_if_one_class,
+)
 from torchcal.collect import check_loader, logits_and_labels
 from torchcal.errors import CalibrationWarning
 from torchcal.export import CalibratedModel, TemperatureHead
@@ -46,6 +52,41 @@ def _check_flag(value: object, name: str) -> bool:
 def _is_set(temperature: object) -> bool:
     """False for the all-NaN temperature of an unfitted scaler."""
     return not (isinstance(temperature, Tensor) and bool(torch.isnan(temperature).all()))
+
+
+def fit_temperature(
+    objective: _Objective,
+    *,
+    method: str,
+    temperature_bounds: tuple[float, float],
+    rtol: float,
+    max_iter: int,
+) -> Solution:
+    """The NLL-optimal temperature on ``objective``: a degenerate case decided from the data's
+    exact facts (:attr:`~torchcal._objective.SoftmaxTemperatureNLL.limit`) holds T at its bound
+    without running a solver; otherwise the solver finds the optimum.
+
+    Example:
+        >>> from torchcal._objective import SoftmaxTemperatureNLL
+        >>> separable = SoftmaxTemperatureNLL(torch.eye(4) * 5, torch.arange(4))
+        >>> solution = fit_temperature(separable, method="lbfgs", temperature_bounds=(1e-3, 1e3),
+        ...                            rtol=1e-6, max_iter=100)
+        >>> solution.temperature, solution.bound
+        (0.001, 'lower')
+    """
+    limit = objective.limit
+    if limit is None:
+        return solve_temperature(
+            objective,
+            method=method,
+            temperature_bounds=temperature_bounds,
+            rtol=rtol,
+            max_iter=max_iter,
+        )
+    passes = objective.passes
+    held = temperature_bounds[0] if limit == "lower" else temperature_bounds[1]
+    evaluation = objective.evaluate(1.0 / held, bins=True)
+    return Solution(evaluation, 0, objective.passes - passes, True, limit)
 
 
 class TemperatureScaler(Calibrator):
@@ -126,7 +167,7 @@ class TemperatureScaler(Calibrator):
         self.temperature_bounds = check_temperature_bounds(temperature_bounds)
         self.tol = check_positive_finite(tol, "tol")
         self.max_iter = check_positive_int(max_iter, "max_iter")
-        self.n_bins = check_positive_int(n_bins, "n_bins")
+        self.n_bins = check_bin_count(n_bins, "n_bins")
         self.register_buffer("temperature_", torch.tensor(math.nan))
         self.fit_result: FitResult | tuple[FitResult, ...] | None = None
         self._fitted = False
@@ -320,9 +361,21 @@ class TemperatureScaler(Calibrator):
         logits = self._scores(inputs, self._fitted_activation)
         temperature = self.temperature_
         if temperature.ndim:  # one per class: broadcast along the class dimension
+            self._check_classes(logits, temperature.numel())
             trailing = -self._fitted_class_dim - 1
             temperature = temperature.reshape(temperature.shape + (1,) * trailing)
         return logits / temperature
+
+    def _check_classes(self, logits: Tensor, n_classes: int) -> None:
+        """Per-class temperatures need logits with ``n_classes`` entries in the class dim."""
+        dim = self._fitted_class_dim
+        assert dim is not None  # per-class temperatures always have a class dimension
+        if logits.ndim < -dim or logits.shape[dim] != n_classes:
+            raise ValueError(
+                f"this TemperatureScaler has one temperature per label for K={n_classes} labels "
+                f"in dim {dim}, but got logits of shape {tuple(logits.shape)}; pass logits with "
+                f"{n_classes} labels there"
+            )
 
     def predict_proba(self, inputs: Any) -> Tensor:
         """Calibrated probabilities: softmax over the class dimension, or sigmoid."""
@@ -438,27 +491,28 @@ class TemperatureScaler(Calibrator):
                 objective.synchronise()
         assert rows is not None
         if rows.activation == "softmax":
-            self._warn_if_one_class(objectives[0])
-        results, temperatures = [], []
-        for objective in objectives:
-            solution = solve_temperature(
-                objective,
-                method=self.method,
-                temperature_bounds=self.temperature_bounds,
-                rtol=self.tol,
-                max_iter=self.max_iter,
+            warn_if_one_class(objectives[0], stacklevel=2)
+        with self._fitting() as draft:
+            results, temperatures = [], []
+            for objective in objectives:
+                solution = fit_temperature(
+                    objective,
+                    method=self.method,
+                    temperature_bounds=self.temperature_bounds,
+                    rtol=self.tol,
+                    max_iter=self.max_iter,
+                )
+                result = self._result(objective, solution)
+                if isinstance(objective.source, NextTokenRows):  # every model pass, warm start too
+                    result = dataclasses.replace(result, data_passes=objective.source.passes.count)
+                results.append(result)
+                temperatures.append(solution.temperature)
+                self._warn_about(objective, solution)
+            draft._fitted_activation, draft._fitted_class_dim = rows.activation, rows.class_dim
+            draft._set_fitted(
+                torch.tensor(temperatures if self.per_class else temperatures[0]),
+                tuple(results) if self.per_class else results[0],
             )
-            result = self._result(objective, solution)
-            if isinstance(objective.source, NextTokenRows):  # every model pass, warm start too
-                result = dataclasses.replace(result, data_passes=objective.source.passes.count)
-            results.append(result)
-            temperatures.append(solution.temperature)
-            self._warn_about(objective, solution)
-        self._fitted_activation, self._fitted_class_dim = rows.activation, rows.class_dim
-        self._set_fitted(
-            torch.tensor(temperatures if self.per_class else temperatures[0]),
-            tuple(results) if self.per_class else results[0],
-        )
         return self
 
     def _shared_options(self, rows: FitRows | None) -> dict[str, Any]:
@@ -531,16 +585,6 @@ class TemperatureScaler(Calibrator):
         source = NextTokenRows(self.model, data, ignore_index=self.ignore_index)
         return FitRows("softmax", (source,), (source.labels,), -1, None)
 
-    def _warn_if_one_class(self, objective: _Objective) -> None:
-        low, high = objective.label_range
-        if objective.n_samples > 1 and low == high:
-            warnings.warn(
-                f"all {objective.n_samples} labels are class {low}: a temperature fitted on one "
-                "class says little about the others; validate on data with every class",
-                CalibrationWarning,
-                stacklevel=3,
-            )
-
     def _result(self, objective: _Objective, solution: Solution) -> FitResult:
         return FitResult(
             temperature=solution.temperature,
@@ -562,7 +606,7 @@ class TemperatureScaler(Calibrator):
         if solution.bound == "lower":
             why = (
                 "every sample's label has the top score, so the NLL keeps falling as T -> 0"
-                if objective.n_correct == objective.n_samples
+                if objective.n_top == objective.n_samples
                 else "the NLL is still falling there"
             )
             warnings.warn(
