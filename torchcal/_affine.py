@@ -20,52 +20,60 @@ with ``A`` the inverse square root of the inputs' covariance (whitening) for a f
 parameters are laid out as a (K, P) matrix ``theta``: ``[W | b]`` (P = K + 1) or ``[w, b]`` per
 class (P = 2).
 
-* Newton's method with the exact Hessian and a backtracking line search, when the Hessian is
-  cheap (few parameters): a handful of steps, however ill-conditioned the problem (rare classes,
-  near-collinear log-probabilities), to a gradient near float64 rounding.
-* Otherwise L-BFGS, with the Hessian's per-class blocks as initial Hessian (its diagonal for very
-  large K) and a line search that uses directional derivatives only (see :func:`_lbfgs`), on the
-  penalty of the canonical representative (see below), which leaves no poorly curved directions
-  to crawl along.
+Both are minimised by the one Newton routine of :mod:`torchcal._newton`, from the fitted
+temperature's map (or from the uniform map, ``theta = 0``, if that is better), until every
+partial derivative with respect to the standardised parameters is at most ``tol``:
 
-Both stop when every partial derivative with respect to the standardised parameters is at most
-``tol``.
+* with the exact Hessian, solved by Cholesky, when the Hessian is cheap (few parameters): a
+  handful of steps, however ill-conditioned the problem (rare classes, near-collinear
+  log-probabilities), to a gradient near float64 rounding;
+* otherwise by Newton-CG: each Newton system is solved inexactly by conjugate gradients on
+  Hessian-vector products ``H v = sum_i [(diag(p_i) - p_i p_i^T) (V f_i)] f_i^T / M`` (two
+  products with the inputs; float32 products accumulated in float64, since they only shape the
+  step, while the objective and gradient that decide acceptance and convergence are float64),
+  preconditioned by the Hessian's per-class blocks (its diagonal for very large K).
+
+A separable problem (the infimum is approached as the unpenalised parameters run off to
+infinity) is recognised while it runs: see :meth:`AffineObjective.recedes`.
 
 Identifiability. Softmax is unchanged when the same vector is added to every row's scores, so
 ``b + c 1`` and, for a full matrix, ``W + 1 v^T`` give the same probabilities as ``(W, b)``. With
 both penalties positive the optimum is unique: at it the bias sums to zero and each column's
 off-diagonal entries sum to zero (the NLL gradient sums to zero over the classes, so the penalty's
 must too). Without a penalty the optimum is a set; :func:`canonical` returns its member with those
-same properties, which is the limit of the penalised optimum as the penalty goes to 0. The Newton
-solver's steps have no component along exactly flat directions (the gradient has none); L-BFGS
-never moves along them.
+same properties, which is the limit of the penalised optimum as the penalty goes to 0; the
+solver's result is mapped to it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from torchcal._newton import CHOLESKY_RCOND, Curvature, minimise
 from torchcal._objective import default_chunk_elements
 
 #: Transformed float64 rows are kept in memory up to this many elements (256 MiB); beyond it
 #: every pass recomputes them chunk by chunk from the caller's rows.
 CACHE_ELEMENTS = 1 << 25
-#: Newton's method is used up to this many parameters ...
+#: The exact Hessian is formed up to this many parameters ...
 NEWTON_MAX_PARAMETERS = 1200
 #: ... and while one Hessian costs at most this many multiply-adds (rows x parameters^2).
 NEWTON_MAX_WORK = 4e9
-#: Newton solves add this fraction of the Hessian's largest diagonal entry to its diagonal.
-NEWTON_RCOND = 1e-13
-#: L-BFGS is preconditioned by the Hessian's per-class blocks up to this many values in them ...
+#: Newton-CG is preconditioned by the Hessian's per-class blocks up to this many values in them
+#: ...
 BLOCK_MAX_ELEMENTS = 1 << 24
 #: ... and while computing them costs at most this many multiply-adds (rows x K x P^2).
 BLOCK_MAX_WORK = 4e10
 #: Elements of the (rows, parameters) matrix behind one Hessian update.
 HESSIAN_CHUNK_ELEMENTS = 1 << 20
+#: Elements per chunk of the float32 rows behind Hessian-vector products (large chunks keep the
+#: matrix products efficient).
+PRODUCT_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,9 @@ class AffineFit:
     objective: float
     iterations: int
     converged: bool  # every partial derivative in the standardised parameters is <= tol
-    method: str  # "newton" or "lbfgs"
+    method: str  # "newton" (exact Hessian) or "newton-cg" (Hessian-vector products)
     unbounded: bool  # the objective decreases without bound along the unpenalised parameters
+    reason: str  # why the solver stopped (see torchcal._newton)
 
 
 class AffineObjective:
@@ -118,8 +127,9 @@ class AffineObjective:
         self.device = rows.device
         elements = chunk_elements or default_chunk_elements(rows.device)
         self.chunk_rows = max(1, elements // self.n_classes)
-        #: Penalise the canonical representative (see :meth:`_penalty`).
-        self.projected = False
+        #: Newton systems: "newton" forms the Hessian, "newton-cg" uses products with it.
+        self.method = "newton"
+        self._float32_rows: list[Tensor] | None = None
         self.mean, self.scale, self.whitening, self.unwhitening = self._moments()
         # b = sum_a theta_ia * U_ia: the bias in terms of the standardised parameters.
         if diagonal:
@@ -258,29 +268,122 @@ class AffineObjective:
             view.diagonal(dim1=0, dim2=2).add_(self._penalty_blocks().permute(1, 2, 0))
         return float(nll) / n + penalty, grad + penalty_grad, hess
 
-    def unbounded(self, theta: Tensor) -> bool:
-        """Whether the objective decreases without bound from ``theta``.
+    def recedes(self, direction: Tensor) -> bool:
+        """Whether the objective falls forever along ``direction``'s unpenalised part.
 
-        Checks one direction: ``theta``'s unpenalised part (the diagonal weights, the bias if
-        ``bias_penalty`` is 0, all weights if ``off_diagonal_penalty`` is 0). If moving along it
-        widens no sample's gap between its label's score and another class's and widens some,
-        the NLL keeps falling along it while the penalty stays put: the infimum is not attained
-        (for an unpenalised map: every sample is classified correctly).
+        That part is the diagonal weights, the bias if ``bias_penalty`` is 0, and all weights if
+        ``off_diagonal_penalty`` is 0. If moving along it widens no sample's gap between its
+        label's score and another class's and widens some, the NLL keeps falling along it while
+        the penalty stays put, from any point: the infimum is not attained (for an unpenalised
+        map: the classes are separable). ``direction`` is in the standardised parameters (a
+        point is a direction from 0).
         """
-        weight, bias = self.to_original(theta)
+        weight, bias = self.to_original(direction)
         if not self.diagonal and self.off_diagonal_penalty:
-            weight = torch.diag(torch.diagonal(weight))
+            weight = torch.diagonal(weight)
         if self.bias_penalty:
             bias = torch.zeros_like(bias)
         narrowest, widest, largest = float("inf"), 0.0, 0.0
         for start, stop, x in self._raw_chunks():
-            scores = x * weight + bias if self.diagonal else x @ weight.T + bias
+            scores = x * weight + bias if weight.dim() == 1 else x @ weight.T + bias
             gaps = scores.gather(1, self.labels[start:stop, None]) - scores
             narrowest = min(narrowest, float(gaps.min()))
             widest = max(widest, float(gaps.max()))
             largest = max(largest, float(scores.abs().max()))
         resolution = 1e-9 * largest
         return narrowest >= -resolution and widest > resolution
+
+    # ------------------------------------------------------------------ for torchcal._newton
+    def value_and_gradient(self, theta: Tensor) -> tuple[float, Tensor]:
+        """The objective and its (K, P) gradient at ``theta`` (one pass)."""
+        value, grad, _ = self.evaluate(theta)
+        return value, grad
+
+    def curvature(self, theta: Tensor) -> Curvature:
+        """The Hessian at ``theta``: formed (``method="newton"``), or as float32 products with
+        float64 accumulation and the per-class blocks' inverse (or the diagonal's) as
+        preconditioner (``"newton-cg"``)."""
+        if self.method == "newton":
+            _, _, hess = self.evaluate(theta, hessian=True)
+            return Curvature(matrix=hess)
+        return Curvature(
+            product=self._hessian_product(theta), precondition=self._precondition(theta)
+        )
+
+    def _product_rows(self) -> Iterator[Tensor]:
+        """The standardised rows in float32, in large chunks (kept if the float64 ones are)."""
+        if self._float32_rows is not None:
+            yield from self._float32_rows
+            return
+        rows = max(1, PRODUCT_CHUNK_ELEMENTS // self.n_classes)
+        chunks, pending, count = [], [], 0
+        for _, _, x in self._standardised_chunks():
+            pending.append(x.to(torch.float32))
+            count += x.shape[0]
+            if count >= rows:
+                chunks.append(torch.cat(pending))
+                pending, count = [], 0
+                if self._cache is None:
+                    yield chunks.pop()
+        if pending:
+            chunks.append(torch.cat(pending))
+        if self._cache is not None:
+            self._float32_rows = chunks
+        yield from chunks
+
+    def _hessian_product(self, theta: Tensor) -> Callable[[Tensor], Tensor]:
+        """``v -> H v`` at ``theta``: the NLL's part from float32 products summed in float64,
+        the penalty's exactly (it is quadratic, so its Hessian times ``v`` is its gradient at
+        ``v``)."""
+        theta32 = theta.to(torch.float32)
+        keep = self._cache is not None  # the float32 rows are kept: keep their probabilities
+        kept = (
+            [torch.softmax(self._scores(x, theta32), dim=1) for x in self._product_rows()]
+            if keep
+            else []
+        )
+
+        def product(v: Tensor) -> Tensor:
+            v32 = v.to(torch.float32)
+            out = torch.zeros_like(v)
+            probabilities = iter(kept) if keep else None
+            for x in self._product_rows():
+                if probabilities is not None:
+                    probs = next(probabilities)
+                else:
+                    probs = torch.softmax(self._scores(x, theta32), dim=1)
+                weighted = probs * self._scores(x, v32)
+                weighted -= probs * weighted.sum(dim=1, keepdim=True)
+                if self.diagonal:
+                    out[:, 0] += (weighted * x).sum(dim=0, dtype=torch.float64)
+                else:
+                    out[:, :-1] += (weighted.T @ x).to(torch.float64)
+                out[:, -1] += weighted.sum(dim=0, dtype=torch.float64)
+            return out / self.n_samples + self._penalty(v)[1]
+
+        return product
+
+    def _precondition(self, theta: Tensor) -> Callable[[Tensor], Tensor]:
+        """The inverse of the Hessian's per-class blocks at ``theta`` (its diagonal if too large).
+
+        Each class's own block captures what makes these problems ill-conditioned: rare classes
+        (little curvature) and correlated inputs weighted by where the class is likely.
+        """
+        k, width = self.n_classes, self.width
+        size = k * width * width
+        if size <= BLOCK_MAX_ELEMENTS and self.n_samples * size <= BLOCK_MAX_WORK:
+            blocks = self.hessian_blocks(theta)
+            eye = torch.eye(width, dtype=blocks.dtype, device=blocks.device)
+            largest = blocks.diagonal(dim1=1, dim2=2).abs().amax(dim=1).clamp_min(1e-300)
+            factors, info = torch.linalg.cholesky_ex(
+                blocks + CHOLESKY_RCOND * largest[:, None, None] * eye
+            )
+            if not bool((info != 0).any()):
+                return lambda q: torch.cholesky_solve(q[:, :, None], factors).squeeze(2)
+        diagonal = self.hessian_diagonal(theta)
+        floor = 1e-12 * max(float(diagonal.max()), 1e-300)
+        diagonal = diagonal.clamp_min(floor)
+        return lambda q: q / diagonal
 
     def _add_hessian(self, hess: Tensor, blocks: Tensor, x: Tensor, probs: Tensor) -> None:
         """Add a chunk's sum of (diag(p) - p p^T) (x) f f^T, f the features of each parameter.
@@ -319,16 +422,8 @@ class AffineObjective:
             blocks += (weights.T @ outer).view(self.n_classes, self.width, self.width)
 
     def _penalty(self, theta: Tensor) -> tuple[float, Tensor]:
-        """The ODIR penalty (on the original parameters) and its gradient in ``theta``.
-
-        With :attr:`projected`, the penalty of the :func:`canonical` representative: the
-        objective is then flat along the directions softmax ignores, which LBFGS otherwise
-        crawls along (their only curvature is the small penalty's). The gradient is the same
-        formula at the canonical point (its components along those directions sum to zero).
-        """
+        """The ODIR penalty (on the original parameters) and its gradient in ``theta``."""
         weight, bias = self.to_original(theta)
-        if self.projected:
-            weight, bias = canonical(weight, bias, diagonal=self.diagonal)
         value = self.bias_penalty * float(bias.square().sum())
         grad = 2 * self.bias_penalty * bias[:, None] * self.bias_map
         if self.off_diagonal_penalty:
@@ -371,17 +466,18 @@ class AffineObjective:
         return blocks + self._penalty_blocks()
 
     def hessian_diagonal(self, theta: Tensor) -> Tensor:
-        """The Hessian's diagonal (K, P) at ``theta``, in one pass (for preconditioning)."""
+        """The Hessian's diagonal (K, P) at ``theta``, in one pass of float32 products summed in
+        float64 (for preconditioning)."""
         diag = torch.zeros_like(theta)
-        for _, _, x in self._standardised_chunks():
-            probs = torch.softmax(self._scores(x, theta), dim=1)
+        theta32 = theta.to(torch.float32)
+        for x in self._product_rows():
+            probs = torch.softmax(self._scores(x, theta32), dim=1)
             spread = probs * (1 - probs)
             if self.diagonal:
-                diag[:, 0] += (spread * x.square()).sum(dim=0)
-                diag[:, 1] += spread.sum(dim=0)
+                diag[:, 0] += (spread * x.square()).sum(dim=0, dtype=torch.float64)
             else:
-                diag[:, :-1] += spread.T @ x.square()
-                diag[:, -1] += spread.sum(dim=0)
+                diag[:, :-1] += (spread.T @ x.square()).to(torch.float64)
+            diag[:, -1] += spread.sum(dim=0, dtype=torch.float64)
         diag /= self.n_samples
         diag += 2 * self.bias_penalty * self.bias_map.square()
         if self.off_diagonal_penalty:
@@ -414,188 +510,29 @@ def fit_affine(
     max_iter: int,
     method: str = "auto",
 ) -> AffineFit:
-    """Minimise ``objective`` from ``(start_weight, start_bias)``.
+    """Minimise ``objective`` from ``(start_weight, start_bias)``, or from the uniform map
+    (``theta = 0``, objective ``log K``) if that is lower or the start's objective is not finite.
 
-    ``method="auto"`` picks Newton's method when the Hessian is cheap (see
-    :data:`NEWTON_MAX_PARAMETERS`, :data:`NEWTON_MAX_WORK`), else LBFGS.
+    ``method="auto"`` forms the exact Hessian when it is cheap (see
+    :data:`NEWTON_MAX_PARAMETERS`, :data:`NEWTON_MAX_WORK`), else uses Newton-CG.
     """
     theta = objective.to_standardised(start_weight, start_bias)
+    if not objective.value(theta) < math.log(objective.n_classes):
+        theta = torch.zeros_like(theta)
     if method == "auto":
         n = objective.n_parameters
         cheap = n <= NEWTON_MAX_PARAMETERS and objective.n_samples * n * n <= NEWTON_MAX_WORK
-        method = "newton" if cheap else "lbfgs"
-    solve = _newton if method == "newton" else _lbfgs
-    theta, iterations = solve(objective, theta, tol=tol, max_iter=max_iter)
-    value, grad, _ = objective.evaluate(theta)
-    weight, bias = canonical(*objective.to_original(theta), diagonal=objective.diagonal)
+        method = "newton" if cheap else "newton-cg"
+    objective.method = method
+    result = minimise(objective, theta, tol=tol, max_iter=max_iter)
+    weight, bias = canonical(*objective.to_original(result.theta), diagonal=objective.diagonal)
     return AffineFit(
         weight=weight,
         bias=bias,
-        objective=value,
-        iterations=iterations,
-        converged=float(grad.abs().max()) <= tol,
+        objective=result.value,
+        iterations=result.iterations,
+        converged=result.converged,
         method=method,
-        unbounded=objective.unbounded(theta),
+        unbounded=result.reason == "recession" or objective.recedes(result.theta),
+        reason=result.reason,
     )
-
-
-def _newton(
-    objective: AffineObjective, theta: Tensor, *, tol: float, max_iter: int
-) -> tuple[Tensor, int]:
-    """Damped Newton: Cholesky-solved steps, backtracking (Armijo) line search."""
-    for iteration in range(max_iter):
-        value, grad, hess = objective.evaluate(theta, hessian=True)
-        if float(grad.abs().max()) <= tol:
-            return theta, iteration
-        assert hess is not None
-        g = grad.flatten()
-        step = -_solve_positive(hess, g).view_as(theta)
-        slope = float((g * step.flatten()).sum())
-        if not slope < 0:
-            return theta, iteration
-        size = 1.0
-        for _ in range(60):
-            trial = theta + size * step
-            if objective.value(trial) <= value + 1e-4 * size * slope:
-                break
-            size /= 2
-        else:
-            return theta, iteration  # no decrease representable in float64: stop here
-        theta = trial
-    return theta, max_iter
-
-
-def _solve_positive(matrix: Tensor, vector: Tensor) -> Tensor:
-    """``matrix^-1 vector`` for a positive semi-definite matrix, by Cholesky with a jitter.
-
-    The jitter starts at ``NEWTON_RCOND`` of the largest diagonal entry and grows until the
-    factorisation succeeds; it only matters along (near-)flat directions, along which the
-    gradient has no component. (Cholesky rather than an eigendecomposition: much cheaper, and
-    multi-threaded ``eigh`` can be very slow on a busy CPU.)
-    """
-    eye = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
-    jitter = NEWTON_RCOND * max(float(matrix.diagonal().abs().max()), 1e-300)
-    for _ in range(12):
-        factor, info = torch.linalg.cholesky_ex(matrix + jitter * eye)
-        if int(info) == 0:
-            return torch.cholesky_solve(vector[:, None], factor).squeeze(1)
-        jitter *= 100.0
-    raise RuntimeError("the Hessian could not be factorised; it is not positive semi-definite")
-
-
-def _lbfgs(
-    objective: AffineObjective, theta: Tensor, *, tol: float, max_iter: int, history: int = 20
-) -> tuple[Tensor, int]:
-    """L-BFGS preconditioned by the Hessian's per-class blocks, with a line search on
-    directional derivatives only.
-
-    Near the optimum the objective's decrease per step falls below float64 resolution long
-    before the gradient reaches a tight tolerance, which stalls line searches that compare
-    function values (Armijo). The objective is convex, so the derivative along the search
-    direction, ``phi'(t) = grad(theta + t d) . d``, increases with ``t``: a step with
-    ``0.9 phi'(0) <= phi'(t) <= 0`` (the curvature condition, short of the minimiser along the
-    line) decreases the objective and keeps ``s . y > 0``, and can be found from gradients alone.
-    """
-    objective.projected = True
-    precondition = _preconditioner(objective, theta)
-    _, grad, _ = objective.evaluate(theta)
-    pairs: list[tuple[Tensor, Tensor, float]] = []
-    iterations = 0
-    while iterations < max_iter and float(grad.abs().max()) > tol:
-        direction = -_two_loop(grad, pairs, precondition)
-        slope = float((grad * direction).sum())
-        if not slope < 0:  # lost descent to rounding: restart from the preconditioned gradient
-            pairs.clear()
-            direction = -precondition(grad)
-            slope = float((grad * direction).sum())
-        step = _line_search(objective, theta, direction, slope)
-        if step is None:
-            break
-        new_theta, new_grad = step
-        s, y = new_theta - theta, new_grad - grad
-        curvature = float((s * y).sum())
-        if curvature > 0:
-            pairs.append((s, y, 1.0 / curvature))
-            del pairs[:-history]
-        theta, grad = new_theta, new_grad
-        iterations += 1
-    objective.projected = False
-    weight, bias = objective.to_original(theta)
-    return objective.to_standardised(
-        *canonical(weight, bias, diagonal=objective.diagonal)
-    ), iterations
-
-
-def _preconditioner(objective: AffineObjective, theta: Tensor) -> Callable[[Tensor], Tensor]:
-    """The inverse of the Hessian's per-class blocks at ``theta`` (its diagonal if too large).
-
-    Each class's own block captures what makes these problems ill-conditioned: rare classes
-    (little curvature) and correlated inputs weighted by where the class is likely.
-    """
-    k, width = objective.n_classes, objective.width
-    size = k * width * width
-    if size <= BLOCK_MAX_ELEMENTS and objective.n_samples * size <= BLOCK_MAX_WORK:
-        blocks = objective.hessian_blocks(theta)
-        eye = torch.eye(width, dtype=blocks.dtype, device=blocks.device)
-        largest = blocks.diagonal(dim1=1, dim2=2).abs().amax(dim=1).clamp_min(1e-300)
-        factors, info = torch.linalg.cholesky_ex(
-            blocks + NEWTON_RCOND * largest[:, None, None] * eye
-        )
-        if not bool((info != 0).any()):
-            return lambda q: torch.cholesky_solve(q[:, :, None], factors).squeeze(2)
-    diagonal = objective.hessian_diagonal(theta).clamp_min(1e-12)
-    return lambda q: q / diagonal
-
-
-def _two_loop(
-    grad: Tensor,
-    pairs: list[tuple[Tensor, Tensor, float]],
-    precondition: Callable[[Tensor], Tensor],
-) -> Tensor:
-    """The L-BFGS inverse-Hessian approximation applied to ``grad``."""
-    q = grad.clone()
-    alphas = []
-    for s, y, rho in reversed(pairs):
-        alpha = rho * float((s * q).sum())
-        q -= alpha * y
-        alphas.append(alpha)
-    if pairs:
-        s, y, _ = pairs[-1]
-        gamma = float((s * y).sum()) / float((y * precondition(y)).sum())
-    else:
-        gamma = 1.0
-    r = gamma * precondition(q)
-    for (s, y, rho), alpha in zip(pairs, reversed(alphas), strict=True):
-        r += (alpha - rho * float((y * r).sum())) * s
-    return r
-
-
-def _line_search(
-    objective: AffineObjective, theta: Tensor, direction: Tensor, slope: float
-) -> tuple[Tensor, Tensor] | None:
-    """A step along ``direction`` with ``0.9 slope <= phi'(t) <= 0`` (see :func:`_lbfgs`).
-
-    Brackets the target by doubling ``t`` from 1, then narrows it by safeguarded secant steps
-    on ``phi'``. Returns the new point and its gradient, or ``None`` if no step was found.
-    """
-    low, low_slope = 0.0, slope
-    high, high_slope = float("inf"), 0.0
-    t = 1.0
-    best: tuple[Tensor, Tensor] | None = None
-    for _ in range(60):
-        point = theta + t * direction
-        _, grad, _ = objective.evaluate(point)
-        trial = float((grad * direction).sum())
-        if 0.9 * slope <= trial <= 0:
-            return point, grad
-        if trial < 0:  # still descending steeply: the step may grow
-            low, low_slope, best = t, trial, (point, grad)
-        else:  # past the minimiser along the line
-            high, high_slope = t, trial
-        if high == float("inf"):
-            t *= 2.0
-        else:
-            secant = low - low_slope * (high - low) / (high_slope - low_slope)
-            margin = 0.1 * (high - low)
-            t = min(max(secant, low + margin), high - margin)
-    return best  # a shorter step that still descends, if any

@@ -15,10 +15,14 @@ scaling: Obtaining well-calibrated multi-class probabilities with Dirichlet cali
 * :class:`DirichletCalibrator`: ``x = log_softmax(z)``, a full matrix and a bias, with ODIR
   (``diagonal=True``: one scale per class, the bias penalty only).
 
-The objective is convex; it is minimised by Newton's method with the exact Hessian when that is
-cheap (up to about 1,200 parameters: K <= 34 for a full matrix) and by L-BFGS otherwise, until
-every partial derivative (on standardised inputs) is below ``tol`` (see ``torchcal._affine``).
-Every fit starts from the fitted temperature, ``W = I / T``, ``b = 0``.
+The objective is convex; it is minimised by Newton's method (``torchcal._newton``), with the
+exact Hessian when that is cheap (up to about 1,200 parameters: K <= 34 for a full matrix) and
+with conjugate gradients on Hessian-vector products otherwise (Newton-CG), until every partial
+derivative (on standardised inputs) is below ``tol`` (see ``torchcal._affine``). Every fit starts
+from the fitted temperature, ``W = I / T``, ``b = 0`` (or from the uniform map if that is
+better). Separable data, on which the likelihood keeps improving as the scales grow, are
+recognised while the solver runs: it stops early with a
+:class:`~torchcal.errors.CalibrationWarning`, keeping finite parameters.
 
 Softmax ignores a constant added to every score, so the bias is determined only up to a common
 shift and a full matrix only up to adding one vector to every row. The fitted values are the
@@ -45,7 +49,7 @@ from torchcal.calibrator import SoftmaxCalibrator
 from torchcal.errors import CalibrationWarning
 from torchcal.export import in_compute_dtype
 
-#: The largest K a full (K, K) matrix is fitted for: beyond it the K^2 parameters, their LBFGS
+#: The largest K a full (K, K) matrix is fitted for: beyond it the K^2 parameters, their Newton
 #: history and the O(M K^2) passes are out of proportion to what a calibration set can support.
 MAX_MATRIX_CLASSES = 1024
 #: A fit whose largest weight exceeds this multiple of 1/T (the fitted temperature's) is reported
@@ -54,6 +58,8 @@ DIVERGENCE_FACTOR = 100.0
 #: Without explicit ``reg_lambda``/``reg_mu``, each off-diagonal weight and bias is penalised by
 #: this much on the *summed* NLL: ``reg_lambda = 100 K (K - 1) / M``, ``reg_mu = 100 K / M``.
 DEFAULT_PENALTY = 100.0
+#: Newton steps on 1/T spent on the start of every affine fit at most.
+START_ITERATIONS = 10
 
 
 def affine_calibration(logits: Tensor, weight: Tensor, bias: Tensor, log_probs: bool) -> Tensor:
@@ -99,7 +105,7 @@ class AffineCalibrationHead(nn.Module):
 
 
 class _AffineCalibrator(SoftmaxCalibrator):
-    """An affine map of transformed scores, fitted by full-batch LBFGS on mean NLL + ODIR.
+    """An affine map of transformed scores, fitted by Newton's method on mean NLL + ODIR.
 
     Subclasses set :attr:`_log_probs` (the map acts on ``log_softmax(z)`` rather than ``z``) and
     call ``_setup`` with their penalties and whether the weight is diagonal.
@@ -181,17 +187,29 @@ class _AffineCalibrator(SoftmaxCalibrator):
         largest = float(result.weight.abs().max())
         if result.unbounded or largest > DIVERGENCE_FACTOR * beta:
             why = (
-                "scaling up its unpenalised parameters narrows no sample's margin and widens some"
+                "the classes are separable: scaling up its unpenalised parameters narrows no "
+                "sample's margin and widens some, so the scales run off to infinity"
                 if result.unbounded
                 else f"its weights reached {largest:.3g}, over {DIVERGENCE_FACTOR:g} times 1/T = "
                 f"{beta:.3g}"
             )
+            stopped = " (stopped early)" if result.reason == "recession" else ""
             warnings.warn(
-                f"the {self.kind} fit ran towards infinity: {why}. On these samples the "
+                f"the {self.kind} fit ran towards infinity{stopped}: {why}. On these samples the "
                 "likelihood keeps improving as the map's scale grows (some classes are "
                 "separated perfectly), so the parameters are where the solver stopped and will "
                 "be overconfident on new data. Calibrate on more data (misclassified samples "
                 f"included){self._remedy} or use TemperatureScaler",
+                CalibrationWarning,
+                stacklevel=3,
+            )
+        elif result.reason == "no progress":
+            warnings.warn(
+                f"the {self.kind} fit made no progress after {result.iterations} iterations: the "
+                "objective stopped decreasing (within float64 rounding) before every partial "
+                f"derivative reached tol = {self.tol:g}; the parameters are the best found. "
+                "Inputs of extreme magnitude or nearly collinear classes cause this; rescale the "
+                "logits or use TemperatureScaler",
                 CalibrationWarning,
                 stacklevel=3,
             )
@@ -226,14 +244,16 @@ def _temperature_start(objective: SoftmaxTemperatureNLL) -> float:
     a bound).
 
     ``softmax(log_softmax(z) / T) = softmax(z / T)``, so it is also the Dirichlet map's best
-    multiple of the identity.
+    multiple of the identity. It is only a start: a few Newton steps on beta suffice on any
+    data with a finite optimum, and where the steps keep going (separable data) the affine
+    solver takes over from wherever they stopped.
     """
     solution = solve_temperature(
         objective,
         method="newton",
         temperature_bounds=(1e-2, 1e2),
         rtol=1e-4,
-        max_iter=100,
+        max_iter=START_ITERATIONS,
     )
     return 1.0 if solution.bound is not None else 1.0 / solution.temperature
 
@@ -252,7 +272,7 @@ class VectorScaler(_AffineCalibrator):
         model: the trained classifier; ``None`` to calibrate logits directly.
         tol: the fit stops when every partial derivative of the objective, with respect to the
             parameters acting on standardised inputs, is at most ``tol``.
-        max_iter: iteration limit (Newton or L-BFGS iterations).
+        max_iter: iteration limit (Newton iterations).
         class_dim, ignore_index, inputs, n_bins: as for
             :class:`~torchcal.calibrator.SoftmaxCalibrator`.
 
@@ -321,14 +341,15 @@ class MatrixScaler(_AffineCalibrator):
         reg_mu: the paper's mu, on the bias (>= 0; ``None``: see above).
         tol: the fit stops when every partial derivative of the objective, with respect to the
             parameters acting on standardised inputs, is at most ``tol``.
-        max_iter: iteration limit (Newton or L-BFGS iterations).
+        max_iter: iteration limit (Newton iterations).
         class_dim, ignore_index, inputs, n_bins: as for
             :class:`~torchcal.calibrator.SoftmaxCalibrator`.
 
     Memory: beyond the logits, a float64 copy of the (M, K) rows when M * K <= 2^25 (else the rows
     are converted chunk by chunk on every pass), temporaries of a few chunks of rows, and either
-    the Hessian (Newton, at most 1,200^2 values) or about 45 copies of the K (K + 1) parameters
-    and the Hessian's per-class blocks (L-BFGS, at most 2^24 values).
+    the Hessian (at most 1,200^2 values) or, for larger maps, a float32 copy of the standardised
+    rows and their probabilities, a few copies of the K (K + 1) parameters and the Hessian's
+    per-class blocks (at most 2^24 values).
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -392,7 +413,7 @@ class DirichletCalibrator(_AffineCalibrator):
         diagonal: fit a (K,) scale instead of a (K, K) matrix.
         tol: the fit stops when every partial derivative of the objective, with respect to the
             parameters acting on standardised inputs, is at most ``tol``.
-        max_iter: iteration limit (Newton or L-BFGS iterations).
+        max_iter: iteration limit (Newton iterations).
         class_dim, ignore_index, inputs, n_bins: as for
             :class:`~torchcal.calibrator.SoftmaxCalibrator`.
 
