@@ -249,6 +249,22 @@ class _StreamedNLL:
         rows = values[chunk.start : chunk.stop]
         return rows if chunk.keep is None else rows[chunk.keep]
 
+    def _scratch(self, index: int, shape: torch.Size) -> Tensor:
+        """An uninitialised chunk-sized temporary, on a CPU one of a few reused buffers.
+
+        Reusing them spares every chunk a fresh allocation (and its page faults); an
+        accelerator's caching allocator already does that.
+        """
+        if self.device.type != "cpu":
+            return torch.empty(shape, dtype=self.compute_dtype, device=self.device)
+        buffers = self.__dict__.setdefault("_scratch_buffers", {})
+        size = shape.numel()
+        if index not in buffers or buffers[index].numel() < size:
+            buffers[index] = torch.empty(
+                max(size, self.chunk_rows * max(1, shape[-1])), dtype=self.compute_dtype
+            )
+        return buffers[index][:size].view(shape)
+
     def _new_sums(self) -> Tensor:
         return torch.zeros(N_MOMENTS, dtype=torch.float64, device=self.device)
 
@@ -463,8 +479,9 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
     ) -> None:
         row_max = self._rows(self.row_max, chunk).to(self.compute_dtype)
         gap = self._rows(self.label_logit, chunk).to(self.compute_dtype) - row_max  # <= 0
-        shifted = chunk.logits - row_max[:, None]  # z - max(z) <= 0
-        weights = torch.mul(shifted, beta).exp_()  # exp(beta (z - max)), the top entry is 1
+        shape = chunk.logits.shape
+        shifted = torch.sub(chunk.logits, row_max[:, None], out=self._scratch(0, shape))  # <= 0
+        weights = torch.mul(shifted, beta, out=self._scratch(1, shape)).exp_()  # top entry 1
         total = weights.sum(dim=1)
         mean = torch.linalg.vecdot(weights, shifted).div_(total)  # E_p[z] - max(z)
         terms = [total.log().sub_(gap, alpha=beta), mean - gap]
