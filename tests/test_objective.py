@@ -101,3 +101,48 @@ def test_the_label_range_covers_every_kept_label_when_some_are_ignored():
     labels[::3] = -100
     objective = SoftmaxTemperatureNLL(logits, labels, ignore_index=-100, chunk_elements=24)
     assert objective.label_range == (1, 1)
+
+
+def _float64_derivatives(nll, beta: float) -> list[float]:
+    """The first four derivatives of a float64 function of beta, by nested autograd."""
+    derivative, values = nll, []
+    for _ in range(4):
+        derivative = torch.func.grad(derivative)
+        values.append(float(derivative(torch.tensor(beta, dtype=torch.float64))))
+    return values
+
+
+@pytest.mark.parametrize("beta", [0.3, 1.0, 2.5])
+def test_softmax_taylor_derivatives_match_float64_autograd(beta):
+    logits, labels = tempered_logits(3_000, 12, seed=12)
+    z = logits.double()
+    z_label = z.gather(1, labels[:, None]).squeeze(1)
+
+    def nll(b):
+        return (torch.logsumexp(z * b, dim=1) - b * z_label).mean()
+
+    expected = _float64_derivatives(nll, beta)
+    objective = SoftmaxTemperatureNLL(logits, labels, chunk_elements=12 * 500)
+    found = objective.evaluate(beta, taylor=True)
+    assert [found.grad, found.hess, found.third, found.fourth] == pytest.approx(
+        expected, rel=1e-4, abs=1e-6 * abs(expected[1])
+    )
+    assert found.nll == pytest.approx(float(nll(torch.tensor(beta, dtype=torch.float64))))
+
+
+@pytest.mark.parametrize("beta", [0.3, 1.0, 2.5])
+def test_sigmoid_taylor_derivatives_match_float64_autograd(beta):
+    generator = torch.Generator().manual_seed(13)
+    logits = torch.randn(5_000, generator=generator) * 3
+    targets = (torch.rand(5_000, generator=generator) < torch.sigmoid(logits / 2)).float()
+    z, t = logits.double(), targets.double()
+
+    def nll(b):
+        return torch.nn.functional.binary_cross_entropy_with_logits(z * b, t)
+
+    expected = _float64_derivatives(nll, beta)
+    objective = SigmoidTemperatureNLL(logits, targets, chunk_elements=700)
+    found = objective.evaluate(beta, taylor=True)
+    assert [found.grad, found.hess, found.third, found.fourth] == pytest.approx(
+        expected, rel=1e-4, abs=1e-6 * abs(expected[1])
+    )

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from torchcal import CalibrationWarning, NotFittedError, TemperatureScaler
+from torchcal import CalibrationWarning, NotFittedError, TemperatureScaler, _solver
 from torchcal.metrics import expected_calibration_error
 
 
@@ -67,9 +67,46 @@ def test_fit_result_ece_matches_the_metric_on_probabilities():
 def test_fit_counts_its_passes_over_the_data():
     logits, labels = tempered_logits(50_000, 100, 2.0, seed=1)
     result = fit(logits, labels).fit_result
-    # one validating pass (which also reports T = 1) plus the solver's own evaluations
-    assert result.data_passes == 1 + result.function_evaluations
+    # one validating pass (which also reports T = 1), the warm start's Taylor step on all rows
+    # (its steps on a 1/16 subsample are not whole passes) and the solver's own evaluations
+    assert result.data_passes == 2 + result.function_evaluations
     assert 1 <= result.function_evaluations <= 6
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "newton"])
+@pytest.mark.parametrize(
+    ("n", "k", "temperature", "data_passes"),
+    [(3_000, 10, 2.0, 5), (10_000, 10, 0.7, 5), (20_000, 100, 2.0, 3), (40_000, 40, 5.0, 3)],
+)
+def test_the_warm_start_lands_so_close_that_the_solver_only_verifies(
+    n, k, temperature, data_passes, method
+):
+    logits, labels = tempered_logits(n, k, temperature, seed=n + k)
+    reference = scipy_temperature(logits, labels)
+    result = fit(logits, labels, method=method).fit_result
+    assert abs(result.temperature / reference - 1) <= 2e-7
+    assert result.converged and result.function_evaluations == 1
+    assert result.iterations == (0 if method == "lbfgs" else 1)
+    # without a subsample (fewer than 2**20 logits) three Taylor steps on all rows, else one
+    assert result.data_passes == data_passes
+
+
+def test_a_default_fit_that_only_verifies_never_builds_a_torch_optimizer(monkeypatch):
+    logits, labels = tempered_logits(5_000, 10, 2.0, seed=11)
+    monkeypatch.setattr(torch.optim, "LBFGS", None)  # building one would fail
+    result = fit(logits, labels).fit_result
+    assert result.converged and result.iterations == 0
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "newton"])
+def test_the_solver_still_iterates_from_a_far_start(monkeypatch, method):
+    logits, labels = tempered_logits(5_000, 10, 2.0, seed=11)
+    reference = scipy_temperature(logits, labels)
+    monkeypatch.setattr(_solver, "warm_start", lambda *args: 1.0)  # T = 1, half the optimum
+    result = fit(logits, labels, method=method).fit_result
+    assert result.converged and result.iterations >= 2 and result.function_evaluations >= 3
+    # LBFGS judges its distance to the optimum with the curvature at its start
+    assert abs(result.temperature / reference - 1) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])

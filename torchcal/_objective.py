@@ -57,8 +57,9 @@ from torchcal.metrics.calibration import bin_sums, uniform_edges
 CPU_CHUNK_ELEMENTS = 1 << 18
 #: On a GPU bigger chunks amortise kernel launches.
 CUDA_CHUNK_ELEMENTS = 1 << 24
-#: The NLL, its first and second derivative: the first entries of every pass's sums.
-N_MOMENTS = 3
+#: The NLL and its first four derivatives in beta: the first entries of every pass's sums (the
+#: third and fourth only for the warm start's Taylor steps, see ``evaluate(taylor=True)``).
+N_MOMENTS = 5
 #: Confidences buffered before they are binned (see _BinSums).
 BIN_BATCH = 1 << 16
 #: Logits whose widest row range is below this are computed in float64: in float32 the squares
@@ -74,6 +75,7 @@ class Evaluation:
 
     ``bins`` (if asked for) holds the reliability-bin sums of the top-label confidences at
     ``beta``: shape (3, n_bins), the count, sum of confidence and sum of correctness per bin.
+    ``third`` and ``fourth`` (if asked for) are the third and fourth derivatives in ``beta``.
     """
 
     beta: float
@@ -81,6 +83,8 @@ class Evaluation:
     grad: float
     hess: float | None
     bins: Tensor | None
+    third: float | None = None
+    fourth: float | None = None
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -226,8 +230,16 @@ class _StreamedNLL:
         raise NotImplementedError
 
     def _add_chunk_sums(
-        self, sums: Tensor, chunk: _Chunk, beta: float, hessian: bool, bins: _BinSums | None
+        self,
+        sums: Tensor,
+        chunk: _Chunk,
+        beta: float,
+        hessian: bool,
+        bins: _BinSums | None,
+        taylor: bool = False,
     ) -> None:
+        """Add the chunk's sums of the NLL and its derivatives (up to the fourth with ``taylor``,
+        else up to the second with ``hessian``) to ``sums``, and its confidences to ``bins``."""
         raise NotImplementedError
 
     def _strided_row_state(self, step: int, offset: int) -> None:
@@ -252,48 +264,72 @@ class _StreamedNLL:
         rows = values[chunk.start : chunk.stop]
         return rows if chunk.keep is None else rows[chunk.keep]
 
+    def _scratch(self, index: int, shape: torch.Size) -> Tensor:
+        """An uninitialised chunk-sized temporary, on a CPU one of a few reused buffers.
+
+        Reusing them spares every chunk a fresh allocation (and its page faults); an
+        accelerator's caching allocator already does that.
+        """
+        if self.device.type != "cpu":
+            return torch.empty(shape, dtype=self.compute_dtype, device=self.device)
+        buffers = self.__dict__.setdefault("_scratch_buffers", {})
+        size = shape.numel()
+        buffer = buffers.get(index)
+        if buffer is None or buffer.numel() < size or buffer.dtype != self.compute_dtype:
+            buffers[index] = torch.empty(
+                max(size, self.chunk_rows * max(1, shape[-1])), dtype=self.compute_dtype
+            )
+        return buffers[index][:size].view(shape)
+
     def _new_sums(self) -> Tensor:
         return torch.zeros(N_MOMENTS, dtype=torch.float64, device=self.device)
 
     def _new_bins(self) -> _BinSums:
         return _BinSums(self.edges, BIN_BATCH, self.compute_dtype)
 
-    def _finish(self, beta: float, sums: Tensor, hessian: bool, bins: bool) -> Evaluation:
-        nll, grad, hess = (sums[:N_MOMENTS] / self.n_samples).tolist()
+    def _finish(
+        self, beta: float, sums: Tensor, hessian: bool, bins: bool, taylor: bool = False
+    ) -> Evaluation:
+        nll, grad, hess, third, fourth = (sums[:N_MOMENTS] / self.n_samples).tolist()
         return Evaluation(
             beta=beta,
             nll=nll,
             grad=grad,
-            hess=hess if hessian else None,
+            hess=hess if hessian or taylor else None,
             bins=sums[N_MOMENTS:].reshape(3, self.n_bins) if bins else None,
+            third=third if taylor else None,
+            fourth=fourth if taylor else None,
         )
 
-    def _local_sums(self, beta: float, hessian: bool, bins: bool) -> Tensor:
+    def _local_sums(self, beta: float, hessian: bool, bins: bool, taylor: bool = False) -> Tensor:
         """This process's sums at ``beta`` (and bin sums), in float64 if float32 overflows."""
         sums, bin_sums = self._new_sums(), self._new_bins() if bins else None
         for chunk in self._chunks():
-            self._add_chunk_sums(sums, chunk, beta, hessian, bin_sums)
+            self._add_chunk_sums(sums, chunk, beta, hessian, bin_sums, taylor)
         self.passes += 1
         if bin_sums is not None:
             sums = torch.cat([sums, bin_sums.result().reshape(-1)])
-        if not bool(torch.isfinite(sums).all()) and self.compute_dtype != torch.float64:
+        if not _reported_sums_finite(sums) and self.compute_dtype != torch.float64:
             self.compute_dtype = torch.float64  # finite logits whose arithmetic overflows float32
-            return self._local_sums(beta, hessian, bins)
+            return self._local_sums(beta, hessian, bins, taylor)
         return sums
 
-    def evaluate(self, beta: float, *, hessian: bool = False, bins: bool = False) -> Evaluation:
+    def evaluate(
+        self, beta: float, *, hessian: bool = False, bins: bool = False, taylor: bool = False
+    ) -> Evaluation:
         """NLL, dNLL/dbeta (and d2NLL/dbeta2, reliability-bin sums) at ``beta`` in one pass.
 
+        ``taylor=True`` adds the second, third and fourth derivatives (for warm-start steps).
         Raises ``ValueError`` (on every rank) if the sums are not finite even in float64.
         """
-        totals = self.reducer.sum(self._local_sums(beta, hessian, bins))
-        if not bool(torch.isfinite(totals).all()):
+        totals = self.reducer.sum(self._local_sums(beta, hessian, bins, taylor))
+        if not _reported_sums_finite(totals):
             raise ValueError(
                 f"the temperature-scaling NLL at T = {1.0 / beta:.4g} overflows even in float64: "
                 f"the logits' row ranges (or magnitudes) reach {self.largest_range:.4g}, too wide "
                 "to calibrate; check the model's outputs"
             )
-        return self._finish(beta, totals, hessian, bins)
+        return self._finish(beta, totals, hessian, bins, taylor)
 
     def _initial_sums(self, sums: Tensor, bins: _BinSums) -> Tensor:
         """The validating pass's sums and bins at beta = 1, redone in float64 if they overflowed."""
@@ -557,22 +593,57 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
         self.label_logit = self.label_logit[offset::step]
 
     def _add_chunk_sums(
-        self, sums: Tensor, chunk: _Chunk, beta: float, hessian: bool, bins: _BinSums | None
+        self,
+        sums: Tensor,
+        chunk: _Chunk,
+        beta: float,
+        hessian: bool,
+        bins: _BinSums | None,
+        taylor: bool = False,
     ) -> None:
-        """Add the chunk's sums of the NLL, its gradient and (optionally) curvature and bins."""
         row_max = self._rows(self.row_max, chunk).to(self.compute_dtype)
         gap = self._rows(self.label_logit, chunk).to(self.compute_dtype) - row_max  # <= 0
-        shifted = chunk.logits - row_max[:, None]  # z - max(z) <= 0
-        weights = torch.mul(shifted, beta).exp_()  # exp(beta (z - max)), the top entry is 1
+        shape = chunk.logits.shape
+        shifted = torch.sub(chunk.logits, row_max[:, None], out=self._scratch(0, shape))  # <= 0
+        weights = torch.mul(shifted, beta, out=self._scratch(1, shape)).exp_()  # top entry 1
         total = weights.sum(dim=1)
-        mean_shifted = torch.linalg.vecdot(weights, shifted) / total  # E_p[z] - max(z)
-        sums[0] += (total.log() - beta * gap).sum(dtype=torch.float64)
-        sums[1] += (mean_shifted - gap).sum(dtype=torch.float64)
-        if hessian:
-            second = torch.linalg.vecdot(weights.mul_(shifted), shifted) / total
-            sums[2] += (second - mean_shifted.square()).sum(dtype=torch.float64)
+        mean = torch.linalg.vecdot(weights, shifted).div_(total)  # E_p[z] - max(z)
+        terms = [total.log().sub_(gap, alpha=beta), mean - gap]
+        if hessian or taylor:
+            # raw moments E_p[s^k] of s = z - max(z), with the powers multiplied into the weights
+            power = weights.mul_(shifted)
+            second = torch.linalg.vecdot(power, shifted).div_(total)
+            variance = second - mean.square()
+            terms.append(variance)
+            if taylor:
+                third = torch.linalg.vecdot(power.mul_(shifted), shifted).div_(total)
+                fourth = torch.linalg.vecdot(power.mul_(shifted), shifted).div_(total)
+                terms += _third_and_fourth_cumulants(mean, second, third, fourth, variance)
+        sums[: len(terms)] += torch.stack(terms).sum(dim=1, dtype=torch.float64)
         if bins is not None:
             bins.add(total.reciprocal(), gap == 0)
+
+
+def _reported_sums_finite(sums: Tensor) -> bool:
+    """Whether the NLL, its first two derivatives and the bin sums are finite.
+
+    The third and fourth derivatives only shape warm-start steps: where they overflow (huge
+    logits raised to the fourth power) the step falls back to Newton's, so they do not count.
+    """
+    return bool(torch.isfinite(sums[:3]).all()) and bool(torch.isfinite(sums[N_MOMENTS:]).all())
+
+
+def _third_and_fourth_cumulants(
+    mean: Tensor, second: Tensor, third: Tensor, fourth: Tensor, variance: Tensor
+) -> list[Tensor]:
+    """Per-row third and fourth cumulants from the raw moments ``E[s^k]`` (k = 1..4).
+
+    They are the third and fourth derivatives in beta of ``logsumexp(beta * z)``. Computed in
+    the chunk's precision (they only shape warm-start steps, never the reported optimum).
+    """
+    third_central = third - mean * (3 * second - 2 * mean.square())
+    fourth_central = fourth - mean * (4 * third - mean * (6 * second - 3 * mean.square()))
+    return [third_central, fourth_central - 3 * variance.square()]
 
 
 class SigmoidTemperatureNLL(_StreamedNLL):
@@ -655,17 +726,29 @@ class SigmoidTemperatureNLL(_StreamedNLL):
         return torch.cat([self._initial_sums(sums, bins), extras])
 
     def _add_chunk_sums(
-        self, sums: Tensor, chunk: _Chunk, beta: float, hessian: bool, bins: _BinSums | None
+        self,
+        sums: Tensor,
+        chunk: _Chunk,
+        beta: float,
+        hessian: bool,
+        bins: _BinSums | None,
+        taylor: bool = False,
     ) -> None:
         targets = self._rows(self.labels, chunk).to(self.compute_dtype)
         margin = chunk.logits * (2 * targets - 1)  # positive when right
         scaled = margin * -beta
-        sums[0] += torch.nn.functional.softplus(scaled).sum(dtype=torch.float64)
         wrong = torch.sigmoid(scaled)  # probability given to the wrong class
-        sums[1] += (-margin * wrong).sum(dtype=torch.float64)
-        if hessian:  # in this order a huge margin meets a zero probability before it squares
+        terms = [torch.nn.functional.softplus(scaled), -margin * wrong]
+        if hessian or taylor:
+            # in this order a huge margin meets a zero probability before it squares
             curvature = (margin * wrong) * ((1 - wrong) * margin)
-            sums[2] += curvature.sum(dtype=torch.float64)
+            terms.append(curvature)
+            if taylor:
+                # d^k/dbeta^k softplus(-beta m) = (-m)^k v_k(p), p = sigmoid(-beta m):
+                # v_2 = p (1 - p), v_3 = v_2 (1 - 2 p), v_4 = v_2 (1 - 6 v_2)
+                terms.append(-curvature * margin * (1 - 2 * wrong))
+                terms.append(curvature * margin * margin * (1 - 6 * wrong * (1 - wrong)))
+        sums[: len(terms)] += torch.stack(terms).sum(dim=1, dtype=torch.float64)
         if bins is not None:
             confidences = torch.sigmoid(chunk.logits.abs() * beta)
             bins.add(confidences, (chunk.logits >= 0) == (targets == 1))
