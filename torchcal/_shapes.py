@@ -16,7 +16,6 @@ labels' shape. One-hot labels for softmax are rejected with a message saying how
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +30,7 @@ from torchcal._validation import (
     check_has_values,
     check_tensor,
 )
-from torchcal.errors import CalibrationWarning
+from torchcal.errors import warn
 
 ACTIVATIONS = ("auto", "softmax", "sigmoid")
 INPUTS = ("logits", "probs")
@@ -265,13 +264,11 @@ def _warn_about_impossible_labels(probs: Tensor, labels: Tensor, activation: str
     count = int(impossible.sum())
     if count:
         tiny = torch.finfo(torch.float64 if probs.dtype == torch.float64 else torch.float32).tiny
-        warnings.warn(
+        warn(
             f"{count} of {impossible.numel()} true labels have probability exactly 0, so their "
             f"NLL is infinite; they are fitted as probability {tiny:.3g}. Rounded probabilities "
             "(float16, a clamp) lose the small values that calibration needs: pass the logits "
             "with inputs='logits' if you can",
-            CalibrationWarning,
-            stacklevel=5,
         )
 
 

@@ -22,7 +22,6 @@ a pure function used by both the calibrator and its exported head, so the heads 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,7 +32,7 @@ from torchcal._loaded import loaded_tensor
 from torchcal._objective import SoftmaxTemperatureNLL
 from torchcal._validation import check_bin_count
 from torchcal.calibrator import SoftmaxCalibrator
-from torchcal.errors import CalibrationWarning
+from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
 
 #: Smallest one-vs-rest output before renormalising (float32-friendly; log(1e-6) = -13.8).
@@ -179,17 +178,15 @@ class IsotonicHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------- calibrators
-def _warn_about_absent_classes(labels: Tensor, n_classes: int, kind: str, stacklevel: int) -> None:
+def _warn_about_absent_classes(labels: Tensor, n_classes: int, kind: str) -> None:
     counts = torch.bincount(labels, minlength=n_classes)
     absent = (counts == 0).nonzero().squeeze(1).tolist()
     if absent:
         shown = ", ".join(map(str, absent[:10])) + (", ..." if len(absent) > 10 else "")
-        warnings.warn(
+        warn(
             f"{len(absent)} of {n_classes} classes never occur among the {labels.numel()} labels "
             f"(class {shown}): the {kind} map of such a class is 0 wherever it has data, so its "
             "calibrated probability ends near the floor; validate on data with every class",
-            CalibrationWarning,
-            stacklevel=stacklevel,
         )
 
 
@@ -252,7 +249,7 @@ class HistogramBinning(SoftmaxCalibrator):
         self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
     ) -> tuple[int, bool]:
         n_classes = logits.shape[1]
-        _warn_about_absent_classes(labels, n_classes, "histogram", stacklevel=4)
+        _warn_about_absent_classes(labels, n_classes, "histogram")
         probs = torch.softmax(in_compute_dtype(logits), dim=-1)
         index = histogram_bin(probs, self.bins)
         # flat (class, bin) index of every probability; its positives are the label's column
@@ -365,7 +362,7 @@ class IsotonicCalibrator(SoftmaxCalibrator):
     ) -> tuple[int, bool]:
         isotonic_regression = _isotonic_regression()
         n_classes = logits.shape[1]
-        _warn_about_absent_classes(labels, n_classes, "isotonic", stacklevel=5)
+        _warn_about_absent_classes(labels, n_classes, "isotonic")
         # float32 probabilities (for non-float64 logits) passed as exact float64 values: the
         # knots are then float32 numbers, stored without rounding
         probs = torch.softmax(in_compute_dtype(logits), dim=-1).double().cpu().numpy()

@@ -33,7 +33,7 @@ from torchcal._shapes import INPUTS, check_probabilities_input, probabilities_to
 from torchcal._validation import check_bin_count, check_choice, check_model
 from torchcal._version import __version__
 from torchcal.collect import logits_and_labels, model_logits
-from torchcal.errors import CalibrationWarning, NotFittedError
+from torchcal.errors import NotFittedError, warn
 from torchcal.export import (
     CalibratedModel,
     KeywordCalibratedModel,
@@ -47,15 +47,13 @@ from torchcal.result import CalibratorFitResult
 _Self = TypeVar("_Self", bound="Calibrator")
 
 
-def warn_if_one_class(objective: SoftmaxTemperatureNLL, stacklevel: int) -> None:
+def warn_if_one_class(objective: SoftmaxTemperatureNLL) -> None:
     """Warn when every kept label is the same class (over every rank of a distributed fit)."""
     low, high = objective.label_range
     if objective.n_samples > 1 and low == high:
-        warnings.warn(
+        warn(
             f"all {objective.n_samples} labels are class {low}: a calibration fitted on one "
             "class says little about the others; validate on data with every class",
-            CalibrationWarning,
-            stacklevel=stacklevel + 1,
         )
 
 
@@ -453,7 +451,7 @@ class SoftmaxCalibrator(Calibrator):
         # uncalibrated NLL and reliability bins; the methods that fit a temperature reuse it.
         uncalibrated = SoftmaxTemperatureNLL(rows.logits, rows.labels, n_bins=self.n_bins)
         self._refuse_overflowing_rows(uncalibrated)
-        warn_if_one_class(uncalibrated, stacklevel=2)
+        warn_if_one_class(uncalibrated)
         with self._fitting() as draft:
             draft._fit_device = rows.logits.device  # fitted values live where the logits are
             with torch.no_grad():
@@ -475,11 +473,9 @@ class SoftmaxCalibrator(Calibrator):
                 converged=converged,
             )
             if not converged:
-                warnings.warn(
+                warn(
                     f"the {self.kind} fit stopped after {iterations} iterations without "
                     "converging; its parameters may be inexact",
-                    CalibrationWarning,
-                    stacklevel=2,
                 )
         return self
 

@@ -29,7 +29,6 @@ exactly at a KKT point) is below :data:`WEIGHT_GAP_TOL`.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,7 @@ from torchcal._validation import (
     check_temperature_bounds,
 )
 from torchcal.calibrator import SoftmaxCalibrator
-from torchcal.errors import CalibrationWarning
+from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
 from torchcal.temperature import fit_temperature
 
@@ -303,12 +302,10 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
         if solution.bound is not None:
             low, high = self.temperature_bounds
             held = low if solution.bound == "lower" else high
-            warnings.warn(
+            warn(
                 f"the ensemble's temperature lies beyond the {solution.bound} bound: T was held at "
                 f"{held:g} (see TemperatureScaler for what this says about the data); the weights "
                 "were fitted with that T",
-                CalibrationWarning,
-                stacklevel=3,
             )
         weights, iterations, converged = fit_weights(
             logits, labels, solution.temperature, self.loss, self.max_iter

@@ -34,7 +34,6 @@ of it as the penalties go to 0.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -46,7 +45,7 @@ from torchcal._objective import SoftmaxTemperatureNLL
 from torchcal._solver import solve_temperature
 from torchcal._validation import check_positive_finite, check_positive_int
 from torchcal.calibrator import SoftmaxCalibrator
-from torchcal.errors import CalibrationWarning
+from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
 
 #: The largest K a full (K, K) matrix is fitted for: beyond it the K^2 parameters, their Newton
@@ -166,12 +165,10 @@ class _AffineCalibrator(SoftmaxCalibrator):
             bias_penalty=bias_penalty,
         )
         if affine.n_parameters > n_samples:
-            warnings.warn(
+            warn(
                 f"{type(self).__name__} has {affine.n_parameters} parameters but only "
                 f"{n_samples} samples to fit them on: expect it to overfit; calibrate on more "
                 "data, raise the penalties, or use a smaller map (VectorScaler, TemperatureScaler)",
-                CalibrationWarning,
-                stacklevel=3,
             )
         beta = _temperature_start(objective)
         eye = torch.ones(n_classes) if self.diagonal else torch.eye(n_classes)
@@ -194,24 +191,20 @@ class _AffineCalibrator(SoftmaxCalibrator):
                 f"{beta:.3g}"
             )
             stopped = " (stopped early)" if result.reason == "recession" else ""
-            warnings.warn(
+            warn(
                 f"the {self.kind} fit ran towards infinity{stopped}: {why}. On these samples the "
                 "likelihood keeps improving as the map's scale grows (some classes are "
                 "separated perfectly), so the parameters are where the solver stopped and will "
                 "be overconfident on new data. Calibrate on more data (misclassified samples "
                 f"included){self._remedy} or use TemperatureScaler",
-                CalibrationWarning,
-                stacklevel=3,
             )
         elif result.reason == "no progress":
-            warnings.warn(
+            warn(
                 f"the {self.kind} fit made no progress after {result.iterations} iterations: the "
                 "objective stopped decreasing (within float64 rounding) before every partial "
                 f"derivative reached tol = {self.tol:g}; the parameters are the best found. "
                 "Inputs of extreme magnitude or nearly collinear classes cause this; rescale the "
                 "logits or use TemperatureScaler",
-                CalibrationWarning,
-                stacklevel=3,
             )
         return result.iterations, result.converged
 

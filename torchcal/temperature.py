@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,7 +33,7 @@ from torchcal.calibrator import (
     warn_if_one_class,
 )
 from torchcal.collect import check_loader, logits_and_labels
-from torchcal.errors import CalibrationWarning
+from torchcal.errors import warn
 from torchcal.export import CalibratedModel, TemperatureHead
 from torchcal.result import FitResult
 
@@ -491,7 +490,7 @@ class TemperatureScaler(Calibrator):
                 objective.synchronise()
         assert rows is not None
         if rows.activation == "softmax":
-            warn_if_one_class(objectives[0], stacklevel=2)
+            warn_if_one_class(objectives[0])
         with self._fitting() as draft:
             results, temperatures = [], []
             for objective in objectives:
@@ -609,26 +608,20 @@ class TemperatureScaler(Calibrator):
                 if objective.n_top == objective.n_samples
                 else "the NLL is still falling there"
             )
-            warnings.warn(
+            warn(
                 f"the optimal temperature lies below the lower bound {low:g}: {why}. T was held "
                 f"at {low:g}; validate on data the model gets wrong sometimes, or widen "
                 "temperature_bounds",
-                CalibrationWarning,
-                stacklevel=3,
             )
         elif solution.bound == "upper":
-            warnings.warn(
+            warn(
                 f"the optimal temperature lies above the upper bound {high:g}: the logits predict "
                 "the labels no better than chance (uniform probabilities fit best). T was held at "
                 f"{high:g}; check that logits and labels are aligned",
-                CalibrationWarning,
-                stacklevel=3,
             )
         elif not solution.converged:
-            warnings.warn(
+            warn(
                 f"the temperature fit stopped after {solution.iterations} iterations without "
                 f"reaching tol={self.tol:g}; T = {solution.temperature:.6g} may be inexact. "
                 "Raise max_iter or try method='newton'",
-                CalibrationWarning,
-                stacklevel=3,
             )
