@@ -7,7 +7,7 @@ header: ``format`` (always ``"torchcal"``), ``format_version``, ``torchcal_versi
 constructor options, JSON) and ``fit_result`` (the fitted state: fit results, class dimension;
 JSON). It holds no
 code and no model weights, so it is safe to load from anywhere and a few hundred bytes long.
-safetensors is an optional dependency: ``pip install "torchcal[export]"``.
+safetensors is a dependency of torchcal, installed with it.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def _safetensors() -> Any:
         import safetensors.torch
     except ImportError as error:
         raise ImportError(
-            "torchcal.save and torchcal.load need the safetensors package: "
-            'pip install safetensors (or pip install "torchcal[export]")'
+            "torchcal.save and torchcal.load need the safetensors package, a dependency of "
+            "torchcal that is missing from this environment: pip install safetensors"
         ) from error
     return safetensors
 
