@@ -31,8 +31,8 @@ def _safetensors() -> Any:
         import safetensors.torch
     except ImportError as error:
         raise ImportError(
-            "torchcal.save and torchcal.load need the safetensors package, a dependency of "
-            "torchcal that is missing from this environment: pip install safetensors"
+            "torchcal.save and torchcal.load need the safetensors package: pip install "
+            "safetensors (a dependency of torchcal, missing from this environment)"
         ) from error
     return safetensors
 
