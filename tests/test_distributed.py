@@ -191,6 +191,7 @@ def test_distributed_needs_an_initialised_process_group():
         TemperatureScaler().fit(logits, labels, process_group=object())
 
 
+@pytest.mark.slow  # a script in a subprocess, end to end; pytest -m slow runs it
 def test_the_sharded_example_prints_one_temperature_on_every_rank():
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(
