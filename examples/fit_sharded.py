@@ -8,8 +8,10 @@ Run:  python examples/fit_sharded.py                         # 2 gloo processes 
       torchrun --nproc-per-node 4 examples/fit_sharded.py    # or any launcher that sets RANK
 """
 
+import datetime
 import os
-import socket
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -18,6 +20,8 @@ import torch.multiprocessing as mp
 from torchcal import TemperatureScaler
 
 N_SAMPLES, N_CLASSES = 30_000, 100
+# Only a guard against a hang: a slow start on a busy machine must not end the run.
+TIMEOUT = datetime.timedelta(minutes=10)
 
 
 def validation_set() -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,24 +43,35 @@ def fit_my_shard() -> None:
     print(line, end="", flush=True)  # one write, so that the ranks' lines do not interleave
 
 
-def spawned_rank(rank: int, world_size: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+def fit_and_leave_together() -> None:
+    """Fit, then wait for every rank before closing the connections: a rank that tore its
+    process group down while another was still reading the last exchange would break it."""
     try:
         fit_my_shard()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
+def spawned_rank(rank: int, world_size: int, rendezvous: str) -> None:
+    # A file rendezvous: no TCP port to pick, so no port another process can take first.
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{rendezvous}",
+        rank=rank,
+        world_size=world_size,
+        timeout=TIMEOUT,
+    )
+    fit_and_leave_together()
+
+
 if __name__ == "__main__":
     if "RANK" in os.environ:  # started by torchrun
-        dist.init_process_group("gloo")
-        fit_my_shard()
-        dist.destroy_process_group()
+        dist.init_process_group("gloo", timeout=TIMEOUT)
+        fit_and_leave_together()
     else:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        mp.spawn(spawned_rank, args=(2, port), nprocs=2, join=True)
+        with tempfile.TemporaryDirectory() as folder:
+            rendezvous = str(Path(folder) / "rendezvous")
+            mp.spawn(spawned_rank, args=(2, rendezvous), nprocs=2, join=True)
         single = TemperatureScaler().fit(*validation_set(), progress=False)
         print(f"one process on all {N_SAMPLES} samples: T = {single.temperature:.6f}")

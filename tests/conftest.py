@@ -59,3 +59,51 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f"{COUNTS['warned']} warned, {COUNTS['exact']} exact, "
             f"{COUNTS['mishandled']} mishandled"
         )
+
+
+def newton_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The float64 optimum of the mean NLL over T by safeguarded Newton on beta = 1/T (numpy).
+
+    The NLL is convex in beta, with derivatives mean(E_p[z] - z_y) and mean(Var_p[z]), exact
+    in one pass over the rows; Newton solves for a zero first derivative, so it is accurate to
+    about 1e-12, where a scalar search comparing NLL values (:func:`scipy_temperature`) resolves
+    the flat minimum only to about 1e-8. Started from the optimum of every 16th row, it needs a
+    few passes over all of them where a scalar search needs thirty. Written independently of
+    torchcal and checked against scipy in ``tests/test_temperature.py``.
+    """
+    values, targets = logits.numpy(), labels.numpy()
+    start = _newton_beta(values[::16], targets[::16], beta=1.0)
+    return 1.0 / _newton_beta(values, targets, beta=start)
+
+
+def _newton_beta(values: np.ndarray, targets: np.ndarray, beta: float, rows: int = 2048) -> float:
+    """The NLL's minimiser over beta in [1e-3, 1e3] (scipy_temperature's bounds), from ``beta``."""
+
+    def derivatives(beta: float) -> tuple[float, float]:
+        first = second = 0.0
+        for start in range(0, len(targets), rows):
+            z = values[start : start + rows].astype(np.float64)
+            scaled = beta * z
+            weights = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+            total = weights.sum(axis=1)
+            mean = (weights * z).sum(axis=1) / total
+            square = (weights * z * z).sum(axis=1) / total
+            label = z[np.arange(len(z)), targets[start : start + rows]]
+            first += float((mean - label).sum())
+            second += float((square - mean**2).sum())
+        return first / len(targets), second / len(targets)
+
+    low, high = 1e-3, 1e3
+    for _ in range(100):
+        slope, curvature = derivatives(beta)
+        if slope > 0:  # the optimum lies below beta
+            high = beta
+        else:
+            low = beta
+        candidate = beta - slope / curvature if curvature > 0 else math.inf
+        if not low < candidate < high:  # outside the bracket: bisect it instead (in log)
+            candidate = math.sqrt(low * high)
+        if abs(candidate - beta) <= 1e-13 * beta:
+            return candidate
+        beta = candidate
+    raise AssertionError("the Newton reference did not converge")

@@ -199,6 +199,7 @@ def test_the_cli_fit_reads_npy_and_safetensors_in_chunks(problem, tmp_path, monk
         assert reads and max(reads) <= CPU_CHUNK_ELEMENTS // K
 
 
+@pytest.mark.slow  # a script in a subprocess, end to end; pytest -m slow runs it
 def test_the_benchmark_script_runs_on_a_small_file(tmp_path):
     script = [sys.executable, str(ROOT / "benchmarks" / "fit_mapped.py"), "--rows", "3000"]
     script += ["--classes", "64"]

@@ -12,7 +12,7 @@ calibrator's bounds, weights of the right shape for the stored number of classes
 refuses anything else with a ``ValueError`` that names the file and the field. :func:`save`
 writes a temporary file beside the target and renames it over the target, so an interrupted
 save leaves the previous file intact.
-safetensors is an optional dependency: ``pip install "torchcal[export]"``.
+safetensors is a dependency of torchcal, installed with it.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def _safetensors() -> Any:
         import safetensors.torch
     except ImportError as error:
         raise ImportError(
-            "torchcal.save and torchcal.load need the safetensors package: "
-            'pip install safetensors (or pip install "torchcal[export]")'
+            "torchcal.save and torchcal.load need the safetensors package: pip install "
+            "safetensors (a dependency of torchcal, missing from this environment)"
         ) from error
     return safetensors
 
