@@ -262,8 +262,10 @@ def test_out_of_range_values_and_rows_off_the_simplex_are_refused_in_every_dtype
             broken = probs.to(dtype).clone()
             broken[1, 0] = bad
             expect_refused(lambda p=broken: expected_calibration_error(p, labels), "probs")
-        # 0.5 + 0.504: a bfloat16 sum would round to 1.0; the check sums in float32
-        off = torch.tensor([[0.5, 0.5], [0.5, 0.504]], dtype=dtype)
+        # 0.5 + 0.504: a float16 sum would round to 1.0; the check sums in float32. bfloat16
+        # rounding alone moves a row's sum by up to its epsilon (2^-7), so it is held to that.
+        second = 0.52 if dtype == torch.bfloat16 else 0.504
+        off = torch.tensor([[0.5, 0.5], [0.5, second]], dtype=dtype)
         expect_refused(lambda p=off: expected_calibration_error(p, labels), "sum to 1", "row 1")
 
 
@@ -336,3 +338,13 @@ def test_class_wise_quantile_bins_match_numpy():
         errors.append(np.sum(np.abs(acc - conf) * counts) / counts.sum())
     found = classwise_calibration_error(probs, labels, n_bins=5, strategy="quantile")
     assert float(found) == pytest.approx(np.mean(errors), abs=1e-12)
+
+
+def test_bfloat16_rounding_of_true_probabilities_is_not_refused():
+    # [0.498, 0.502] rounds to [0.498046875, 0.50390625] in bfloat16: a sum 1.00195 that is
+    # pure rounding, beyond 1e-3 but within bfloat16's epsilon.
+    probs = torch.tensor([[0.498, 0.502], [0.25, 0.75]], dtype=torch.bfloat16)
+    assert float(probs.float().sum(dim=1)[0]) > 1.001
+    value = expected_calibration_error(probs, torch.tensor([1, 1]), n_bins=2)
+    reference = (abs(0.50390625 - 1) + abs(0.75 - 1)) / 2  # both in the top bin: |conf - acc|
+    assert float(value) == pytest.approx(reference, abs=1e-12)

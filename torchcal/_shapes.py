@@ -28,6 +28,7 @@ from torchcal._validation import (
     check_binary_targets,
     check_choice,
     check_has_values,
+    check_row_sums,
     check_tensor,
 )
 from torchcal.errors import warn
@@ -249,6 +250,8 @@ def probabilities_to_logits(probs: Tensor, activation: str) -> Tensor:
 
 def _probs_to_logits(probs: Tensor, labels: Tensor, activation: str) -> Tensor:
     check_probabilities_input(probs)
+    if activation == "softmax" and probs.numel():
+        check_row_sums(probs)
     _warn_about_impossible_labels(probs, labels, activation)
     return probabilities_to_logits(probs, activation)
 

@@ -308,3 +308,43 @@ def check_probabilities(probs: object, dim: int = -1, name: str = "probs") -> tu
             "the dim that holds the classes"
         )
     return probs, dim
+
+
+def row_sum_tolerance(dtype: torch.dtype) -> float:
+    """How far from 1 the rows of softmax probabilities in ``dtype`` may sum: 1e-3, or the
+    dtype's machine epsilon where rounding each entry may move the sum further (bfloat16).
+
+    Example:
+        >>> row_sum_tolerance(torch.float32), row_sum_tolerance(torch.bfloat16)
+        (0.001, 0.0078125)
+    """
+    return max(1e-3, torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-3
+
+
+def check_row_sums(probs: Tensor) -> None:
+    """Rows of (N, K) ``probs`` sum to 1 within :func:`row_sum_tolerance`, from one read.
+
+    Example:
+        >>> check_row_sums(torch.tensor([[0.25, 0.75], [0.0, 0.0]]))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: probs rows must sum to 1; 1 row(s) do not, e.g. row 1 sums to 0. ...
+    """
+    if probs.dtype == torch.float64 or (
+        probs.dtype == torch.float32 and probs.device.type == "cpu"
+    ):
+        # a BLAS product reads the rows fastest on a CPU; on a GPU it could use TF32
+        sums = probs @ probs.new_ones(probs.shape[1])
+    else:  # in float32 (float16 and bfloat16 cannot hold a sum to 1e-3)
+        sums = probs.sum(dim=1, dtype=torch.float32)
+    tolerance = row_sum_tolerance(probs.dtype)
+    low, high = torch.stack(list(torch.aminmax(sums))).tolist()
+    if low >= 1 - tolerance and high <= 1 + tolerance:
+        return
+    off = (sums - 1).abs() > tolerance
+    row = int(off.nonzero()[0])
+    total = float(probs[row].sum(dtype=torch.float64))
+    raise ValueError(
+        f"probs rows must sum to 1; {int(off.sum())} row(s) do not, e.g. row {row} sums to "
+        f"{total:.6g}. Pass softmax probabilities, not logits or scores"
+    )

@@ -62,7 +62,8 @@ class FitResult(_JSONRecord):
         status = "converged" if self.converged else "NOT converged"
         return (
             f"T = {self.temperature:.6g} on {self.n_samples} samples ({self.method}, {status}"
-            f"{at_bound}, {self.function_evaluations} evaluations): "
+            f"{at_bound}, {self.function_evaluations} evaluation"
+            f"{'' if self.function_evaluations == 1 else 's'}): "
             f"NLL {self.nll_before:.4f} -> {self.nll_after:.4f}, "
             f"ECE {self.ece_before:.4f} -> {self.ece_after:.4f}"
         )

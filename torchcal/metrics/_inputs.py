@@ -15,13 +15,17 @@ import torch
 from torch import Tensor
 
 from torchcal._shapes import to_rows
-from torchcal._validation import check_labels, check_positive_int, check_unit_interval
+from torchcal._validation import (
+    check_labels,
+    check_positive_int,
+    check_row_sums,
+    check_unit_interval,
+)
 
 #: The most bins a binned metric takes: its per-bin sums cost O(n_bins) memory and time.
 MAX_BINS = 100_000
 #: Elements of an (N, K) tensor converted to float64 at a time (8 MB).
 CHUNK_ELEMENTS = 1 << 20
-_ROW_SUM_TOLERANCE = 1e-3
 
 
 def as_tensor(value: object, name: str) -> Tensor:
@@ -88,27 +92,6 @@ def check_unit_range(probs: Tensor, conversion: str) -> None:
     low, high = torch.stack(list(torch.aminmax(probs))).tolist()
     if not (low >= 0.0 and high <= 1.0):  # also False for NaN
         check_unit_interval(probs, "probs", conversion)  # raises the detailed message
-
-
-def check_row_sums(probs: Tensor) -> None:
-    """Rows of (N, K) ``probs`` sum to 1 within 1e-3, from one read of the rows."""
-    if probs.dtype == torch.float64 or (
-        probs.dtype == torch.float32 and probs.device.type == "cpu"
-    ):
-        # a BLAS product reads the rows fastest on a CPU; on a GPU it could use TF32
-        sums = probs @ probs.new_ones(probs.shape[1])
-    else:  # in float32 (float16 and bfloat16 cannot hold a sum to 1e-3)
-        sums = probs.sum(dim=1, dtype=torch.float32)
-    low, high = torch.stack(list(torch.aminmax(sums))).tolist()
-    if low >= 1 - _ROW_SUM_TOLERANCE and high <= 1 + _ROW_SUM_TOLERANCE:
-        return
-    off = (sums - 1).abs() > _ROW_SUM_TOLERANCE
-    row = int(off.nonzero()[0])
-    total = float(probs[row].sum(dtype=torch.float64))
-    raise ValueError(
-        f"probs rows must sum to 1; {int(off.sum())} row(s) do not, e.g. row {row} sums to "
-        f"{total:.6g}. Pass softmax probabilities, not logits or scores"
-    )
 
 
 def _plain_rows(
