@@ -82,6 +82,7 @@ def one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None
         assert fragment in lines[0]
 
 
+@pytest.mark.slow  # about 30 s of subprocess runs
 def test_bad_inputs_end_in_one_clear_line(files, tmp_path):
     folder, _, labels = files
     np.save(tmp_path / "short.npy", labels[:10].numpy())

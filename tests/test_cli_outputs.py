@@ -22,6 +22,9 @@ from torchcal import TemperatureScaler, compare
 from torchcal.files import load_scaler
 from torchcal.metrics import expected_calibration_error, negative_log_likelihood
 
+# Each test runs the command several times in subprocesses (about 20 s each).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def probs_files(tmp_path_factory):

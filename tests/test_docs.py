@@ -157,6 +157,7 @@ def demo_output_in_readme() -> str:
     return re.search(r"Its output:\n\n```text\n(.*?)```", README, flags=re.DOTALL).group(1)
 
 
+@pytest.mark.slow  # a subprocess that trains the digits network: about 12 s
 def test_demo_prints_the_readme_output(tmp_path):
     stdout = run_stdout(sys.executable, "-m", "torchcal", "demo", cwd=tmp_path)
     printed = [line for line in stdout.strip().splitlines()]
@@ -168,6 +169,7 @@ def test_demo_prints_the_readme_output(tmp_path):
         assert (tmp_path / "torchcal-demo" / name).stat().st_size > 0
 
 
+@pytest.mark.slow  # a subprocess that trains the digits network: about 12 s
 def test_digits_example_agrees_with_the_demo_output():
     stdout = run_stdout(sys.executable, str(ROOT / "examples" / "digits.py"))
     lines = stdout.strip().splitlines()
@@ -183,6 +185,7 @@ def test_digits_example_agrees_with_the_demo_output():
             assert_figures_match(value, table[metric][column])
 
 
+@pytest.mark.slow  # a subprocess that trains the digits network: about 12 s
 def test_escalation_example_keeps_its_target_on_the_test_split():
     stdout = run_stdout(sys.executable, str(ROOT / "examples" / "escalation_digits.py"))
     assert_printed_in_readme(stdout)
@@ -212,6 +215,7 @@ def test_shapes_example_recovers_each_true_temperature():
     assert "on 768 positions" in found["tokens"]
 
 
+@pytest.mark.slow  # a subprocess that trains the digits network: about 12 s
 def test_compare_example_prints_the_readme_table():
     stdout = run_stdout(sys.executable, str(ROOT / "examples" / "compare_digits.py"))
     assert_printed_in_readme(stdout)
