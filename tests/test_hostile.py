@@ -355,7 +355,10 @@ def test_float16_probabilities_fit_as_their_exact_logs(kind):
 def test_a_true_label_of_probability_zero_is_counted_in_a_warning(kind):
     probs, labels = half_probabilities(seed=11)
     probs = probs.clone()
-    probs[[3, 7], labels[[3, 7]]] = 0.0
+    rows = [3, 7]
+    probs[rows, labels[rows]] = 0.0
+    # the rest of each row renormalised: still a probability vector, its label's entry exactly 0
+    probs[rows] = (probs[rows].float() / probs[rows].float().sum(dim=1, keepdim=True)).to(probs)
 
     def check(fitted: Calibrator) -> None:
         assert fitted.is_fitted

@@ -292,8 +292,10 @@ class SoftmaxCalibrator(Calibrator):
     # ------------------------------------------------------------------------- subclass hooks
     def _fit_rows(
         self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
-    ) -> tuple[int, bool]:
-        """Fit on (M, K) validated logits and (M,) labels; return (iterations, converged).
+    ) -> tuple[int, bool] | tuple[int, bool, bool]:
+        """Fit on (M, K) validated logits and (M,) labels; return (iterations, converged), or
+        (iterations, converged, explained) where ``explained`` says the method has already warned
+        why it did not converge.
 
         ``objective`` is the temperature-scaling NLL on these rows, already built (its
         validating pass done), for methods that fit a temperature first.
@@ -455,7 +457,11 @@ class SoftmaxCalibrator(Calibrator):
         with self._fitting() as draft:
             draft._fit_device = rows.logits.device  # fitted values live where the logits are
             with torch.no_grad():
-                iterations, converged = draft._fit_rows(rows.logits, rows.labels, uncalibrated)
+                # (iterations, converged[, explained]): explained says the method has already
+                # warned why it stopped short, so the generic warning below would repeat it.
+                iterations, converged, *explained = draft._fit_rows(
+                    rows.logits, rows.labels, uncalibrated
+                )
             assert rows.class_dim is not None  # softmax rows always have a class dimension
             draft._fitted_class_dim = rows.class_dim
             draft._n_classes = rows.logits.shape[1]
@@ -472,7 +478,7 @@ class SoftmaxCalibrator(Calibrator):
                 iterations=iterations,
                 converged=converged,
             )
-            if not converged:
+            if not converged and not any(explained):
                 warn(
                     f"the {self.kind} fit stopped after {iterations} iterations without "
                     "converging; its parameters may be inexact",

@@ -147,7 +147,7 @@ class _AffineCalibrator(SoftmaxCalibrator):
 
     def _fit_rows(
         self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
-    ) -> tuple[int, bool]:
+    ) -> tuple[int, bool, bool]:
         n_samples, n_classes = logits.shape
         if not self.diagonal and n_classes > MAX_MATRIX_CLASSES:
             raise ValueError(
@@ -182,6 +182,7 @@ class _AffineCalibrator(SoftmaxCalibrator):
         self._set_buffer("weight", result.weight)
         self._set_buffer("bias", result.bias)
         largest = float(result.weight.abs().max())
+        explained = True
         if result.unbounded or largest > DIVERGENCE_FACTOR * beta:
             why = (
                 "the classes are separable: scaling up its unpenalised parameters narrows no "
@@ -206,7 +207,9 @@ class _AffineCalibrator(SoftmaxCalibrator):
                 "Inputs of extreme magnitude or nearly collinear classes cause this; rescale the "
                 "logits or use TemperatureScaler",
             )
-        return result.iterations, result.converged
+        else:
+            explained = False
+        return result.iterations, result.converged, explained
 
     def _calibrate(self, logits: Tensor) -> Tensor:
         return affine_calibration(logits, self.weight, self.bias, self._log_probs)
