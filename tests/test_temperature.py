@@ -426,3 +426,19 @@ def test_bad_options_are_rejected_at_construction(options, message):
 def test_one_logit_per_sample_cannot_be_a_softmax():
     with pytest.raises(ValueError, match="K >= 2"):
         fit(torch.zeros(4, 1), torch.zeros(4, dtype=torch.long), activation="softmax")
+
+
+def test_a_stalled_lbfgs_fit_whose_optimum_lies_beyond_a_bound_is_held_there():
+    # bfloat16 logits of 1e18: every softmax is one-hot, the NLL is linear in beta over the whole
+    # box and LBFGS stalls short of the bound (it stopped at T = 986.6, "may be inexact"). The
+    # slope at the bound decides: the optimum lies beyond T = 1000 (NLL still falls there).
+    logits = torch.tensor([[1.5402e18, -2.9273e17], [-2.1797e18, 5.6745e17]], dtype=torch.bfloat16)
+    labels = torch.tensor([1, 1])  # the first row wrong, the second right: dNLL/dbeta(0) < 0
+    with pytest.warns(CalibrationWarning, match="above the upper bound"):
+        scaler = fit(logits, labels)
+    result = scaler.fit_result
+    assert scaler.temperature == pytest.approx(1e3) and result.bound == "upper"
+    assert result.converged
+    z = logits.double()
+    at_bound = numpy_nll(z.numpy(), labels.numpy(), 1e3)
+    assert at_bound <= numpy_nll(z.numpy(), labels.numpy(), 986.6)

@@ -292,6 +292,14 @@ def lbfgs_on_log_temperature(
     if bound is not None:
         clamped = beta_max if bound == "lower" else beta_min
         final = objective.evaluate(clamped, bins=True)
+    elif not converged:
+        # LBFGS can stall on an objective that is flat in curvature (linear in beta, as for
+        # logits so large that every softmax is one-hot). The NLL is convex in beta, so the
+        # slope's sign at the bound it heads for decides exactly whether the optimum lies beyond.
+        edge = objective.evaluate(beta_min if final.grad > 0 else beta_max, bins=True)
+        bound = _bound_beyond(edge, beta_min, beta_max)
+        if bound is not None:
+            final, converged = edge, True
     return _solution(final, iterations, objective, passes_before, converged, bound)
 
 
