@@ -192,6 +192,18 @@ class Calibrator(nn.Module):
         yield draft
         self.__dict__.update(draft.__dict__)
 
+    def _logits_and_labels(self, data: Any, labels: Any, progress: bool | None) -> tuple[Any, Any]:
+        """``(logits, labels)`` from tensors, or from a loader run through the wrapped model,
+        padded with ``ignore_index`` along this calibrator's class layout."""
+        return logits_and_labels(
+            self.model,
+            data,
+            labels,
+            progress=progress,
+            class_dim=getattr(self, "class_dim", None),
+            ignore_index=getattr(self, "ignore_index", None),
+        )
+
     def _check_fitted(self) -> None:
         if not self.is_fitted:
             raise NotFittedError(
@@ -432,14 +444,7 @@ class SoftmaxCalibrator(Calibrator):
         With a loader the wrapped model runs in eval mode under ``torch.no_grad()`` on its own
         device, and every submodule's mode is restored afterwards. Returns ``self``.
         """
-        logits, labels = logits_and_labels(
-            self.model,
-            data,
-            labels,
-            progress=progress,
-            class_dim=self.class_dim,
-            ignore_index=self.ignore_index,
-        )
+        logits, labels = self._logits_and_labels(data, labels, progress)
         logits, labels = as_tensor(logits), as_tensor(labels)
         rows = to_rows(
             logits,

@@ -32,7 +32,7 @@ from torchcal.calibrator import (
     streamed_calibration_error,
     warn_if_one_class,
 )
-from torchcal.collect import check_loader, logits_and_labels
+from torchcal.collect import check_loader
 from torchcal.errors import warn
 from torchcal.export import CalibratedModel, TemperatureHead
 from torchcal.result import FitResult
@@ -534,14 +534,7 @@ class TemperatureScaler(Calibrator):
     def _collect_rows(self, data: Any, labels: Any, progress: bool | None) -> FitRows:
         if self.shift_labels:
             return self._next_token_rows(data, labels)
-        data, labels = logits_and_labels(
-            self.model,
-            data,
-            labels,
-            progress=progress,
-            class_dim=self.class_dim,
-            ignore_index=self.ignore_index,
-        )
+        data, labels = self._logits_and_labels(data, labels, progress)
         if self.inputs == "probs" or self.per_class or getattr(data, "ndim", 2) > 2:
             data = as_tensor(data)  # numpy arrays are read in chunks only as (N, K) or (N,) logits
         return fit_rows(
