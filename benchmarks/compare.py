@@ -22,8 +22,8 @@ from fit_temperature import make_logits
 from metrics import print_table
 
 import torchcal
+from torchcal._report import METRICS
 from torchcal.metrics import bootstrap_interval
-from torchcal.report import METRICS
 
 
 def main() -> None:

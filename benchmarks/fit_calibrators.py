@@ -52,7 +52,7 @@ def make_logits(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
     return logits * scales, labels
 
 
-def build(kind: str) -> torchcal.calibrator.SoftmaxCalibrator:
+def build(kind: str) -> torchcal.calibrators.base.SoftmaxCalibrator:
     if kind == "temperature":
         return torchcal.TemperatureScaler()
     if kind == "ensemble":

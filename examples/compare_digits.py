@@ -10,7 +10,7 @@ Run:  python examples/compare_digits.py
 import torch
 
 import torchcal
-from torchcal.demo import digits_network, load_digits_splits, train_classifier
+from torchcal._demo import digits_network, load_digits_splits, train_classifier
 
 
 def main() -> None:

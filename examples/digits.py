@@ -6,7 +6,7 @@ Run:  python examples/digits.py
 import torch
 
 from torchcal import TemperatureScaler
-from torchcal.demo import digits_network, load_digits_splits, train_classifier
+from torchcal._demo import digits_network, load_digits_splits, train_classifier
 from torchcal.metrics import (
     brier_score,
     expected_calibration_error,

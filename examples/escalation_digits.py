@@ -8,8 +8,9 @@ Run:  python examples/escalation_digits.py
 
 import torch
 
-from torchcal import TemperatureScaler, escalation_threshold
-from torchcal.demo import digits_network, load_digits_splits, train_classifier
+from torchcal import TemperatureScaler
+from torchcal._demo import digits_network, load_digits_splits, train_classifier
+from torchcal.dial import escalation_threshold
 from torchcal.metrics import top1_margin
 
 TARGET_ACCURACY = 0.995

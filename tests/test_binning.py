@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sklearn.isotonic import IsotonicRegression
 
 from torchcal import CalibrationWarning
-from torchcal.binning import (
+from torchcal.calibrators.binning import (
     PROBABILITY_FLOOR,
     HistogramBinning,
     IsotonicCalibrator,

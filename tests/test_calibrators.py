@@ -16,8 +16,9 @@ from conftest import tempered_logits
 from export_routes import CHECK_BATCHES, EXPORT_BATCH, MODELS, ROUTES, inputs
 
 import torchcal
-from torchcal import CalibrationWarning, Calibrator, NotFittedError, SoftmaxCalibrator
-from torchcal._objective import SoftmaxTemperatureNLL
+from torchcal import CalibrationWarning, Calibrator, NotFittedError
+from torchcal._objectives.temperature import SoftmaxTemperatureNLL
+from torchcal.calibrators import SoftmaxCalibrator
 from torchcal.compare import DEFAULT_METHODS
 
 KINDS = sorted(Calibrator.registry)

@@ -13,7 +13,7 @@ import torch
 from conftest import tempered_logits
 
 from torchcal import TemperatureScaler
-from torchcal.files import load_scaler
+from torchcal.io.files import load_scaler
 from torchcal.metrics import expected_calibration_error
 
 

@@ -19,7 +19,7 @@ from conftest import tempered_logits
 from test_cli import one_line_error, torchcal
 
 from torchcal import TemperatureScaler, compare
-from torchcal.files import load_scaler
+from torchcal.io.files import load_scaler
 from torchcal.metrics import expected_calibration_error, negative_log_likelihood
 
 # Each test runs the command several times in subprocesses (about 20 s each).

@@ -18,9 +18,9 @@ from conftest import scipy_temperature, tempered_logits
 from torch import nn
 
 from torchcal import TemperatureScaler, collect_logits
-from torchcal.calibrator import Calibrator
-from torchcal.collect import Batches, logits_of
-from torchcal.scaling import VectorScaler
+from torchcal._inputs.collect import Batches, logits_of
+from torchcal.calibrators.base import Calibrator
+from torchcal.calibrators.scaling import VectorScaler
 
 
 class Output(dict):
@@ -402,7 +402,7 @@ def test_shift_labels_is_an_option_that_saves_and_loads(tmp_path):
 
 def test_importing_torchcal_imports_no_training_framework():
     code = (
-        "import sys, torchcal, torchcal.collect, torchcal.export\n"
+        "import sys, torchcal, torchcal._inputs.collect, torchcal.export\n"
         "print([m for m in ('transformers', 'lightning', 'pytorch_lightning') if m in sys.modules])"
     )
     result = subprocess.run(

@@ -10,7 +10,7 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from torchcal import HistogramBinning, TemperatureScaler, compare
-from torchcal.report import calibration_summary
+from torchcal._report import calibration_summary
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchcal import distillation_loss
+from torchcal.dial import distillation_loss
 
 
 def manual_loss(student, teacher, temperature, alpha, labels):

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torchcal import CalibrationWarning, TemperatureScaler
-from torchcal.ensemble import (
+from torchcal.calibrators.ensemble import (
     EnsembleTemperatureScaler,
     ensemble_temperature_calibrate,
     fit_weights,

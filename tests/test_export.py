@@ -8,7 +8,8 @@ from conftest import requires_cuda, tempered_logits
 from export_routes import CHECK_BATCHES, EXPORT_BATCH, MODELS, ROUTES, inputs
 from torch import nn
 
-from torchcal import CalibratedModel, NotFittedError, TemperatureHead, TemperatureScaler
+from torchcal import CalibratedModel, NotFittedError, TemperatureScaler
+from torchcal.export import TemperatureHead
 
 
 def fitted_scaler(model_name: str) -> TemperatureScaler:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from torchcal import TemperatureScaler
-from torchcal.files import DataFileError, load_scaler, load_tensor, output_file, save_scaler
+from torchcal.io.files import DataFileError, load_scaler, load_tensor, output_file, save_scaler
 
 ZEROS_BYTES = 64 * 2**20  # the large member: 64 MiB of zeros, a few hundred KiB compressed
 
@@ -95,7 +95,7 @@ def test_save_scaler_keeps_the_earlier_file_when_the_write_fails(tmp_path, monke
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("torchcal._atomic.os.fsync", fail)
+    monkeypatch.setattr("torchcal.io._atomic.os.fsync", fail)
     with pytest.raises(OSError, match=r"cannot write .*scaler.pt: No space left on device"):
         save_scaler(TemperatureScaler().fit(logits * 2, labels, progress=False), path)
     assert path.read_bytes() == before

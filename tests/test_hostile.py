@@ -28,7 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import torchcal
-from torchcal import CalibrationWarning, Calibrator, SoftmaxCalibrator, TemperatureScaler
+from torchcal import CalibrationWarning, Calibrator, TemperatureScaler
+from torchcal.calibrators import SoftmaxCalibrator
 
 KINDS = sorted(Calibrator.registry)
 #: Kinds that fit a temperature first and keep it (``temperature_bounds`` is theirs).
@@ -315,7 +316,7 @@ def test_a_refit_that_fails_late_leaves_the_previous_fit_exactly(kind, monkeypat
 
     # the last step of every fit, after its values are computed and assigned
     target = "_result" if kind == "temperature" else "expected_calibration_error"
-    where = TemperatureScaler if kind == "temperature" else torchcal.calibrator
+    where = TemperatureScaler if kind == "temperature" else torchcal.calibrators.base
     monkeypatch.setattr(where, target, failing_report)
     new_logits, new_labels = problem(120, 5, seed=9)
     expect_refused(lambda: calibrator.fit(new_logits, new_labels), "report failed")

@@ -698,7 +698,7 @@ def test_an_unreadable_file_is_a_permission_problem_not_a_missing_one(tmp_path, 
     monkeypatch.setattr(os, "open", _denied)
     expect_refused(lambda: torchcal.load(path), str(path), "permission denied")
     monkeypatch.undo()
-    monkeypatch.setattr("torchcal.mapped.open", _denied, raising=False)
+    monkeypatch.setattr("torchcal.io.mapped.open", _denied, raising=False)
     expect_refused(lambda: open_logits(logits), str(logits), "permission denied")
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import torchcal
 from torchcal import NotFittedError, TemperatureScaler
-from torchcal.io import FORMAT_VERSION
+from torchcal.io.state import FORMAT_VERSION
 
 
 @pytest.fixture

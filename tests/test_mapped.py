@@ -13,8 +13,8 @@ from conftest import tempered_logits
 from safetensors.torch import save_file
 
 from torchcal import LogitsFile, TemperatureScaler, open_logits
-from torchcal._objective import CPU_CHUNK_ELEMENTS
-from torchcal.files import load_scaler
+from torchcal._objectives.temperature import CPU_CHUNK_ELEMENTS
+from torchcal.io.files import load_scaler
 
 N, K = 20_000, 50
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_the_fit_reads_one_chunk_of_rows_at_a_time(problem, tmp_path):
     np.save(tmp_path / "val.npy", logits.numpy())
     chunk_rows = CPU_CHUNK_ELEMENTS // K
     for source in (open_logits(tmp_path / "val.npy"), np.load(tmp_path / "val.npy", mmap_mode="r")):
-        from torchcal._sources import as_source
+        from torchcal._inputs.sources import as_source
 
         counting = CountingSource(as_source(source))
         scaler = fit(counting, labels)

@@ -7,14 +7,14 @@ import torch
 from conftest import tempered_logits
 
 from torchcal import TemperatureScaler
-from torchcal._objective import (
+from torchcal._inputs.sources import TensorRows
+from torchcal._objectives.temperature import (
     CPU_CHUNK_ELEMENTS,
     SigmoidTemperatureNLL,
     SoftmaxTemperatureNLL,
     _floor_bins_are_exact,
     _uniform_bin_sums,
 )
-from torchcal._sources import TensorRows
 from torchcal.metrics.calibration import bin_sums, uniform_edges
 
 

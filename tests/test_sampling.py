@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from torchcal import sample, softmax
+from torchcal.dial import sample, softmax
 
 LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -0.5, -1.5])
 DRAWS = 20_000

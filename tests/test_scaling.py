@@ -16,15 +16,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchcal._affine import AffineObjective, fit_affine
-from torchcal.errors import CalibrationWarning
-from torchcal.scaling import (
+from torchcal._objectives.affine import AffineObjective, fit_affine
+from torchcal.calibrators.scaling import (
     MAX_MATRIX_CLASSES,
     DirichletCalibrator,
     MatrixScaler,
     VectorScaler,
     affine_calibration,
 )
+from torchcal.errors import CalibrationWarning
 
 CLASSES = {"vector": VectorScaler, "matrix": MatrixScaler, "dirichlet": DirichletCalibrator}
 
@@ -601,7 +601,7 @@ class _Quadratic:
         return float((theta - 3).square().sum()), 2 * (theta - 3)
 
     def curvature(self, theta):
-        from torchcal._newton import Curvature
+        from torchcal._optim.newton import Curvature
 
         return Curvature(matrix=self.matrix)
 
@@ -617,7 +617,7 @@ class _Quadratic:
 def test_newton_survives_a_hessian_that_cannot_be_factorised(matrix):
     """No linear-algebra error escapes: the step falls back to the gradient, and the line search
     still finds the minimum."""
-    from torchcal._newton import minimise
+    from torchcal._optim.newton import minimise
 
     result = minimise(
         _Quadratic(matrix), torch.zeros(3, dtype=torch.float64), tol=1e-12, max_iter=50
@@ -627,7 +627,7 @@ def test_newton_survives_a_hessian_that_cannot_be_factorised(matrix):
 
 
 def test_newton_stops_on_recession_and_on_no_progress():
-    from torchcal._newton import PATIENCE, Curvature, minimise
+    from torchcal._optim.newton import PATIENCE, Curvature, minimise
 
     class Exponential:  # f = exp(-theta): infimum 0 at theta -> infinity
         def value_and_gradient(self, theta):
@@ -660,7 +660,7 @@ def test_hessian_products_match_the_formed_hessian(cached, diagonal, monkeypatch
     """Newton-CG's float32 Hessian-vector products (summed in float64) and the diagonal that
     preconditions them, with the rows kept or recomputed per pass, against the float64 Hessian.
     They only shape the steps; float32 products promise about 1e-6 relative."""
-    import torchcal._affine as affine
+    import torchcal._objectives.affine as affine
 
     if not cached:
         monkeypatch.setattr(affine, "CACHE_ELEMENTS", 0)

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchcal import aurc, escalation_threshold, risk_coverage_curve
+from torchcal.dial import aurc, escalation_threshold, risk_coverage_curve
 
 
 def numpy_curve(scores: np.ndarray, correct: np.ndarray):

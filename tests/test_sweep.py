@@ -8,7 +8,8 @@ import matplotlib
 import pytest
 import torch
 
-from torchcal import TemperatureScaler, plot_temperature_sweep, softmax, temperature_sweep
+from torchcal import TemperatureScaler
+from torchcal.dial import plot_temperature_sweep, softmax, temperature_sweep
 from torchcal.metrics import entropy, top1_margin
 
 matplotlib.use("Agg")

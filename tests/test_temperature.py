@@ -21,7 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from torchcal import CalibrationWarning, NotFittedError, TemperatureScaler, _solver
+from torchcal import CalibrationWarning, NotFittedError, TemperatureScaler
+from torchcal._optim import temperature as _solver
 from torchcal.metrics import expected_calibration_error
 
 

@@ -10,7 +10,7 @@ from conftest import requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchcal import log_softmax, softmax
+from torchcal.dial import log_softmax, softmax
 from torchcal.metrics import top1_margin
 
 WORKED = [

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import entropy as scipy_entropy
 
-from torchcal import softmax
+from torchcal.dial import softmax
 from torchcal.metrics import entropy, max_probability, top1_margin
 
 

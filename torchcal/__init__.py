@@ -11,67 +11,46 @@ Example:
     2.0
 """
 
-from torchcal import metrics
+from torchcal import dial, metrics
+from torchcal._inputs.collect import collect_logits
 from torchcal._version import __version__
-from torchcal.binning import HistogramBinning, IsotonicCalibrator
-from torchcal.calibrator import Calibrator, SoftmaxCalibrator
-from torchcal.collect import collect_logits
-from torchcal.compare import Comparison, compare
-from torchcal.distill import distillation_loss
-from torchcal.ensemble import EnsembleTemperatureScaler
-from torchcal.errors import CalibrationWarning, NotFittedError
-from torchcal.export import CalibratedModel, TemperatureHead
-from torchcal.io import load, save
-from torchcal.mapped import LogitsFile, open_logits
-from torchcal.result import CalibratorFitResult, FitResult
-from torchcal.sampling import sample
-from torchcal.scaling import DirichletCalibrator, MatrixScaler, VectorScaler
-from torchcal.selective import (
-    EscalationThreshold,
-    RiskCoverageCurve,
-    aurc,
-    escalation_threshold,
-    risk_coverage_curve,
+from torchcal.calibrators import (
+    Calibrator,
+    DirichletCalibrator,
+    EnsembleTemperatureScaler,
+    FitResult,
+    HistogramBinning,
+    IsotonicCalibrator,
+    MatrixScaler,
+    TemperatureScaler,
+    VectorScaler,
 )
-from torchcal.sweep import TemperatureSweep, plot_temperature_sweep, temperature_sweep
-from torchcal.temperature import TemperatureScaler
-from torchcal.tempered import log_softmax, softmax
+from torchcal.compare import Comparison, compare
+from torchcal.errors import CalibrationWarning, NotFittedError
+from torchcal.export import CalibratedModel
+from torchcal.io import LogitsFile, load, open_logits, save
 
 __all__ = [
     "CalibratedModel",
     "CalibrationWarning",
     "Calibrator",
-    "CalibratorFitResult",
     "Comparison",
     "DirichletCalibrator",
     "EnsembleTemperatureScaler",
-    "EscalationThreshold",
     "FitResult",
     "HistogramBinning",
     "IsotonicCalibrator",
     "LogitsFile",
     "MatrixScaler",
     "NotFittedError",
-    "RiskCoverageCurve",
-    "SoftmaxCalibrator",
-    "TemperatureHead",
     "TemperatureScaler",
-    "TemperatureSweep",
     "VectorScaler",
     "__version__",
-    "aurc",
     "collect_logits",
     "compare",
-    "distillation_loss",
-    "escalation_threshold",
+    "dial",
     "load",
-    "log_softmax",
     "metrics",
     "open_logits",
-    "plot_temperature_sweep",
-    "risk_coverage_curve",
-    "sample",
     "save",
-    "softmax",
-    "temperature_sweep",
 ]

@@ -22,7 +22,7 @@ from torchcal.errors import NotFittedError
 
 if TYPE_CHECKING:
     from torchcal.compare import Comparison
-    from torchcal.mapped import LogitsFile
+    from torchcal.io.mapped import LogitsFile
 
 __all__ = ["main"]
 
@@ -140,7 +140,7 @@ def _method_names() -> tuple[str, ...]:
 
 
 def _metric_names() -> tuple[str, ...]:
-    from torchcal.report import METRICS
+    from torchcal._report import METRICS
 
     return tuple(METRICS)
 
@@ -161,14 +161,14 @@ def _load_data(
     """A split's logits (or probabilities) and labels, checked. ``chunked=True`` opens .npy and
     .safetensors logits with :func:`~torchcal.open_logits`, to be read in row chunks rather than
     loaded whole. (N, 1) labels are taken as (N,)."""
-    from torchcal._validation import (
+    from torchcal._inputs.validation import (
         check_labels,
         check_logits_matrix,
         check_matrix_layout,
         check_probabilities_matrix,
     )
-    from torchcal.files import load_tensor, safetensors_key
-    from torchcal.mapped import open_logits
+    from torchcal.io.files import load_tensor, safetensors_key
+    from torchcal.io.mapped import open_logits
 
     logits_path, labels_path = getattr(args, f"{split}logits"), getattr(args, f"{split}labels")
     suffix = logits_path.suffix.lower()
@@ -193,7 +193,7 @@ def _load_data(
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from torchcal.demo import run_digits_demo
+    from torchcal._demo import run_digits_demo
 
     report = run_digits_demo(args.output_dir, n_resamples=args.resamples, progress=True)
     print(report.scaler.fit_result)
@@ -205,8 +205,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _fit(args: argparse.Namespace) -> None:
-    from torchcal.calibrator import Calibrator
-    from torchcal.files import check_output, save_scaler
+    from torchcal.calibrators.base import Calibrator
+    from torchcal.io.files import check_output, save_scaler
 
     check_output(args.output)
     # only temperature scaling of logits streams them; the other fits take in-memory rows
@@ -224,11 +224,11 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from torchcal.files import check_output, load_scaler, output_file
+    from torchcal._report import calibration_summary, format_table, write_json
+    from torchcal.calibrators.temperature import TemperatureScaler
+    from torchcal.io.files import check_output, load_scaler, output_file
     from torchcal.metrics import reliability_bins
     from torchcal.plots import reliability_diagram
-    from torchcal.report import calibration_summary, format_table, write_json
-    from torchcal.temperature import TemperatureScaler
 
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -313,7 +313,7 @@ def _compare(args: argparse.Namespace) -> None:
 
 def _check_compare_outputs(args: argparse.Namespace) -> None:
     """Refuse unwritable --save-best and --json targets before the fits."""
-    from torchcal.files import check_output
+    from torchcal.io.files import check_output
 
     for path in (args.save_best, args.json):
         if path is not None:
@@ -324,9 +324,9 @@ def _compare_outputs(
     args: argparse.Namespace, comparison: Comparison, n_validation: int, n_test: int
 ) -> None:
     """Print the best method per metric; write --save-best and --json."""
+    from torchcal._report import METRICS, write_json
     from torchcal.compare import UNCALIBRATED
-    from torchcal.files import save_scaler
-    from torchcal.report import METRICS, write_json
+    from torchcal.io.files import save_scaler
 
     best = {metric: _best_methods(comparison, metric) for metric in METRICS}
     print("\nbest on the test split (point estimates; ties listed together):")

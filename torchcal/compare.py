@@ -23,10 +23,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from torchcal._shapes import to_rows
-from torchcal.calibrator import Calibrator
+from torchcal._inputs.shapes import to_rows
+from torchcal._report import METRICS, format_table
+from torchcal.calibrators.base import Calibrator
 from torchcal.metrics import Bootstrap, MetricInterval
-from torchcal.report import METRICS, format_table
 
 __all__ = ["DEFAULT_METHODS", "Comparison", "compare"]
 
@@ -153,7 +153,7 @@ def compare(
         inputs: ``"logits"`` or ``"probs"`` (probabilities are used as log-probabilities).
         n_resamples, confidence, seed: the test-split bootstrap intervals, drawn once for all
             methods: each method's metrics come from per-sample statistics of its test
-            probabilities, and equal those of ``torchcal.report.calibration_summary``.
+            probabilities, and equal those of ``torchcal._report.calibration_summary``.
         progress: show progress bars (tqdm, on stderr) for the fits and the bootstrap.
 
     Returns:

@@ -8,10 +8,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from torchcal.calibrator import Calibrator
-from torchcal.collect import Batches, _concatenate, collect_logits
-from torchcal.result import FitResult
-from torchcal.temperature import TemperatureScaler
+from torchcal._inputs.collect import Batches, _concatenate, collect_logits
+from torchcal.calibrators.base import Calibrator
+from torchcal.calibrators.result import FitResult
+from torchcal.calibrators.temperature import TemperatureScaler
 
 #: The prefix of every logged metric name.
 PREFIX = "calibration/"

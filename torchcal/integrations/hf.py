@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import Tensor
 
-from torchcal.calibrator import Calibrator
+from torchcal.calibrators.base import Calibrator
 from torchcal.integrations._common import (
     batches,
     fit_calibrator,
@@ -69,7 +69,7 @@ def calibrate_trainer(
         save: ``True`` saves with :func:`torchcal.save` as ``calibration.safetensors`` in the
             trainer's ``output_dir``; a path saves there.
         labels_key, output_fn: how to read the batches and outputs (see
-            :class:`torchcal.collect.Batches`).
+            :class:`torchcal._inputs.collect.Batches`).
         progress: show a progress bar while collecting logits.
         **options: the calibrator's options, e.g. ``shift_labels=True`` for a causal LM.
 
@@ -88,7 +88,7 @@ def calibrate_trainer(
     trainer.log(fit_metrics(calibrator))
     path = save_path(save, trainer.args.output_dir)
     if path is not None and trainer.is_world_process_zero():
-        from torchcal.io import save as save_calibrator
+        from torchcal.io.state import save as save_calibrator
 
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         save_calibrator(calibrator, path)

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
-from torchcal.calibrator import Calibrator
+from torchcal.calibrators.base import Calibrator
 from torchcal.integrations._common import (
     batches,
     fit_calibrator,
@@ -52,7 +52,8 @@ class TemperatureScalingCallback(Callback):  # type: ignore[misc,valid-type]
             rank then fits on all of it, alone, to the same result.
         dataloader_index: which validation dataloader to use when there are several.
         labels_key, input_index, label_index, output_fn: how to read the batches and the
-            module's outputs (see :class:`torchcal.collect.Batches`); the module is called as
+            module's outputs (see
+            :class:`torchcal._inputs.collect.Batches`); the module is called as
             ``module(inputs)``, or ``module(**inputs)`` for dict batches.
         progress: show a progress bar while collecting logits.
         **options: the calibrator's options, e.g. ``temperature_bounds`` or ``n_bins``.
@@ -141,7 +142,7 @@ class TemperatureScalingCallback(Callback):  # type: ignore[misc,valid-type]
         folder = os.path.dirname(checkpoint) if checkpoint else trainer.default_root_dir
         path = save_path(self.save, folder)
         if path is not None and trainer.is_global_zero:
-            from torchcal.io import save
+            from torchcal.io.state import save
 
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             save(calibrator, path)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from torchcal._shapes import to_rows
-from torchcal._validation import (
+from torchcal._inputs.shapes import to_rows
+from torchcal._inputs.validation import (
     check_labels,
     check_positive_int,
     check_row_sums,

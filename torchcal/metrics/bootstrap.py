@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from torchcal._validation import check_positive_int
+from torchcal._inputs.validation import check_positive_int
 from torchcal.metrics._inputs import check_n_bins, check_probs_and_labels
 from torchcal.metrics.calibration import (
     bin_index,

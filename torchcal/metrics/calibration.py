@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from torchcal._validation import check_choice
+from torchcal._inputs.validation import check_choice
 from torchcal.metrics._inputs import (
     check_n_bins,
     check_probs_and_labels,

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from torchcal._validation import check_positive_finite
+from torchcal._inputs.validation import check_positive_finite
 from torchcal.metrics.calibration import top_label
 
 _MIN_MESH_POINTS = 200  # evaluation mesh of the smoothed residual (relplot's smECE_mesh_pts)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from torchcal._validation import check_choice, check_logits_matrix
+from torchcal._inputs.validation import check_choice, check_logits_matrix
 from torchcal.metrics._inputs import as_tensor, check_n_bins, check_probs_and_labels
 from torchcal.metrics.calibration import (
     NORMS,

@@ -29,8 +29,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from torchcal._shapes import resolve_class_dim
-from torchcal._sources import is_row_source
+from torchcal._inputs.shapes import resolve_class_dim
+from torchcal._inputs.sources import is_row_source
 
 __all__ = ["BatchFormat", "Batches", "collect_logits", "logits_of", "model_logits"]
 

@@ -35,18 +35,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from torchcal._loaded import check_simplex, loaded_tensor
-from torchcal._objective import SoftmaxTemperatureNLL, default_chunk_elements
-from torchcal._validation import (
+from torchcal._inputs.validation import (
     check_choice,
     check_positive_finite,
     check_positive_int,
     check_temperature_bounds,
 )
-from torchcal.calibrator import SoftmaxCalibrator
+from torchcal._objectives.temperature import SoftmaxTemperatureNLL, default_chunk_elements
+from torchcal.calibrators._loaded import check_simplex, loaded_tensor
+from torchcal.calibrators.base import SoftmaxCalibrator
+from torchcal.calibrators.temperature import fit_temperature
 from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
-from torchcal.temperature import fit_temperature
 
 LOSSES = ("mse", "nll")
 #: Frank-Wolfe gap (objective units) at which the weight fit counts as converged.
@@ -229,7 +229,7 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
         tol: relative accuracy of T (the weights are solved to float64 precision).
         max_iter: iteration limit of the temperature solver and of the weight solver.
         class_dim, ignore_index, inputs, n_bins: as for
-            :class:`~torchcal.calibrator.SoftmaxCalibrator`.
+            :class:`~torchcal.calibrators.base.SoftmaxCalibrator`.
 
     Example:
         >>> _ = torch.manual_seed(0)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from torchcal.files import output_file
+from torchcal.io.files import output_file
 from torchcal.metrics import (
     MetricInterval,
     accuracy,

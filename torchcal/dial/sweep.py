@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from torchcal._validation import check_floating, check_positive_int
+from torchcal._inputs.validation import check_floating, check_positive_int
+from torchcal.dial.tempered import softmax
 from torchcal.metrics.uncertainty import entropy, top1_margin
-from torchcal.tempered import softmax
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure

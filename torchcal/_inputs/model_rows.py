@@ -3,7 +3,7 @@
 A causal language model predicts position t + 1 from position t, so a batch of ``(B, L)``
 labels in the Hugging Face convention (the input ids, -100 on padding) calibrates the
 ``(B, L - 1, V)`` logits ``logits[:, :-1]`` against ``labels[:, 1:]``. :class:`NextTokenRows`
-offers those rows, less the ignored ones, as a row source (:mod:`torchcal._sources`) for the
+offers those rows, less the ignored ones, as a row source (:mod:`torchcal._inputs.sources`) for the
 temperature objective, which reads them chunk by chunk, pass after pass.
 
 The exact temperature needs every logit at every solver evaluation, and a validation set's
@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchcal._sources import strided_length
-from torchcal.collect import BatchFormat, _EvalMode, batch_format, model_device, move_to
+from torchcal._inputs.collect import BatchFormat, _EvalMode, batch_format, model_device, move_to
+from torchcal._inputs.sources import strided_length
 
 
 class _Passes:
@@ -53,8 +53,8 @@ class NextTokenRows:
 
     Args:
         model: the causal language model (``None``: the loader's batches hold the logits).
-        loader: batches of inputs and ``(B, L)`` labels (see :mod:`torchcal.collect`); it must
-            give the same batches each time it is iterated.
+        loader: batches of inputs and ``(B, L)`` labels (see :mod:`torchcal._inputs.collect`); it
+            must give the same batches each time it is iterated.
         ignore_index: the label of positions to leave out (-100: padding, prompts).
         progress: a tqdm bar for the label pass.
 

@@ -297,7 +297,7 @@ def check_probabilities(probs: object, dim: int = -1, name: str = "probs") -> tu
         raise ValueError(f"{name} has no classes: dimension {dim} has size 0")
     if probs.numel() == 0:
         return probs, dim
-    check_unit_interval(probs, name, "torchcal.softmax(logits)")
+    check_unit_interval(probs, name, "torchcal.dial.softmax(logits)")
     tolerance = max(1e-4, torch.finfo(probs.dtype).eps ** 0.5)
     error = (probs.to(torch.float64).sum(dim=dim) - 1.0).abs()
     worst = float(error.max())

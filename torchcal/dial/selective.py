@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from torchcal._validation import check_floating, check_tensor
+from torchcal._inputs.validation import check_floating, check_tensor
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ pass over the logits. For sigmoid models (binary, multi-label) the NLL is the bi
 of ``sigmoid(beta * z)``, convex in ``beta`` in the same way.
 
 Each chunk of rows is read from a row source (an in-memory tensor, a numpy array or memory map, a
-file: see :mod:`torchcal._sources`), shifted by its row maximum, computed in float32 (float64 for
-float64 logits) and reduced in float64. A fit therefore holds one chunk's temporaries, O(N) row
+file: see :mod:`~torchcal._inputs.sources`), shifted by its row maximum, computed in float32
+(float64 for float64 logits) and reduced in float64. A fit therefore holds one chunk's
+temporaries, O(N) row
 statistics (the row maximum and the label's logit, in the logits' dtype) and O(n_bins) sums: no
 N x K temporary and no full-size copy of half-precision logits. Rows whose label equals
 ``ignore_index`` are skipped chunk by chunk rather than copied out.
@@ -30,8 +31,8 @@ Two degenerate cases are decided from exact facts of the data, before any solver
 >= 0, by convexity) and whether every label is a top score (then the NLL falls all the way to
 T -> 0). Both are sums of the validating pass, so a distributed fit reduces them with the rest.
 
-With a distributed reducer (:mod:`torchcal._distributed`) every pass's sums are combined over the
-ranks, so each rank optimises the objective of all ranks' rows together.
+With a distributed reducer (:mod:`~torchcal._inputs.distributed`) every pass's sums are combined
+over the ranks, so each rank optimises the objective of all ranks' rows together.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from torchcal._distributed import LocalReducer, sum_in_rank_order
-from torchcal._sources import RowSource, TensorRows, check_source
-from torchcal._validation import (
+from torchcal._inputs.distributed import LocalReducer, sum_in_rank_order
+from torchcal._inputs.sources import RowSource, TensorRows, check_source
+from torchcal._inputs.validation import (
     check_binary_targets,
     check_labels,
     check_matrix_layout,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from torchcal._validation import check_dim, check_floating, check_temperature
+from torchcal._inputs.validation import check_dim, check_floating, check_temperature
 
 
 def softmax(logits: Tensor, temperature: float | Tensor = 1.0, dim: int = -1) -> Tensor:

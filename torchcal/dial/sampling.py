@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-from torchcal._validation import check_floating, check_positive_int
-from torchcal.tempered import softmax
+from torchcal._inputs.validation import check_floating, check_positive_int
+from torchcal.dial.tempered import softmax
 
 
 def sample(

@@ -18,11 +18,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from torchcal.files import save_scaler
+from torchcal._report import calibration_summary, format_table, write_json
+from torchcal.calibrators.temperature import TemperatureScaler
+from torchcal.io.files import save_scaler
 from torchcal.metrics import reliability_bins
 from torchcal.metrics.bootstrap import MetricInterval
-from torchcal.report import calibration_summary, format_table, write_json
-from torchcal.temperature import TemperatureScaler
 
 Split = tuple[Tensor, Tensor]
 

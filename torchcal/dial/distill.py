@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from torchcal._validation import check_floating, check_labels, check_positive_finite
-from torchcal.tempered import log_softmax
+from torchcal._inputs.validation import check_floating, check_labels, check_positive_finite
+from torchcal.dial.tempered import log_softmax
 
 
 def distillation_loss(

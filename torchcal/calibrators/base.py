@@ -27,12 +27,23 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from torchcal._loaded import loaded_int, loaded_record, loaded_tensor, no_unknown_tensors
-from torchcal._objective import SoftmaxTemperatureNLL
-from torchcal._shapes import INPUTS, check_probabilities_input, probabilities_to_logits, to_rows
-from torchcal._validation import check_bin_count, check_choice, check_model
+from torchcal._inputs.collect import logits_and_labels, model_logits
+from torchcal._inputs.shapes import (
+    INPUTS,
+    check_probabilities_input,
+    probabilities_to_logits,
+    to_rows,
+)
+from torchcal._inputs.validation import check_bin_count, check_choice, check_model
+from torchcal._objectives.temperature import SoftmaxTemperatureNLL
 from torchcal._version import __version__
-from torchcal.collect import logits_and_labels, model_logits
+from torchcal.calibrators._loaded import (
+    loaded_int,
+    loaded_record,
+    loaded_tensor,
+    no_unknown_tensors,
+)
+from torchcal.calibrators.result import CalibratorFitResult
 from torchcal.errors import NotFittedError, warn
 from torchcal.export import (
     CalibratedModel,
@@ -42,7 +53,6 @@ from torchcal.export import (
 )
 from torchcal.metrics.calibration import bins_from_sums, expected_calibration_error
 from torchcal.metrics.scores import negative_log_likelihood
-from torchcal.result import CalibratorFitResult
 
 _Self = TypeVar("_Self", bound="Calibrator")
 
@@ -59,7 +69,7 @@ def warn_if_one_class(objective: SoftmaxTemperatureNLL) -> None:
 
 def streamed_calibration_error(objective: SoftmaxTemperatureNLL, bins: Tensor | None) -> float:
     """The top-label ECE from a streamed pass's reliability-bin sums (count, confidence,
-    correctness per bin, as :class:`~torchcal._objective.Evaluation` holds them)."""
+    correctness per bin, as :class:`~torchcal._objectives.temperature.Evaluation` holds them)."""
     assert bins is not None
     counts = bins[0].round().to(torch.int64)
     return float(bins_from_sums(objective.edges, counts, bins[1], bins[2]).calibration_error())
@@ -231,7 +241,7 @@ class Calibrator(nn.Module):
         from probabilities into logits when the calibrator was built with ``inputs="probs"``.
 
         A mapping of inputs is passed as keyword arguments and the logits are taken from the
-        model's output as :mod:`torchcal.collect` describes (e.g. a ``ModelOutput``)."""
+        model's output as :mod:`torchcal._inputs.collect` describes (e.g. a ``ModelOutput``)."""
         scores = as_tensor(inputs) if self.model is None else model_logits(self.model, inputs)
         if getattr(self, "inputs", "logits") == "probs":
             check_probabilities_input(scores)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from torchcal._sources import ColumnRows, RowSource, TensorRows, as_source, check_source
-from torchcal._validation import (
+from torchcal._inputs.sources import ColumnRows, RowSource, TensorRows, as_source, check_source
+from torchcal._inputs.validation import (
     FLOAT_DTYPES,
     check_binary_targets,
     check_choice,

@@ -28,9 +28,9 @@ from typing import Any
 
 from torch import nn
 
-from torchcal._atomic import atomic_write
 from torchcal._version import __version__
-from torchcal.calibrator import Calibrator
+from torchcal.calibrators.base import Calibrator
+from torchcal.io._atomic import atomic_write
 
 FORMAT = "torchcal"
 FORMAT_VERSION = 1

@@ -20,7 +20,7 @@ with ``A`` the inverse square root of the inputs' covariance (whitening) for a f
 parameters are laid out as a (K, P) matrix ``theta``: ``[W | b]`` (P = K + 1) or ``[w, b]`` per
 class (P = 2).
 
-Both are minimised by the one Newton routine of :mod:`torchcal._newton`, from the fitted
+Both are minimised by the one Newton routine of :mod:`torchcal._optim.newton`, from the fitted
 temperature's map (or from the uniform map, ``theta = 0``, if that is better), until every
 partial derivative with respect to the standardised parameters is at most ``tol``:
 
@@ -54,8 +54,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from torchcal._newton import CHOLESKY_RCOND, Curvature, minimise
-from torchcal._objective import default_chunk_elements
+from torchcal._objectives.temperature import default_chunk_elements
+from torchcal._optim.newton import CHOLESKY_RCOND, Curvature, minimise
 
 #: Transformed float64 rows are kept in memory up to this many elements (256 MiB); beyond it
 #: every pass recomputes them chunk by chunk from the caller's rows.
@@ -88,7 +88,7 @@ class AffineFit:
     converged: bool  # every partial derivative in the standardised parameters is <= tol
     method: str  # "newton" (exact Hessian) or "newton-cg" (Hessian-vector products)
     unbounded: bool  # the objective decreases without bound along the unpenalised parameters
-    reason: str  # why the solver stopped (see torchcal._newton)
+    reason: str  # why the solver stopped (see torchcal._optim.newton)
 
 
 class AffineObjective:
@@ -293,7 +293,7 @@ class AffineObjective:
         resolution = 1e-9 * largest
         return narrowest >= -resolution and widest > resolution
 
-    # ------------------------------------------------------------------ for torchcal._newton
+    # ------------------------------------------------------------------ for torchcal._optim.newton
     def value_and_gradient(self, theta: Tensor) -> tuple[float, Tensor]:
         """The objective and its (K, P) gradient at ``theta`` (one pass)."""
         value, grad, _ = self.evaluate(theta)

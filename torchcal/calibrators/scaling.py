@@ -15,10 +15,11 @@ scaling: Obtaining well-calibrated multi-class probabilities with Dirichlet cali
 * :class:`DirichletCalibrator`: ``x = log_softmax(z)``, a full matrix and a bias, with ODIR
   (``diagonal=True``: one scale per class, the bias penalty only).
 
-The objective is convex; it is minimised by Newton's method (``torchcal._newton``), with the
+The objective is convex; it is minimised by Newton's method (``torchcal._optim.newton``), with the
 exact Hessian when that is cheap (up to about 1,200 parameters: K <= 34 for a full matrix) and
 with conjugate gradients on Hessian-vector products otherwise (Newton-CG), until every partial
-derivative (on standardised inputs) is below ``tol`` (see ``torchcal._affine``). Every fit starts
+derivative (on standardised inputs) is below ``tol`` (see
+``torchcal._objectives.affine``). Every fit starts
 from the fitted temperature, ``W = I / T``, ``b = 0`` (or from the uniform map if that is
 better). Separable data, on which the likelihood keeps improving as the scales grow, are
 recognised while the solver runs: it stops early with a
@@ -39,12 +40,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from torchcal._affine import AffineObjective, fit_affine
-from torchcal._loaded import loaded_tensor
-from torchcal._objective import SoftmaxTemperatureNLL
-from torchcal._solver import solve_temperature
-from torchcal._validation import check_positive_finite, check_positive_int
-from torchcal.calibrator import SoftmaxCalibrator
+from torchcal._inputs.validation import check_positive_finite, check_positive_int
+from torchcal._objectives.affine import AffineObjective, fit_affine
+from torchcal._objectives.temperature import SoftmaxTemperatureNLL
+from torchcal._optim.temperature import solve_temperature
+from torchcal.calibrators._loaded import loaded_tensor
+from torchcal.calibrators.base import SoftmaxCalibrator
 from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
 
@@ -261,7 +262,7 @@ class VectorScaler(_AffineCalibrator):
     It can change the predicted class, unlike temperature scaling. With few validation samples
     it overfits easily: when some class is separated perfectly its scale runs towards infinity,
     which is reported with a :class:`~torchcal.errors.CalibrationWarning`. Every softmax shape
-    is accepted (see :class:`~torchcal.calibrator.SoftmaxCalibrator`); the fitted values are
+    is accepted (see :class:`~torchcal.calibrators.base.SoftmaxCalibrator`); the fitted values are
     :attr:`weight` (K,) and :attr:`bias` (K,), the bias summing to zero.
 
     Args:
@@ -270,7 +271,7 @@ class VectorScaler(_AffineCalibrator):
             parameters acting on standardised inputs, is at most ``tol``.
         max_iter: iteration limit (Newton iterations).
         class_dim, ignore_index, inputs, n_bins: as for
-            :class:`~torchcal.calibrator.SoftmaxCalibrator`.
+            :class:`~torchcal.calibrators.base.SoftmaxCalibrator`.
 
     Memory: beyond the logits, a float64 copy of the (M, K) rows when M * K <= 2^25 (else the rows
     are converted chunk by chunk on every pass) and temporaries of a few chunks of rows.
@@ -339,7 +340,7 @@ class MatrixScaler(_AffineCalibrator):
             parameters acting on standardised inputs, is at most ``tol``.
         max_iter: iteration limit (Newton iterations).
         class_dim, ignore_index, inputs, n_bins: as for
-            :class:`~torchcal.calibrator.SoftmaxCalibrator`.
+            :class:`~torchcal.calibrators.base.SoftmaxCalibrator`.
 
     Memory: beyond the logits, a float64 copy of the (M, K) rows when M * K <= 2^25 (else the rows
     are converted chunk by chunk on every pass), temporaries of a few chunks of rows, and either
@@ -411,7 +412,7 @@ class DirichletCalibrator(_AffineCalibrator):
             parameters acting on standardised inputs, is at most ``tol``.
         max_iter: iteration limit (Newton iterations).
         class_dim, ignore_index, inputs, n_bins: as for
-            :class:`~torchcal.calibrator.SoftmaxCalibrator`.
+            :class:`~torchcal.calibrators.base.SoftmaxCalibrator`.
 
     Example:
         >>> _ = torch.manual_seed(0)

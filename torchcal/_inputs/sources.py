@@ -10,7 +10,7 @@ every ``step``-th row. A source offers exactly that:
 :class:`TensorRows` serves an in-memory tensor (any layout: rows that cannot be viewed as a
 matrix, such as the pixels of an (N, K, H, W) map, are gathered per chunk), :class:`NumpyRows` a
 numpy array, including one memory-mapped with ``numpy.load(path, mmap_mode="r")``, and
-:class:`torchcal.mapped.LogitsFile` a ``.npy`` or ``.safetensors`` file read with plain file
+:class:`torchcal.io.mapped.LogitsFile` a ``.npy`` or ``.safetensors`` file read with plain file
 reads.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from torchcal._validation import FLOAT_DTYPES
+from torchcal._inputs.validation import FLOAT_DTYPES
 
 
 class RowSource(Protocol):

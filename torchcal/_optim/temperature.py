@@ -1,6 +1,7 @@
 """Exact one-dimensional solvers for the temperature-scaling objective.
 
-Both work on :class:`~torchcal._objective.SoftmaxTemperatureNLL` (or any object with the same
+Both work on :class:`~torchcal._objectives.temperature.SoftmaxTemperatureNLL`
+(or any object with the same
 ``evaluate``/``subsample`` interface) and stop when the predicted distance to the optimum, relative
 to T, is below ``rtol``:
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from torchcal._objective import Evaluation, SoftmaxTemperatureNLL
+from torchcal._objectives.temperature import Evaluation, SoftmaxTemperatureNLL
 
 #: The warm start runs on every ``step``-th sample, ``step`` at most WARM_START_FRACTION and small
 #: enough to leave at least WARM_START_MIN_ROWS samples (no subsample below twice that)...
@@ -124,7 +125,7 @@ def taylor_step(evaluation: Evaluation) -> float:
     step is returned (NaN without a positive curvature).
 
     Example:
-        >>> from torchcal._objective import Evaluation
+        >>> from torchcal._objectives.temperature import Evaluation
         >>> # NLL = exp(beta) - 2 beta around beta = 0: optimum at log 2 = 0.693147...
         >>> at_zero = Evaluation(0.0, 1.0, -1.0, 1.0, None, third=1.0, fourth=1.0)
         >>> round(taylor_step(at_zero), 6), -at_zero.grad / at_zero.hess

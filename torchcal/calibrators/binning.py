@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchcal._loaded import loaded_tensor
-from torchcal._objective import SoftmaxTemperatureNLL
-from torchcal._validation import check_bin_count
-from torchcal.calibrator import SoftmaxCalibrator
+from torchcal._inputs.validation import check_bin_count
+from torchcal._objectives.temperature import SoftmaxTemperatureNLL
+from torchcal.calibrators._loaded import loaded_tensor
+from torchcal.calibrators.base import SoftmaxCalibrator
 from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
 
@@ -206,7 +206,8 @@ class HistogramBinning(SoftmaxCalibrator):
         bins: number of equal-width bins of each class's map. 15 by default: Guo et al. (2017)'s
             choice, and the grid of torchcal's ECE and reliability diagrams. Fewer bins suit small
             validation sets (every class needs rows in most of its bins).
-        class_dim, ignore_index, inputs: as for :class:`~torchcal.calibrator.SoftmaxCalibrator`.
+        class_dim, ignore_index, inputs: as for
+            :class:`~torchcal.calibrators.base.SoftmaxCalibrator`.
         n_bins: equal-width bins of the ECE reported in :attr:`fit_result` (not the map's bins).
 
     Example:
@@ -307,7 +308,8 @@ class IsotonicCalibrator(SoftmaxCalibrator):
 
     Args:
         model: the trained classifier; ``None`` to calibrate logits directly.
-        class_dim, ignore_index, inputs: as for :class:`~torchcal.calibrator.SoftmaxCalibrator`.
+        class_dim, ignore_index, inputs: as for
+            :class:`~torchcal.calibrators.base.SoftmaxCalibrator`.
         n_bins: equal-width bins of the ECE reported in :attr:`fit_result`.
 
     Example:

@@ -10,13 +10,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchcal._distributed import LocalReducer, ProcessGroupReducer
-from torchcal._loaded import loaded_record, loaded_tensor, no_unknown_tensors
-from torchcal._model_rows import NextTokenRows
-from torchcal._objective import SigmoidTemperatureNLL, SoftmaxTemperatureNLL
-from torchcal._shapes import ACTIVATIONS, INPUTS, FitRows, fit_rows
-from torchcal._solver import Solution, solve_temperature
-from torchcal._validation import (
+from torchcal._inputs.collect import check_loader
+from torchcal._inputs.distributed import LocalReducer, ProcessGroupReducer
+from torchcal._inputs.model_rows import NextTokenRows
+from torchcal._inputs.shapes import ACTIVATIONS, INPUTS, FitRows, fit_rows
+from torchcal._inputs.validation import (
     check_bin_count,
     check_choice,
     check_model,
@@ -25,17 +23,19 @@ from torchcal._validation import (
     check_temperature_bounds,
     check_tensor,
 )
+from torchcal._objectives.temperature import SigmoidTemperatureNLL, SoftmaxTemperatureNLL
+from torchcal._optim.temperature import Solution, solve_temperature
 from torchcal._version import __version__
-from torchcal.calibrator import (
+from torchcal.calibrators._loaded import loaded_record, loaded_tensor, no_unknown_tensors
+from torchcal.calibrators.base import (
     Calibrator,
     as_tensor,
     streamed_calibration_error,
     warn_if_one_class,
 )
-from torchcal.collect import check_loader
+from torchcal.calibrators.result import FitResult
 from torchcal.errors import warn
 from torchcal.export import CalibratedModel, TemperatureHead
-from torchcal.result import FitResult
 
 METHODS = ("lbfgs", "newton")
 _Objective = SoftmaxTemperatureNLL | SigmoidTemperatureNLL
@@ -62,11 +62,12 @@ def fit_temperature(
     max_iter: int,
 ) -> Solution:
     """The NLL-optimal temperature on ``objective``: a degenerate case decided from the data's
-    exact facts (:attr:`~torchcal._objective.SoftmaxTemperatureNLL.limit`) holds T at its bound
+    exact facts
+    (:attr:`~torchcal._objectives.temperature.SoftmaxTemperatureNLL.limit`) holds T at its bound
     without running a solver; otherwise the solver finds the optimum.
 
     Example:
-        >>> from torchcal._objective import SoftmaxTemperatureNLL
+        >>> from torchcal._objectives.temperature import SoftmaxTemperatureNLL
         >>> separable = SoftmaxTemperatureNLL(torch.eye(4) * 5, torch.arange(4))
         >>> solution = fit_temperature(separable, method="lbfgs", temperature_bounds=(1e-3, 1e3),
         ...                            rtol=1e-6, max_iter=100)

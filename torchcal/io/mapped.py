@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from torchcal._sources import NUMPY_FLOAT_DTYPES, strided_length
+from torchcal._inputs.sources import NUMPY_FLOAT_DTYPES, strided_length
 
 __all__ = ["LogitsFile", "open_logits"]
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from torchcal._atomic import atomic_write, check_writable_target
-from torchcal.calibrator import Calibrator
+from torchcal.calibrators.base import Calibrator
+from torchcal.io._atomic import atomic_write, check_writable_target
 
 __all__ = [
     "SUFFIXES",
@@ -123,7 +123,7 @@ def load_tensor(path: str | Path, key: str | None = None, key_option: str = "key
 
 @contextlib.contextmanager
 def output_file(path: str | Path, mode: Literal["w", "wb"] = "w") -> Iterator[IO]:
-    """Open ``path`` for writing with :func:`~torchcal._atomic.atomic_write` (a temporary file in
+    """Open ``path`` for writing with :func:`~torchcal.io._atomic.atomic_write` (a temporary file in
     the same folder, renamed over ``path`` only once it is written in full, so a failed or
     interrupted write leaves an earlier file as it was). Any failure to write raises ``OSError``
     with one line naming ``path`` and the reason.
@@ -160,7 +160,7 @@ def _write_error(path: str | Path, error: OSError) -> OSError:
 def save_scaler(scaler: Calibrator, path: str | Path) -> Path:
     """Save a fitted calibrator (its values, fit record and options, no model) with
     :func:`torchcal.save`, atomically (see :func:`output_file`); the folder must exist."""
-    from torchcal.io import save
+    from torchcal.io.state import save
 
     path = Path(path)
     check_output(path)
@@ -184,7 +184,7 @@ def save_scaler(scaler: Calibrator, path: str | Path) -> Path:
 def load_scaler(path: str | Path) -> Calibrator:
     """A model-less calibrator (a :class:`TemperatureScaler` or another kind) read by
     :func:`torchcal.load`."""
-    from torchcal.io import load
+    from torchcal.io.state import load
 
     path = Path(path)
     if not path.is_file():

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from torchcal._validation import FLOAT_DTYPES
+from torchcal._inputs.validation import FLOAT_DTYPES
 
 __all__ = [
     "check_simplex",

@@ -1,0 +1,2 @@
+"""The objectives: the negative log-likelihoods the calibrators minimise, streamed over row
+chunks."""

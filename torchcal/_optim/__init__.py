@@ -1,0 +1,1 @@
+"""The optimisers: the solvers every calibrator's fit uses."""
