@@ -225,7 +225,7 @@ def test_calibration_improves_held_out_nll_and_the_argmax_may_change(cls):
     logits, labels, test_logits, test_labels = split(k=5, seed=7)
     calibrator = cls().fit(logits, labels, progress=False)
     result = calibrator.fit_result
-    assert result.converged and result.iterations == 0 and result.method == cls.kind
+    assert result.converged and result.iterations == 0 and result.calibrator == cls.kind
     assert result.nll_after < result.nll_before and result.ece_after < result.ece_before
     before = torch.nn.functional.cross_entropy(test_logits, test_labels)
     after = torch.nn.functional.nll_loss(calibrator(test_logits), test_labels)

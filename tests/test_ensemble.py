@@ -110,7 +110,7 @@ def test_the_fitted_calibrator_agrees_with_scipy_and_temperature_scaling(loss):
     mixture = w1 * components[0] + w2 * components[1] + w3 * components[2]
     np.testing.assert_allclose(ets.predict_proba(logits).double().numpy(), mixture, atol=1e-6)
     result = ets.fit_result
-    assert result.converged and result.method == "ensemble_temperature"
+    assert result.converged and result.calibrator == "ensemble_temperature"
     assert result.n_parameters == 4 and result.n_samples == 4_000
     assert result.nll_after < result.nll_before and result.ece_after < result.ece_before
     if loss == "nll":

@@ -350,7 +350,8 @@ def test_temperature_fit_results_of_the_wrong_kind_are_refused(tmp_path):
     state = json.loads(read_file(path)[1]["fit_result"])
     record = state["fit_results"][0]
     for change, words in [
-        ({"method": "adam"}, "method"),
+        ({"solver": "adam"}, "solver"),
+        ({"calibrator": "vector"}, "calibrator"),
         ({"bound": "middle"}, "bound"),
         ({"n_samples": -3}, "n_samples"),
         ({"converged": "yes"}, "converged"),
@@ -377,7 +378,7 @@ def test_a_softmax_calibrator_state_that_contradicts_its_tensors_is_refused(tmp_
         ({"class_dim": 0}, "class_dim"),
         ({"fitted": "yes"}, "fitted"),
         ({"fitted": False}, "fitted"),
-        ({"fit_result": {"method": "banana"}}, "method"),
+        ({"fit_result": {"calibrator": "banana"}}, "calibrator"),
         ({"fit_result": {"n_samples": None}}, "n_samples"),
     ]:
         if kind == "ensemble_temperature" and changes == {"n_classes": 7}:

@@ -319,7 +319,7 @@ def test_fit_recovers_a_known_distortion(kind):
     logits, labels = distorted(20_000, 4, kind, seed=3)
     calibrator = fit(kind, logits, labels)
     result = calibrator.fit_result
-    assert result.converged and result.method == kind
+    assert result.converged and result.calibrator == kind
     assert result.n_samples == 20_000
     assert result.n_parameters == (8 if kind == "vector" else 20)
     assert result.nll_after < result.nll_before - 0.01

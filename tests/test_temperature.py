@@ -63,7 +63,7 @@ def test_fit_lands_on_the_float64_optimum(n, k, temperature, method):
     scaler = fit(logits, labels, method=method)
     assert abs(scaler.temperature / reference - 1) <= 1e-5
     result = scaler.fit_result
-    assert result.converged and result.bound is None and result.method == method
+    assert result.converged and result.bound is None and result.solver == method
     assert result.n_samples == n
     assert result.nll_after <= result.nll_before
     assert result.nll_after == pytest.approx(

@@ -10,13 +10,12 @@ and :class:`IsotonicCalibrator` are non-parametric. Each is a :class:`Calibrator
 from torchcal.calibrators.base import Calibrator, SoftmaxCalibrator
 from torchcal.calibrators.binning import HistogramBinning, IsotonicCalibrator
 from torchcal.calibrators.ensemble import EnsembleTemperatureScaler
-from torchcal.calibrators.result import CalibratorFitResult, FitResult
+from torchcal.calibrators.result import FitResult
 from torchcal.calibrators.scaling import DirichletCalibrator, MatrixScaler, VectorScaler
 from torchcal.calibrators.temperature import TemperatureScaler
 
 __all__ = [
     "Calibrator",
-    "CalibratorFitResult",
     "DirichletCalibrator",
     "EnsembleTemperatureScaler",
     "FitResult",

@@ -43,7 +43,7 @@ from torchcal.calibrators._loaded import (
     loaded_tensor,
     no_unknown_tensors,
 )
-from torchcal.calibrators.result import CalibratorFitResult
+from torchcal.calibrators.result import FitResult, upgraded_record
 from torchcal.errors import NotFittedError, warn
 from torchcal.export import (
     CalibratedModel,
@@ -305,7 +305,7 @@ class SoftmaxCalibrator(Calibrator):
         self.ignore_index = ignore_index
         self.inputs = check_choice(inputs, "inputs", INPUTS)
         self.n_bins = check_bin_count(n_bins, "n_bins")
-        self.fit_result: CalibratorFitResult | None = None
+        self.fit_result: FitResult | None = None
         self._fitted = False
         self._fitted_class_dim = -1
         self._n_classes = 0
@@ -371,7 +371,7 @@ class SoftmaxCalibrator(Calibrator):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         result = state.get("fit_result")
-        self.fit_result = None if result is None else CalibratorFitResult.from_dict(result)
+        self.fit_result = None if result is None else FitResult.from_dict(result)
         self._fitted = bool(state.get("fitted", False))
         self._fitted_class_dim = int(state.get("class_dim", -1))
         self._n_classes = int(state.get("n_classes", 0))
@@ -421,10 +421,12 @@ class SoftmaxCalibrator(Calibrator):
             raise ValueError(f"fit_result.class_dim must be negative, got {class_dim}")
         result = state.get("fit_result")
         if result is not None:
-            record = loaded_record(CalibratorFitResult, result, "fit_result.fit_result")
-            if record.method != self.kind:
+            if isinstance(result, dict):
+                result = {"calibrator": self.kind, **upgraded_record(result)}
+            record = loaded_record(FitResult, result, "fit_result.fit_result")
+            if record.calibrator != self.kind:
                 raise ValueError(
-                    f"fit_result.fit_result.method is {record.method!r}, not {self.kind!r}"
+                    f"fit_result.fit_result.calibrator is {record.calibrator!r}, not {self.kind!r}"
                 )
         for name in self._own_buffers():
             loaded_tensor(tensors, name)
@@ -482,8 +484,8 @@ class SoftmaxCalibrator(Calibrator):
             draft._n_classes = rows.logits.shape[1]
             draft._fitted = True
             probs = torch.softmax(draft._calibrate(rows.logits), dim=-1)
-            draft.fit_result = CalibratorFitResult(
-                method=self.kind,
+            draft.fit_result = FitResult(
+                calibrator=self.kind,
                 nll_before=uncalibrated.initial.nll,
                 nll_after=float(negative_log_likelihood(probs, rows.labels)),
                 ece_before=streamed_calibration_error(uncalibrated, uncalibrated.initial.bins),

@@ -33,7 +33,7 @@ from torchcal.calibrators.base import (
     streamed_calibration_error,
     warn_if_one_class,
 )
-from torchcal.calibrators.result import FitResult
+from torchcal.calibrators.result import FitResult, upgraded_record
 from torchcal.errors import warn
 from torchcal.export import CalibratedModel, TemperatureHead
 
@@ -257,7 +257,13 @@ class TemperatureScaler(Calibrator):
         if not isinstance(results, list) or not results:
             raise ValueError(f"fit_result.fit_results must be a non-empty list, got {results!r}")
         records = [
-            loaded_record(FitResult, result, f"fit_result.fit_results[{i}]")
+            loaded_record(
+                FitResult,
+                {"calibrator": self.kind, **upgraded_record(result)}
+                if isinstance(result, dict)
+                else result,
+                f"fit_result.fit_results[{i}]",
+            )
             for i, result in enumerate(results)
         ]
         if not self.per_class and len(records) != 1:
@@ -280,8 +286,12 @@ class TemperatureScaler(Calibrator):
                     f"{field}.temperature is {record.temperature!r} but the stored temperature "
                     f"is {value!r}: the file's values do not belong together"
                 )
-            if record.method not in METHODS:
-                raise ValueError(f"{field}.method must be one of {METHODS}, got {record.method!r}")
+            if record.calibrator != self.kind:
+                raise ValueError(
+                    f"{field}.calibrator must be {self.kind!r}, got {record.calibrator!r}"
+                )
+            if record.solver not in METHODS:
+                raise ValueError(f"{field}.solver must be one of {METHODS}, got {record.solver!r}")
             if record.bound not in (None, "lower", "upper"):
                 raise ValueError(
                     f"{field}.bound must be 'lower', 'upper' or null, got {record.bound!r}"
@@ -580,6 +590,8 @@ class TemperatureScaler(Calibrator):
 
     def _result(self, objective: _Objective, solution: Solution) -> FitResult:
         return FitResult(
+            calibrator=self.kind,
+            n_parameters=1,
             temperature=solution.temperature,
             nll_before=objective.initial.nll,
             nll_after=solution.evaluation.nll,
@@ -590,7 +602,7 @@ class TemperatureScaler(Calibrator):
             data_passes=objective.passes,
             converged=solution.converged,
             n_samples=objective.n_samples,
-            method=self.method,
+            solver=self.method,
             bound=solution.bound,
         )
 
