@@ -7,7 +7,7 @@ import torch
 from conftest import tempered_logits
 
 from torchcal import TemperatureScaler
-from torchcal._inputs.sources import TensorRows
+from torchcal._inputs.sources import TensorSource
 from torchcal._objectives.temperature import (
     CPU_CHUNK_ELEMENTS,
     SigmoidTemperatureNLL,
@@ -43,9 +43,9 @@ def test_a_fit_reads_the_logits_one_chunk_at_a_time(monkeypatch, dtype):
     logits, labels = tempered_logits(20_000, 40, seed=7)
     logits = logits.to(dtype)
     reads = []
-    original = TensorRows.read
+    original = TensorSource.read
     monkeypatch.setattr(
-        TensorRows, "read", lambda self, a, b: reads.append(b - a) or original(self, a, b)
+        TensorSource, "read", lambda self, a, b: reads.append(b - a) or original(self, a, b)
     )
     scaler = TemperatureScaler().fit(logits, labels, progress=False)
     assert max(reads) <= CPU_CHUNK_ELEMENTS // 40
@@ -57,9 +57,9 @@ def test_a_fit_reads_the_logits_one_chunk_at_a_time(monkeypatch, dtype):
 def test_data_passes_count_every_row_read_when_the_warm_start_takes_all_rows(monkeypatch, method):
     logits, labels = tempered_logits(1_000, 40, seed=9)  # below 4096 rows: no subsample
     rows_read = []
-    original = TensorRows.read
+    original = TensorSource.read
     monkeypatch.setattr(
-        TensorRows, "read", lambda self, a, b: rows_read.append(b - a) or original(self, a, b)
+        TensorSource, "read", lambda self, a, b: rows_read.append(b - a) or original(self, a, b)
     )
     scaler = TemperatureScaler(method=method).fit(logits, labels, progress=False)
     result = scaler.fit_result

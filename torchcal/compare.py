@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from torchcal._inputs.shapes import to_rows
+from torchcal._inputs import prepare
 from torchcal._report import METRICS, format_table
 from torchcal.calibrators.base import Calibrator
 from torchcal.metrics import Bootstrap, MetricInterval
@@ -160,8 +160,8 @@ def compare(
         A :class:`Comparison`; ``print(comparison)`` shows the table.
     """
     options = {"activation": "softmax", "class_dim": class_dim, "ignore_index": ignore_index}
-    val = to_rows(logits_val, labels_val, inputs=inputs, **options)
-    test = to_rows(logits_test, labels_test, inputs=inputs, **options)
+    val = prepare(logits_val, labels_val, inputs=inputs, **options).rows()
+    test = prepare(logits_test, labels_test, inputs=inputs, **options).rows()
     if val.logits.shape[1] != test.logits.shape[1]:
         raise ValueError(
             f"the validation split has {val.logits.shape[1]} classes but the test split has "

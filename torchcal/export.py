@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from torchcal._inputs import probabilities_to_logits
 from torchcal._inputs.collect import logits_of
-from torchcal._inputs.shapes import probabilities_to_logits
 from torchcal._inputs.validation import check_choice, check_model
 
 OUTPUTS = ("logits", "probs")

@@ -2,7 +2,7 @@
 
 A causal language model predicts position t + 1 from position t, so a batch of ``(B, L)``
 labels in the Hugging Face convention (the input ids, -100 on padding) calibrates the
-``(B, L - 1, V)`` logits ``logits[:, :-1]`` against ``labels[:, 1:]``. :class:`NextTokenRows`
+``(B, L - 1, V)`` logits ``logits[:, :-1]`` against ``labels[:, 1:]``. :class:`NextTokenSource`
 offers those rows, less the ignored ones, as a row source (:mod:`torchcal._inputs.sources`) for the
 temperature objective, which reads them chunk by chunk, pass after pass.
 
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from torchcal._inputs.collect import BatchFormat, _EvalMode, batch_format, model_device, move_to
 from torchcal._inputs.sources import strided_length
+from torchcal._inputs.validation import check_some_kept
 
 
 class _Passes:
@@ -48,7 +49,7 @@ def _shifted_labels(labels: Tensor, index: int) -> Tensor:
     return labels[:, 1:]
 
 
-class NextTokenRows:
+class NextTokenSource:
     """The next-token logit rows of ``model`` over ``loader`` whose label is not ignored.
 
     Args:
@@ -62,7 +63,7 @@ class NextTokenRows:
         >>> _ = torch.manual_seed(0)
         >>> labels = torch.tensor([[1, 2, 3, -100]] * 2)
         >>> loader = [{"logits": torch.randn(2, 4, 5), "labels": labels}]
-        >>> rows = NextTokenRows(None, loader, ignore_index=-100)
+        >>> rows = NextTokenSource(None, loader, ignore_index=-100)
         >>> tuple(rows.shape), rows.labels.tolist()
         ((4, 5), [2, 3, 2, 3])
         >>> torch.equal(rows.read(0, 4)[:2], loader[0]["logits"][0, :2])
@@ -93,11 +94,7 @@ class NextTokenRows:
             raise ValueError("the loader yielded no batches: at least one sample is needed to fit")
         counts = torch.tensor([0] + [part.numel() for part in parts])
         self.batch_starts = counts.cumsum(0).tolist()  # global row where each batch starts
-        if self.batch_starts[-1] == 0:
-            raise ValueError(
-                f"every next-token label equals ignore_index={ignore_index}: nothing is left to "
-                "calibrate on"
-            )
+        check_some_kept(self.batch_starts[-1], "next-token label", ignore_index)
         self.all_labels = torch.cat(parts)
         self.step, self.offset = 1, 0
         self.passes = _Passes()
@@ -159,8 +156,8 @@ class NextTokenRows:
         return rows
 
     # ------------------------------------------------------------------ strided views
-    def every(self, step: int, offset: int = 0) -> NextTokenRows:
-        view = object.__new__(NextTokenRows)
+    def every(self, step: int, offset: int = 0) -> NextTokenSource:
+        view = object.__new__(NextTokenSource)
         view.__dict__.update(self.__dict__)
         view.step, view.offset = self.step * step, self.offset + self.step * offset
         view._iterator, view._batch, view._rows = None, -1, torch.empty(0)

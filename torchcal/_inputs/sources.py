@@ -7,8 +7,8 @@ every ``step``-th row. A source offers exactly that:
 * ``read(start, stop)``: rows ``start`` to ``stop`` as a tensor (a view where possible);
 * ``every(step, offset)``: the source of rows ``offset``, ``offset + step``, ... (no copy).
 
-:class:`TensorRows` serves an in-memory tensor (any layout: rows that cannot be viewed as a
-matrix, such as the pixels of an (N, K, H, W) map, are gathered per chunk), :class:`NumpyRows` a
+:class:`TensorSource` serves an in-memory tensor (any layout: rows that cannot be viewed as a
+matrix, such as the pixels of an (N, K, H, W) map, are gathered per chunk), :class:`NumpySource` a
 numpy array, including one memory-mapped with ``numpy.load(path, mmap_mode="r")``, and
 :class:`torchcal.io.mapped.LogitsFile` a ``.npy`` or ``.safetensors`` file read with plain file
 reads.
@@ -17,13 +17,13 @@ reads.
 from __future__ import annotations
 
 import warnings
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from torchcal._inputs.validation import FLOAT_DTYPES
+from torchcal._inputs.validation import check_float_dtype
 
 
 class RowSource(Protocol):
@@ -48,7 +48,7 @@ def strided_length(length: int, step: int, offset: int) -> int:
     return max(0, -(-(length - offset) // step))
 
 
-class TensorRows:
+class TensorSource:
     """Rows of an in-memory tensor whose last dimension (if ``rows_of_width``) holds a row.
 
     ``tensor`` of shape (*batch, K) gives the rows of ``tensor.reshape(-1, K)``; with
@@ -58,7 +58,7 @@ class TensorRows:
 
     Example:
         >>> maps = torch.arange(24.0).reshape(2, 3, 2, 2)  # (N, K, H, W)
-        >>> rows = TensorRows(maps.movedim(1, -1))
+        >>> rows = TensorSource(maps.movedim(1, -1))
         >>> tuple(rows.shape), rows.read(0, 2).tolist()
         ((8, 3), [[0.0, 4.0, 8.0], [1.0, 5.0, 9.0]])
         >>> rows.every(3, offset=1).read(0, 2).tolist()
@@ -99,8 +99,15 @@ class TensorRows:
             index = index // size
         return self.tensor[tuple(reversed(coordinates))]
 
-    def every(self, step: int, offset: int = 0) -> TensorRows:
-        return TensorRows(
+    def all_rows(self) -> Tensor:
+        """Every row at once: a view of the tensor where its layout allows, else one copy."""
+        if self._flat is not None:
+            return self._flat
+        width = (self.tensor.shape[-1],) if self.rows_of_width else ()
+        return self.tensor.reshape(-1, *width)[self.offset :: self.step]
+
+    def every(self, step: int, offset: int = 0) -> TensorSource:
+        return TensorSource(
             self.tensor,
             self.rows_of_width,
             step=self.step * step,
@@ -115,7 +122,7 @@ NUMPY_FLOAT_DTYPES = {
 }
 
 
-class NumpyRows:
+class NumpySource:
     """Rows of a numpy array (N, K) or (N,), read chunk by chunk with ``torch.from_numpy``.
 
     A memory-mapped array (``numpy.load(path, mmap_mode="r")``) is read through its mapping, one
@@ -123,7 +130,7 @@ class NumpyRows:
     never writes to them.
 
     Example:
-        >>> rows = NumpyRows(np.arange(12, dtype=np.float32).reshape(6, 2))
+        >>> rows = NumpySource(np.arange(12, dtype=np.float32).reshape(6, 2))
         >>> rows.read(1, 3).tolist(), rows.every(4).read(0, 2).tolist()
         ([[2.0, 3.0], [4.0, 5.0]], [[0.0, 1.0], [8.0, 9.0]])
     """
@@ -152,8 +159,25 @@ class NumpyRows:
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")
             return torch.from_numpy(chunk)
 
-    def every(self, step: int, offset: int = 0) -> NumpyRows:
-        return NumpyRows(self.array[offset::step])
+    def every(self, step: int, offset: int = 0) -> NumpySource:
+        return NumpySource(self.array[offset::step])
+
+
+def as_tensor(value: Any) -> Any:
+    """A numpy array as a tensor sharing its memory (nothing here writes to it); anything else
+    (a tensor, a loader, a file opened with :func:`~torchcal.open_logits`) as it is.
+
+    Example:
+        >>> as_tensor(np.array([[0.25, 0.75]]))
+        tensor([[0.2500, 0.7500]], dtype=torch.float64)
+    """
+    if not isinstance(value, np.ndarray):
+        return value
+    if any(stride < 0 for stride in value.strides):  # torch.from_numpy refuses reversed views
+        value = value.copy()
+    with warnings.catch_warnings():  # read-only arrays and memory maps are only read
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(value)
 
 
 def is_row_source(value: object) -> bool:
@@ -166,7 +190,7 @@ def is_row_source(value: object) -> bool:
 def as_source(logits: object) -> RowSource:
     """A numpy array or a source (``torchcal.open_logits``) as a :class:`RowSource`."""
     if isinstance(logits, np.ndarray):
-        return NumpyRows(logits)
+        return NumpySource(logits)
     if is_row_source(logits):
         return logits  # type: ignore[return-value]
     raise TypeError(
@@ -177,22 +201,18 @@ def as_source(logits: object) -> RowSource:
 
 def check_source(source: RowSource, name: str = "logits") -> None:
     """A source's dtype must be floating and it must hold at least one row."""
-    if source.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be floating (float16, bfloat16, float32 or float64), got dtype "
-            f"{source.dtype}"
-        )
+    check_float_dtype(source.dtype, name)
     if len(source.shape) == 0 or source.shape[0] == 0:
         raise ValueError(
             f"{name} are empty (shape {tuple(source.shape)}): at least 1 sample is needed"
         )
 
 
-class ColumnRows:
+class ColumnSource:
     """One column of a source of (N, K) rows, as a source of (N,) entries.
 
     Example:
-        >>> ColumnRows(TensorRows(torch.tensor([[1.0], [2.0], [3.0]]))).read(1, 3)
+        >>> ColumnSource(TensorSource(torch.tensor([[1.0], [2.0], [3.0]]))).read(1, 3)
         tensor([2., 3.])
     """
 
@@ -204,5 +224,9 @@ class ColumnRows:
     def read(self, start: int, stop: int) -> Tensor:
         return self.source.read(start, stop)[:, self.column]
 
-    def every(self, step: int, offset: int = 0) -> ColumnRows:
-        return ColumnRows(self.source.every(step, offset), self.column)
+    def every(self, step: int, offset: int = 0) -> ColumnSource:
+        return ColumnSource(self.source.every(step, offset), self.column)
+
+
+#: The name the temperature objective imports (an in-memory tensor's source).
+TensorRows = TensorSource

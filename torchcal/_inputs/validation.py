@@ -7,6 +7,7 @@ offending value or count, and how to fix it. None of them copies or modifies the
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +44,22 @@ def check_has_values(tensor: Tensor, name: str) -> Tensor:
     return tensor
 
 
+def check_float_dtype(dtype: torch.dtype, name: str = "logits") -> None:
+    """Refuse a dtype that is not one of :data:`FLOAT_DTYPES` (for tensors and row sources).
+
+    Example:
+        >>> check_float_dtype(torch.int64)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: logits must be a floating tensor (float16, ...), got dtype torch.int64
+    """
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
+            f"got dtype {dtype}"
+        )
+
+
 def check_logits_matrix(logits: object, name: str = "logits") -> Tensor:
     """Check that ``logits`` is a non-empty floating (N, K) tensor with K >= 2."""
     logits = check_tensor(logits, name)
@@ -52,11 +69,7 @@ def check_logits_matrix(logits: object, name: str = "logits") -> Tensor:
 
 def check_matrix_layout(shape: tuple[int, ...], dtype: torch.dtype, name: str = "logits") -> None:
     """Check that a tensor or row source of ``shape`` and ``dtype`` holds (N, K) logits, K >= 2."""
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
-            f"got dtype {dtype}"
-        )
+    check_float_dtype(dtype, name)
     if len(shape) != 2:
         raise ValueError(
             f"{name} must have shape (N, K) with one row of class scores per sample, "
@@ -103,29 +116,50 @@ def check_labels(
             "they must match one to one"
         )
     if n_samples:
-        # boolean masks rather than a copy of the labels without the ignored ones
-        bad = (labels < 0) | (labels >= n_classes)
-        if ignore_index is not None:
-            bad &= labels != ignore_index
-        if bool(bad.any()):
+        outside = _outside(labels, (labels < 0) | (labels >= n_classes), ignore_index)
+        if outside:
+            count, example = outside
             raise ValueError(
                 f"{name} must lie in [0, {n_classes}) for {n_classes} classes; "
-                f"found {int(bad.sum())} out of range, e.g. {int(labels[bad][0])}"
+                f"found {count} out of range, e.g. {int(example)}"
             )
     return labels.long()  # indices for gather; no copy when already int64
 
 
 def check_binary_targets(labels: Tensor, ignore_index: int | None = None) -> Tensor:
     """Check that every entry of ``labels`` is 0 or 1, except those equal to ``ignore_index``."""
-    bad = (labels != 0) & (labels != 1)
-    if ignore_index is not None:
-        bad &= labels != ignore_index
-    if bool(bad.any()):
+    outside = _outside(labels, (labels != 0) & (labels != 1), ignore_index)
+    if outside:
+        count, example = outside
         raise ValueError(
-            f"sigmoid targets must be 0 or 1; found {int(bad.sum())} other value(s), "
-            f"e.g. {labels[bad][0].item()}"
+            f"sigmoid targets must be 0 or 1; found {count} other value(s), e.g. {example}"
         )
     return labels
+
+
+def _outside(labels: Tensor, bad: Tensor, ignore_index: int | None) -> tuple[int, Any] | None:
+    """The count and first value of the ``bad`` entries of ``labels`` other than
+    ``ignore_index`` (found with boolean masks, not a copy of the kept labels), or None."""
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    if not bool(bad.any()):
+        return None
+    return int(bad.sum()), labels[bad][0].item()
+
+
+def check_some_kept(n_kept: int, described: str, ignore_index: int | None) -> None:
+    """Refuse labels of which none is kept: ``described`` names them ("one of the 12 labels").
+
+    Example:
+        >>> check_some_kept(0, "next-token label", -100)
+        Traceback (most recent call last):
+        ...
+        ValueError: every next-token label equals ignore_index=-100: nothing is left to calibrate on
+    """
+    if n_kept == 0:
+        raise ValueError(
+            f"every {described} equals ignore_index={ignore_index}: nothing is left to calibrate on"
+        )
 
 
 def check_unit_interval(probs: Tensor, name: str, conversion: str) -> None:
@@ -348,3 +382,50 @@ def check_row_sums(probs: Tensor) -> None:
         f"probs rows must sum to 1; {int(off.sum())} row(s) do not, e.g. row {row} sums to "
         f"{total:.6g}. Pass softmax probabilities, not logits or scores"
     )
+
+
+def check_softmax_rows(logits: Tensor, labels: Tensor) -> Tensor:
+    """Validate (M, K) logits and (M,) labels held in memory; return the labels as int64.
+
+    The checks of the temperature objective's validating pass, with its messages, for methods
+    that fit on the rows directly: floating (M, K) logits with K >= 2, labels in [0, K), every
+    row finite, every row's range max - min finite in float64, and not every row a probability
+    distribution (in [0, 1], summing to 1).
+
+    Example:
+        >>> check_softmax_rows(torch.tensor([[0.0, float("nan")]]), torch.tensor([0]))
+        Traceback (most recent call last):
+        ...
+        ValueError: logits contain NaN or infinite values in 1 row, e.g. row 0; check the ...
+    """
+    check_matrix_layout(logits.shape, logits.dtype)
+    labels = check_labels(labels, logits.shape[0], logits.shape[1])
+    row_max = logits.amax(dim=1).to(torch.float64)
+    row_min = logits.amin(dim=1).to(torch.float64)
+    bad = (~(torch.isfinite(row_max) & torch.isfinite(row_min))).nonzero()
+    if bad.numel():
+        count, row = bad.numel(), int(bad[0])
+        raise ValueError(
+            f"logits contain NaN or infinite values in {count} {'row' if count == 1 else 'rows'}, "
+            f"e.g. row {row}; check the model's outputs before calibrating"
+        )
+    overflowing = (~torch.isfinite(row_max - row_min)).nonzero()
+    if overflowing.numel():
+        row = int(overflowing[0])
+        raise ValueError(
+            f"logits row {row} spans from {float(row_max[row]):.4g} down past "
+            f"-{torch.finfo(torch.float64).max:.4g}: its range max - min overflows float64, "
+            "too wide to calibrate; check the model's outputs"
+        )
+    sums = logits.sum(dim=1, dtype=torch.float32 if logits.dtype != torch.float64 else None)
+    if (
+        float(row_min.min()) >= 0
+        and float(row_max.max()) <= 1
+        and bool(((sums - 1).abs() <= 1e-3).all())
+    ):
+        raise ValueError(
+            "logits look like probabilities: every row lies in [0, 1] and sums to 1. "
+            "Temperature scaling needs the raw scores before softmax; pass the model's logits, "
+            "or inputs='probs' if only probabilities are available"
+        )
+    return labels

@@ -19,23 +19,29 @@ import contextlib
 import copy
 import functools
 import inspect
-import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from torchcal._inputs.collect import logits_and_labels, model_logits
-from torchcal._inputs.shapes import (
+from torchcal._inputs import (
     INPUTS,
+    Prepared,
+    as_tensor,
     check_probabilities_input,
+    prepare,
     probabilities_to_logits,
-    to_rows,
 )
-from torchcal._inputs.validation import check_bin_count, check_choice, check_model
-from torchcal._objectives.temperature import SoftmaxTemperatureNLL
+from torchcal._inputs.collect import logits_and_labels, model_logits
+from torchcal._inputs.distributed import LocalReducer, ProcessGroupReducer
+from torchcal._inputs.validation import (
+    check_bin_count,
+    check_choice,
+    check_model,
+    check_softmax_rows,
+)
+from torchcal._objectives.temperature import Evaluation, SoftmaxTemperatureNLL
 from torchcal._version import __version__
 from torchcal.calibrators._loaded import (
     loaded_int,
@@ -49,6 +55,7 @@ from torchcal.export import (
     CalibratedModel,
     KeywordCalibratedModel,
     ProbabilitiesToLogits,
+    in_compute_dtype,
     takes_keyword_inputs,
 )
 from torchcal.metrics.calibration import bins_from_sums, expected_calibration_error
@@ -57,14 +64,34 @@ from torchcal.metrics.scores import negative_log_likelihood
 _Self = TypeVar("_Self", bound="Calibrator")
 
 
-def warn_if_one_class(objective: SoftmaxTemperatureNLL) -> None:
+def warn_if_one_class(n_samples: int, label_range: tuple[int, int]) -> None:
     """Warn when every kept label is the same class (over every rank of a distributed fit)."""
-    low, high = objective.label_range
-    if objective.n_samples > 1 and low == high:
+    low, high = label_range
+    if n_samples > 1 and low == high:
         warn(
-            f"all {objective.n_samples} labels are class {low}: a calibration fitted on one "
+            f"all {n_samples} labels are class {low}: a calibration fitted on one "
             "class says little about the others; validate on data with every class",
         )
+
+
+class Scores(NamedTuple):
+    """The NLL and top-label ECE of probabilities on the data fitted on."""
+
+    nll: float
+    ece: float
+
+
+def scores_of(probs: Tensor, labels: Tensor, n_bins: int) -> Scores:
+    """:class:`Scores` of (M, K) probabilities held in memory."""
+    return Scores(
+        float(negative_log_likelihood(probs, labels)),
+        float(expected_calibration_error(probs, labels, n_bins=n_bins)),
+    )
+
+
+def streamed_scores(objective: SoftmaxTemperatureNLL, evaluation: Evaluation) -> Scores:
+    """:class:`Scores` of a streamed pass of ``objective``: its NLL and reliability-bin sums."""
+    return Scores(evaluation.nll, streamed_calibration_error(objective, evaluation.bins))
 
 
 def streamed_calibration_error(objective: SoftmaxTemperatureNLL, bins: Tensor | None) -> float:
@@ -75,21 +102,14 @@ def streamed_calibration_error(objective: SoftmaxTemperatureNLL, bins: Tensor | 
     return float(bins_from_sums(objective.edges, counts, bins[1], bins[2]).calibration_error())
 
 
-def as_tensor(value: Any) -> Any:
-    """A numpy array as a tensor sharing its memory (nothing here writes to it); anything else
-    (a tensor, a loader, a file opened with :func:`~torchcal.open_logits`) as it is.
+class _CheckedRows(NamedTuple):
+    """A softmax calibrator's validated rows, their uncalibrated scores, and the temperature
+    objective built on them (``None`` for methods that do not start from a temperature)."""
 
-    Example:
-        >>> as_tensor(np.array([[0.25, 0.75]]))
-        tensor([[0.2500, 0.7500]], dtype=torch.float64)
-    """
-    if not isinstance(value, np.ndarray):
-        return value
-    if any(stride < 0 for stride in value.strides):  # torch.from_numpy refuses reversed views
-        value = value.copy()
-    with warnings.catch_warnings():  # read-only arrays and memory maps are only read
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(value)
+    logits: Tensor
+    labels: Tensor
+    before: Scores
+    temperature: SoftmaxTemperatureNLL | None
 
 
 def _refuse_constructor_options(fit: Callable[..., Any]) -> Callable[..., Any]:
@@ -144,6 +164,9 @@ class Calibrator(nn.Module):
     #: Every calibrator class by kind (filled in as subclasses are defined).
     registry: ClassVar[dict[str, type[Calibrator]]] = {}
 
+    #: Whether ``fit(..., distributed=True)`` can fit this calibrator over a process group.
+    fits_distributed: ClassVar[bool] = False
+
     model: nn.Module | None
     fit_result: Any
 
@@ -151,8 +174,6 @@ class Calibrator(nn.Module):
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("kind"):
             Calibrator.registry[cls.kind] = cls
-        if "fit" in cls.__dict__:
-            cls.fit = _refuse_constructor_options(cls.__dict__["fit"])  # type: ignore[method-assign]
 
     @property
     def is_fitted(self) -> bool:
@@ -221,13 +242,171 @@ class Calibrator(nn.Module):
                 ".fit(loader), or load a fitted state with .load_state_dict(...)"
             )
 
+    # ------------------------------------------------------------------------- fit
+    @_refuse_constructor_options
     def fit(
-        self,
-        data: Tensor | Iterable[Any],
+        self: _Self,
+        data: Tensor | Iterable[Any] | Any,
         labels: Tensor | None = None,
         *,
         progress: bool | None = None,
-    ) -> Calibrator:
+        distributed: bool = False,
+        process_group: Any | None = None,
+    ) -> _Self:
+        """Fit on ``(logits, labels)`` or on a loader of ``(inputs, labels)`` batches.
+
+        ``data`` is a logits tensor (any shape the calibrator's docstring lists), a numpy array
+        (a memory map from ``numpy.load(path, mmap_mode="r")`` is read in row chunks by the
+        temperature fits, never whole), a file opened with :func:`torchcal.open_logits`, or a
+        loader. Arrays and files hold (N, K) rows with (N,) labels, or (N,) binary logits. With
+        a loader the wrapped model runs in eval mode under ``torch.no_grad()`` on its own device,
+        and every submodule's mode is restored afterwards.
+
+        :class:`~torchcal.TemperatureScaler` with ``shift_labels=True`` streams a loader instead
+        of collecting it: every solver pass runs the model over the loader again and holds one
+        batch's logits, so memory does not grow with the validation set's tokens x vocabulary
+        (only a few numbers per token), at the price of one model pass per solver pass (about 6;
+        ``fit_result.data_passes`` counts them all, the warm start's included). The loader must
+        give the same batches each time.
+
+        ``distributed=True`` (temperature scaling) fits one temperature on the data of every
+        rank of ``process_group`` (default: the world) of an initialised ``torch.distributed``:
+        each rank passes its own shard, the ranks exchange the fit's float64 sums (a few dozen
+        numbers per pass) and every rank ends with the same T, the one a single process would
+        fit on the concatenated shards, and a :attr:`fit_result` that describes all of them.
+        Every rank of the group must call ``fit`` with the same options; if one rank's data is
+        invalid, every rank raises. (A ``DistributedSampler`` pads the shards to equal length
+        by repeating samples unless ``drop_last=True``.)
+
+        A fit that fails leaves the calibrator as it was (see :meth:`_fitting`).
+
+        Args:
+            data: logits (tensor, numpy array, opened file) or a loader of batches.
+            labels: the labels of ``data``'s logits; ``None`` when ``data`` is a loader.
+            progress: show a tqdm bar while collecting logits (``None``: only on a terminal).
+            distributed: fit over the ranks of ``process_group`` (calibrators whose
+                :attr:`fits_distributed` is true).
+            process_group: the ``torch.distributed`` group of a distributed fit (default: the
+                world).
+
+        Returns:
+            ``self``, fitted.
+
+        Example:
+            >>> import tempfile
+            >>> import numpy as np
+            >>> from torchcal import TemperatureScaler
+            >>> _ = torch.manual_seed(0)
+            >>> logits = torch.randn(4000, 10) * 3
+            >>> labels = torch.distributions.Categorical(logits=logits / 2).sample()
+            >>> path = tempfile.mkdtemp() + "/val_logits.npy"
+            >>> np.save(path, logits.numpy())
+            >>> mapped = np.load(path, mmap_mode="r")  # read in row chunks by the fit
+            >>> from_disk = TemperatureScaler().fit(mapped, labels, progress=False)
+            >>> from_disk.temperature == TemperatureScaler().fit(logits, labels).temperature
+            True
+
+            The same fit over the ranks of a process group (here a group of one):
+
+            >>> import torch.distributed as dist
+            >>> store = dist.FileStore(tempfile.mkdtemp() + "/store", 1)
+            >>> dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+            >>> shared = TemperatureScaler().fit(logits, labels, distributed=True)
+            >>> shared.temperature == from_disk.temperature
+            True
+            >>> dist.destroy_process_group()
+        """
+        reducer = self._reducer(distributed, process_group)
+        self._check_can_fit()
+        error: Exception | None = None
+        prepared: Prepared | None = None
+        checked: Any = None
+        try:  # everything that can fail on one rank alone happens here, before any exchange
+            prepared = self._prepared(data, labels, progress)
+            checked = self._validated(prepared, reducer)
+        except Exception as caught:
+            if not reducer.distributed:
+                raise
+            error = caught
+        if reducer.distributed:
+            self._agree(error, prepared, checked, reducer)
+        assert prepared is not None
+        with self._fitting() as draft, torch.no_grad():
+            draft._fit_prepared(prepared, checked)
+            draft._fitted = True
+        return self
+
+    def _reducer(self, distributed: bool, process_group: Any | None) -> LocalReducer:
+        """How the fit's sums are combined: over a process group, or not at all."""
+        if process_group is not None and not distributed:
+            raise ValueError("process_group is only used with distributed=True")
+        if not distributed:
+            return LocalReducer()
+        if not self.fits_distributed:
+            raise ValueError(
+                f"{type(self).__name__} cannot fit distributed: distributed=True is for "
+                "TemperatureScaler; gather the logits on one process to fit it"
+            )
+        return ProcessGroupReducer(process_group)
+
+    def _prepared(self, data: Any, labels: Any, progress: bool | None) -> Prepared:
+        """The fit's inputs: ``data`` (or a loader's logits) laid out by :func:`prepare`."""
+        logits, labels = self._logits_and_labels(data, labels, progress)
+        return prepare(
+            logits,
+            labels,
+            activation=getattr(self, "activation", "softmax"),
+            class_dim=getattr(self, "class_dim", None),
+            ignore_index=getattr(self, "ignore_index", None),
+            per_class=getattr(self, "per_class", False),
+            inputs=getattr(self, "inputs", "logits"),
+        )
+
+    def _record(
+        self,
+        before: Scores,
+        after: Scores,
+        *,
+        n_samples: int,
+        n_parameters: int,
+        iterations: int,
+        converged: bool,
+        **temperature: Any,
+    ) -> FitResult:
+        """The :class:`FitResult` of a fit (``temperature``: the temperature fit's fields)."""
+        return FitResult(
+            calibrator=self.kind,
+            nll_before=before.nll,
+            nll_after=after.nll,
+            ece_before=before.ece,
+            ece_after=after.ece,
+            n_samples=n_samples,
+            n_parameters=n_parameters,
+            iterations=iterations,
+            converged=converged,
+            **temperature,
+        )
+
+    # ------------------------------------------------------------------------- fit hooks
+    def _check_can_fit(self) -> None:
+        """Raise before touching the data if this calibrator cannot fit here (a missing
+        dependency)."""
+
+    def _validated(self, prepared: Prepared, reducer: LocalReducer) -> Any:
+        """The validating pass over ``prepared``: refuses invalid values and measures the
+        uncalibrated scores; what it returns goes to :meth:`_fit_prepared`."""
+        raise NotImplementedError
+
+    def _agree(
+        self, error: Exception | None, prepared: Prepared | None, checked: Any, reducer: Any
+    ) -> None:
+        """A distributed fit: every rank learns of any rank's error, and the validating passes
+        are combined over the ranks (calibrators with :attr:`fits_distributed`)."""
+        raise NotImplementedError
+
+    def _fit_prepared(self, prepared: Prepared, checked: Any) -> None:
+        """Fit on this draft (see :meth:`_fitting`): set the fitted values and ``fit_result``
+        (built by :meth:`_record`)."""
         raise NotImplementedError
 
     def predict_proba(self, inputs: Any) -> Tensor:
@@ -313,14 +492,15 @@ class SoftmaxCalibrator(Calibrator):
 
     # ------------------------------------------------------------------------- subclass hooks
     def _fit_rows(
-        self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
+        self, logits: Tensor, labels: Tensor, temperature: SoftmaxTemperatureNLL | None
     ) -> tuple[int, bool] | tuple[int, bool, bool]:
         """Fit on (M, K) validated logits and (M,) labels; return (iterations, converged), or
         (iterations, converged, explained) where ``explained`` says the method has already warned
         why it did not converge.
 
-        ``objective`` is the temperature-scaling NLL on these rows, already built (its
-        validating pass done), for methods that fit a temperature first.
+        ``temperature`` is the temperature-scaling NLL on these rows, its validating pass done,
+        for methods that start from a fitted temperature (:attr:`_starts_from_temperature`);
+        ``None`` for the others.
         """
         raise NotImplementedError
 
@@ -335,6 +515,11 @@ class SoftmaxCalibrator(Calibrator):
     def _hyperparameters(self) -> dict[str, Any]:
         """Subclass constructor options beyond the shared ones (for :meth:`options`)."""
         return {}
+
+    #: Whether the fit starts from the temperature fitted on the rows (vector, matrix and
+    #: Dirichlet scaling, ensemble temperature scaling): the temperature objective is built for
+    #: them only, and its validating pass measures the uncalibrated scores.
+    _starts_from_temperature: ClassVar[bool] = True
 
     #: Whether the method represents rows whose range max - min overflows float32 (such as
     #: +-3e38) exactly in the limit; the others refuse such rows, naming the first.
@@ -444,63 +629,49 @@ class SoftmaxCalibrator(Calibrator):
         setattr(self, name, value.detach().to(device=device, dtype=torch.float32).clone())
 
     # ------------------------------------------------------------------------- fit
-    def fit(
-        self,
-        data: Tensor | Iterable[Any],
-        labels: Tensor | None = None,
-        *,
-        progress: bool | None = None,
-    ) -> SoftmaxCalibrator:
-        """Fit on ``(logits, labels)`` tensors or on a loader of ``(inputs, labels)`` batches.
+    def _validated(self, prepared: Prepared, reducer: LocalReducer) -> _CheckedRows:
+        """The rows in memory, validated, with the uncalibrated scores: from the temperature
+        objective's validating pass for methods that start from a fitted temperature, else
+        from the rows directly (with the same checks and messages)."""
+        logits, labels = prepared.rows()
+        if self._starts_from_temperature:
+            # One validating pass (NaN/inf, probabilities given as logits) that also yields the
+            # uncalibrated NLL and reliability bins; the fit then starts from its temperature.
+            objective = SoftmaxTemperatureNLL(logits, labels, n_bins=self.n_bins)
+            self._refuse_overflowing_rows(objective)
+            warn_if_one_class(objective.n_samples, objective.label_range)
+            before = streamed_scores(objective, objective.initial)
+            return _CheckedRows(logits, labels.long(), before, objective)
+        labels = check_softmax_rows(logits, labels)
+        warn_if_one_class(labels.numel(), (int(labels.min()), int(labels.max())))
+        probs = torch.softmax(in_compute_dtype(logits), dim=-1)
+        return _CheckedRows(logits, labels, scores_of(probs, labels, self.n_bins), None)
 
-        With a loader the wrapped model runs in eval mode under ``torch.no_grad()`` on its own
-        device, and every submodule's mode is restored afterwards. Returns ``self``.
-        """
-        logits, labels = self._logits_and_labels(data, labels, progress)
-        logits, labels = as_tensor(logits), as_tensor(labels)
-        rows = to_rows(
-            logits,
-            labels,
-            activation="softmax",
-            class_dim=self.class_dim,
-            ignore_index=self.ignore_index,
-            inputs=self.inputs,
+    def _fit_prepared(self, prepared: Prepared, checked: _CheckedRows) -> None:
+        self._fit_device = checked.logits.device  # fitted values live where the logits are
+        # (iterations, converged[, explained]): explained says the method has already warned
+        # why it stopped short, so the generic warning below would repeat it.
+        iterations, converged, *explained = self._fit_rows(
+            checked.logits, checked.labels, checked.temperature
         )
-        # One validating pass (NaN/inf, probabilities given as logits) that also yields the
-        # uncalibrated NLL and reliability bins; the methods that fit a temperature reuse it.
-        uncalibrated = SoftmaxTemperatureNLL(rows.logits, rows.labels, n_bins=self.n_bins)
-        self._refuse_overflowing_rows(uncalibrated)
-        warn_if_one_class(uncalibrated)
-        with self._fitting() as draft:
-            draft._fit_device = rows.logits.device  # fitted values live where the logits are
-            with torch.no_grad():
-                # (iterations, converged[, explained]): explained says the method has already
-                # warned why it stopped short, so the generic warning below would repeat it.
-                iterations, converged, *explained = draft._fit_rows(
-                    rows.logits, rows.labels, uncalibrated
-                )
-            assert rows.class_dim is not None  # softmax rows always have a class dimension
-            draft._fitted_class_dim = rows.class_dim
-            draft._n_classes = rows.logits.shape[1]
-            draft._fitted = True
-            probs = torch.softmax(draft._calibrate(rows.logits), dim=-1)
-            draft.fit_result = FitResult(
-                calibrator=self.kind,
-                nll_before=uncalibrated.initial.nll,
-                nll_after=float(negative_log_likelihood(probs, rows.labels)),
-                ece_before=streamed_calibration_error(uncalibrated, uncalibrated.initial.bins),
-                ece_after=float(expected_calibration_error(probs, rows.labels, n_bins=self.n_bins)),
-                n_samples=rows.logits.shape[0],
-                n_parameters=sum(t.numel() for t in draft._own_buffers().values()),
-                iterations=iterations,
-                converged=converged,
+        assert prepared.class_dim is not None  # softmax rows always have a class dimension
+        self._fitted_class_dim = prepared.class_dim
+        self._n_classes = checked.logits.shape[1]
+        self._fitted = True
+        probs = torch.softmax(self._calibrate(checked.logits), dim=-1)
+        self.fit_result = self._record(
+            checked.before,
+            scores_of(probs, checked.labels, self.n_bins),
+            n_samples=checked.logits.shape[0],
+            n_parameters=sum(t.numel() for t in self._own_buffers().values()),
+            iterations=iterations,
+            converged=converged,
+        )
+        if not converged and not any(explained):
+            warn(
+                f"the {self.kind} fit stopped after {iterations} iterations without "
+                "converging; its parameters may be inexact",
             )
-            if not converged and not any(explained):
-                warn(
-                    f"the {self.kind} fit stopped after {iterations} iterations without "
-                    "converging; its parameters may be inexact",
-                )
-        return self
 
     def _refuse_overflowing_rows(self, objective: SoftmaxTemperatureNLL) -> None:
         row = objective.first_wide_row

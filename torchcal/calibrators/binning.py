@@ -22,14 +22,12 @@ a pure function used by both the calibrator and its exported head, so the heads 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from torchcal._inputs.validation import check_bin_count
-from torchcal._objectives.temperature import SoftmaxTemperatureNLL
 from torchcal.calibrators._loaded import loaded_tensor
 from torchcal.calibrators.base import SoftmaxCalibrator
 from torchcal.errors import warn
@@ -225,6 +223,7 @@ class HistogramBinning(SoftmaxCalibrator):
     """
 
     kind = "histogram"
+    _starts_from_temperature = False
     _fits_overflowing_rows = True  # softmax gives such a row its limit exactly
 
     def __init__(
@@ -246,9 +245,7 @@ class HistogramBinning(SoftmaxCalibrator):
     def _hyperparameters(self) -> dict[str, Any]:
         return {"bins": self.bins}
 
-    def _fit_rows(
-        self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
-    ) -> tuple[int, bool]:
+    def _fit_rows(self, logits: Tensor, labels: Tensor, temperature: None) -> tuple[int, bool]:
         n_classes = logits.shape[1]
         _warn_about_absent_classes(labels, n_classes, "histogram")
         probs = torch.softmax(in_compute_dtype(logits), dim=-1)
@@ -327,6 +324,7 @@ class IsotonicCalibrator(SoftmaxCalibrator):
     """
 
     kind = "isotonic"
+    _starts_from_temperature = False
     _fits_overflowing_rows = True  # softmax gives such a row its limit exactly
 
     def __init__(
@@ -344,24 +342,11 @@ class IsotonicCalibrator(SoftmaxCalibrator):
         self.register_buffer("thresholds_", torch.empty(0))
         self.register_buffer("values_", torch.empty(0))
 
-    def fit(
-        self,
-        data: Tensor | Iterable[Any],
-        labels: Tensor | None = None,
-        *,
-        progress: bool | None = None,
-    ) -> IsotonicCalibrator:
-        """Fit on ``(logits, labels)`` or a loader (see ``SoftmaxCalibrator.fit``).
-
-        Needs scikit-learn; without it this raises ``ImportError`` before touching the data.
-        """
+    def _check_can_fit(self) -> None:
+        """Fitting needs scikit-learn: without it, ``ImportError`` before the data is read."""
         _isotonic_regression()
-        super().fit(data, labels, progress=progress)
-        return self
 
-    def _fit_rows(
-        self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
-    ) -> tuple[int, bool]:
+    def _fit_rows(self, logits: Tensor, labels: Tensor, temperature: None) -> tuple[int, bool]:
         isotonic_regression = _isotonic_regression()
         n_classes = logits.shape[1]
         _warn_about_absent_classes(labels, n_classes, "isotonic")

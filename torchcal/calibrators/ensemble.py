@@ -290,10 +290,11 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
         return w1, w2, w3
 
     def _fit_rows(
-        self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
+        self, logits: Tensor, labels: Tensor, temperature: SoftmaxTemperatureNLL | None
     ) -> tuple[int, bool]:
+        assert temperature is not None  # the first component is the fitted temperature
         solution = fit_temperature(
-            objective,
+            temperature,
             method="lbfgs",
             temperature_bounds=self.temperature_bounds,
             rtol=self.tol,

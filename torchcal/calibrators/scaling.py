@@ -147,8 +147,9 @@ class _AffineCalibrator(SoftmaxCalibrator):
         return self.reg_lambda_ / (k * (k - 1)), self.reg_mu_ / k
 
     def _fit_rows(
-        self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
+        self, logits: Tensor, labels: Tensor, temperature: SoftmaxTemperatureNLL | None
     ) -> tuple[int, bool, bool]:
+        assert temperature is not None  # affine fits start from the fitted temperature
         n_samples, n_classes = logits.shape
         if not self.diagonal and n_classes > MAX_MATRIX_CLASSES:
             raise ValueError(
@@ -171,7 +172,7 @@ class _AffineCalibrator(SoftmaxCalibrator):
                 f"{n_samples} samples to fit them on: expect it to overfit; calibrate on more "
                 "data, raise the penalties, or use a smaller map (VectorScaler, TemperatureScaler)",
             )
-        beta = _temperature_start(objective)
+        beta = _temperature_start(temperature)
         eye = torch.ones(n_classes) if self.diagonal else torch.eye(n_classes)
         result = fit_affine(
             affine,

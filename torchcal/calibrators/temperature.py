@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from torchcal._inputs import ACTIVATIONS, INPUTS, Prepared, prepare
 from torchcal._inputs.collect import check_loader
-from torchcal._inputs.distributed import LocalReducer, ProcessGroupReducer
-from torchcal._inputs.model_rows import NextTokenRows
-from torchcal._inputs.shapes import ACTIVATIONS, INPUTS, FitRows, fit_rows
+from torchcal._inputs.distributed import LocalReducer
+from torchcal._inputs.model_rows import NextTokenSource
 from torchcal._inputs.validation import (
     check_bin_count,
     check_choice,
@@ -27,12 +25,7 @@ from torchcal._objectives.temperature import SigmoidTemperatureNLL, SoftmaxTempe
 from torchcal._optim.temperature import Solution, solve_temperature
 from torchcal._version import __version__
 from torchcal.calibrators._loaded import loaded_record, loaded_tensor, no_unknown_tensors
-from torchcal.calibrators.base import (
-    Calibrator,
-    as_tensor,
-    streamed_calibration_error,
-    warn_if_one_class,
-)
+from torchcal.calibrators.base import Calibrator, streamed_scores, warn_if_one_class
 from torchcal.calibrators.result import FitResult, upgraded_record
 from torchcal.errors import warn
 from torchcal.export import CalibratedModel, TemperatureHead
@@ -138,6 +131,7 @@ class TemperatureScaler(Calibrator):
     """
 
     kind = "temperature"
+    fits_distributed = True
 
     def __init__(
         self,
@@ -420,145 +414,74 @@ class TemperatureScaler(Calibrator):
         return self._export(TemperatureHead(self.temperature_), output, self._fitted_activation)
 
     # ----------------------------------------------------------------------------- fit
-    def fit(
+    def _prepared(self, data: Any, labels: Any, progress: bool | None) -> Prepared:
+        if self.shift_labels:
+            return self._next_token_rows(data, labels)
+        return super()._prepared(data, labels, progress)
+
+    def _validated(self, prepared: Prepared, reducer: LocalReducer) -> list[_Objective]:
+        """One objective per temperature; building it makes the validating pass."""
+        objective_type = (
+            SoftmaxTemperatureNLL if prepared.activation == "softmax" else SigmoidTemperatureNLL
+        )
+        options = {"ignore_index": prepared.ignore_index, "n_bins": self.n_bins}
+        return [
+            objective_type(source, targets, reducer=reducer, **options)
+            for source, targets in zip(prepared.sources, prepared.labels, strict=True)
+        ]
+
+    def _agree(
         self,
-        data: Tensor | Iterable[Any] | Any,
-        labels: Tensor | None = None,
-        *,
-        progress: bool | None = None,
-        distributed: bool = False,
-        process_group: Any | None = None,
-    ) -> TemperatureScaler:
-        """Fit T on ``(logits, labels)`` or on a loader of ``(inputs, labels)`` batches.
+        error: Exception | None,
+        prepared: Prepared | None,
+        objectives: list[_Objective] | None,
+        reducer: Any,
+    ) -> None:
+        objectives = objectives or []
+        layout = self._layout(prepared, len(objectives))
+        reducer.check(error, layout, self._shared_options(prepared))
+        for objective in objectives:
+            objective.synchronise()
 
-        ``data`` is a logits tensor (any shape the class docstring lists), a numpy array (a
-        memory map from ``numpy.load(path, mmap_mode="r")`` is read in row chunks, never whole),
-        a file opened with :func:`torchcal.open_logits`, or a loader. Arrays and files hold (N, K)
-        rows with (N,) labels, or (N,) binary logits. With a loader the wrapped model runs in
-        eval mode under ``torch.no_grad()`` on its own device, and every submodule's mode is
-        restored afterwards. ``progress`` shows a tqdm bar while collecting logits (``None``:
-        only on a terminal).
-
-        With ``shift_labels=True`` a loader is streamed instead of collected: every solver pass
-        runs the model over the loader again and holds one batch's logits, so memory does not
-        grow with the validation set's tokens x vocabulary (only a few numbers per token), at
-        the price of one model pass per solver pass (about 6; ``fit_result.data_passes`` counts
-        them all, the warm start's included). The loader must give the same batches each time.
-
-        ``distributed=True`` fits one temperature on the data of every rank of
-        ``process_group`` (default: the world) of an initialised ``torch.distributed``: each
-        rank passes its own shard, the ranks exchange the fit's float64 sums (a few dozen
-        numbers per pass) and every rank ends with the same T, the one a single process would
-        fit on the concatenated shards, and a :attr:`fit_result` that describes all of them.
-        Every rank of the group must call ``fit`` with the same options; if one rank's data is
-        invalid, every rank raises. (A ``DistributedSampler`` pads the shards to equal length
-        by repeating samples unless ``drop_last=True``.) Returns ``self``.
-
-        Example:
-            >>> import tempfile
-            >>> import numpy as np
-            >>> _ = torch.manual_seed(0)
-            >>> logits = torch.randn(4000, 10) * 3
-            >>> labels = torch.distributions.Categorical(logits=logits / 2).sample()
-            >>> path = tempfile.mkdtemp() + "/val_logits.npy"
-            >>> np.save(path, logits.numpy())
-            >>> mapped = np.load(path, mmap_mode="r")  # read in row chunks by the fit
-            >>> from_disk = TemperatureScaler().fit(mapped, labels, progress=False)
-            >>> from_disk.temperature == TemperatureScaler().fit(logits, labels).temperature
-            True
-
-            The same fit over the ranks of a process group (here a group of one):
-
-            >>> import torch.distributed as dist
-            >>> store = dist.FileStore(tempfile.mkdtemp() + "/store", 1)
-            >>> dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-            >>> shared = TemperatureScaler().fit(logits, labels, distributed=True)
-            >>> shared.temperature == from_disk.temperature
-            True
-            >>> dist.destroy_process_group()
-        """
-        if process_group is not None and not distributed:
-            raise ValueError("process_group is only used with distributed=True")
-        reducer = ProcessGroupReducer(process_group) if distributed else LocalReducer()
-        error: Exception | None = None
-        rows: FitRows | None = None
-        objectives: list[_Objective] = []
-        try:  # everything that can fail on one rank alone happens here, before any exchange
-            rows = self._collect_rows(data, labels, progress)
-            objective_type = (
-                SoftmaxTemperatureNLL if rows.activation == "softmax" else SigmoidTemperatureNLL
+    def _fit_prepared(self, prepared: Prepared, objectives: list[_Objective]) -> None:
+        if prepared.activation == "softmax":
+            warn_if_one_class(objectives[0].n_samples, objectives[0].label_range)
+        results, temperatures = [], []
+        for objective in objectives:
+            solution = fit_temperature(
+                objective,
+                method=self.method,
+                temperature_bounds=self.temperature_bounds,
+                rtol=self.tol,
+                max_iter=self.max_iter,
             )
-            for source, targets in zip(rows.sources, rows.labels, strict=True):
-                options = {"ignore_index": rows.ignore_index, "n_bins": self.n_bins}
-                objectives.append(objective_type(source, targets, reducer=reducer, **options))
-        except Exception as caught:
-            if not reducer.distributed:
-                raise
-            error = caught
-        if reducer.distributed:
-            reducer.check(error, self._layout(rows, len(objectives)), self._shared_options(rows))
-            for objective in objectives:
-                objective.synchronise()
-        assert rows is not None
-        if rows.activation == "softmax":
-            warn_if_one_class(objectives[0])
-        with self._fitting() as draft:
-            results, temperatures = [], []
-            for objective in objectives:
-                solution = fit_temperature(
-                    objective,
-                    method=self.method,
-                    temperature_bounds=self.temperature_bounds,
-                    rtol=self.tol,
-                    max_iter=self.max_iter,
-                )
-                result = self._result(objective, solution)
-                if isinstance(objective.source, NextTokenRows):  # every model pass, warm start too
-                    result = dataclasses.replace(result, data_passes=objective.source.passes.count)
-                results.append(result)
-                temperatures.append(solution.temperature)
-                self._warn_about(objective, solution)
-            draft._fitted_activation, draft._fitted_class_dim = rows.activation, rows.class_dim
-            draft._set_fitted(
-                torch.tensor(temperatures if self.per_class else temperatures[0]),
-                tuple(results) if self.per_class else results[0],
-            )
-        return self
+            results.append(self._result(objective, solution))
+            temperatures.append(solution.temperature)
+            self._warn_about(objective, solution)
+        self._fitted_activation, self._fitted_class_dim = prepared.activation, prepared.class_dim
+        self._set_fitted(
+            torch.tensor(temperatures if self.per_class else temperatures[0]),
+            tuple(results) if self.per_class else results[0],
+        )
 
-    def _shared_options(self, rows: FitRows | None) -> dict[str, Any]:
+    def _shared_options(self, prepared: Prepared | None) -> dict[str, Any]:
         """What every rank of a distributed fit must pass alike: the options and the dtype."""
         return {
             "calibrator": self.kind,
             **self.options(),
-            "dtype": None if rows is None else str(rows.sources[0].dtype),
+            "dtype": None if prepared is None else str(prepared.sources[0].dtype),
         }
 
     @staticmethod
-    def _layout(rows: FitRows | None, n_objectives: int) -> tuple[int, int, int]:
+    def _layout(prepared: Prepared | None, n_objectives: int) -> tuple[int, int, int]:
         """What every rank's data must share: activation, classes per row, temperatures."""
-        if rows is None:
+        if prepared is None:
             return (0, 0, 0)
-        if rows.activation == "softmax":
-            return (1, int(rows.sources[0].shape[-1]), n_objectives)
+        if prepared.activation == "softmax":
+            return (1, int(prepared.sources[0].shape[-1]), n_objectives)
         return (2, 1, n_objectives)
 
-    def _collect_rows(self, data: Any, labels: Any, progress: bool | None) -> FitRows:
-        if self.shift_labels:
-            return self._next_token_rows(data, labels)
-        data, labels = self._logits_and_labels(data, labels, progress)
-        if self.inputs == "probs" or self.per_class or getattr(data, "ndim", 2) > 2:
-            data = as_tensor(data)  # numpy arrays are read in chunks only as (N, K) or (N,) logits
-        return fit_rows(
-            data,
-            labels,
-            activation=self.activation,
-            class_dim=self.class_dim,
-            ignore_index=self.ignore_index,
-            per_class=self.per_class,
-            inputs=self.inputs,
-        )
-
-    def _next_token_rows(self, data: Any, labels: Any) -> FitRows:
+    def _next_token_rows(self, data: Any, labels: Any) -> Prepared:
         """``shift_labels=True``: tensors are sliced (no copy), a loader is streamed."""
         if self.activation == "sigmoid" or self.per_class or self.inputs == "probs":
             raise ValueError(
@@ -577,7 +500,7 @@ class TemperatureScaler(Calibrator):
                     "shift_labels=True needs (B, L, V) logits with (B, L) labels, got "
                     f"{tuple(logits.shape)} and {tuple(labels.shape)}"
                 )
-            return fit_rows(
+            return prepare(
                 logits[:, :-1],
                 labels[:, 1:],
                 activation="softmax",
@@ -585,24 +508,23 @@ class TemperatureScaler(Calibrator):
                 ignore_index=self.ignore_index,
             )
         check_loader(data)
-        source = NextTokenRows(self.model, data, ignore_index=self.ignore_index)
-        return FitRows("softmax", (source,), (source.labels,), -1, None)
+        source = NextTokenSource(self.model, data, ignore_index=self.ignore_index)
+        return Prepared("softmax", (source,), (source.labels,), -1, None)
 
     def _result(self, objective: _Objective, solution: Solution) -> FitResult:
-        return FitResult(
-            calibrator=self.kind,
-            n_parameters=1,
-            temperature=solution.temperature,
-            nll_before=objective.initial.nll,
-            nll_after=solution.evaluation.nll,
-            ece_before=streamed_calibration_error(objective, objective.initial.bins),
-            ece_after=streamed_calibration_error(objective, solution.evaluation.bins),
-            iterations=solution.iterations,
-            function_evaluations=solution.evaluations,
-            data_passes=objective.passes,
-            converged=solution.converged,
+        source = objective.source
+        streamed = isinstance(source, NextTokenSource)  # every model pass, warm start too
+        return self._record(
+            streamed_scores(objective, objective.initial),
+            streamed_scores(objective, solution.evaluation),
             n_samples=objective.n_samples,
+            n_parameters=1,
+            iterations=solution.iterations,
+            converged=solution.converged,
+            temperature=solution.temperature,
             solver=self.method,
+            function_evaluations=solution.evaluations,
+            data_passes=source.passes.count if streamed else objective.passes,
             bound=solution.bound,
         )
 

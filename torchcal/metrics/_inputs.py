@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from torchcal._inputs.shapes import to_rows
+from torchcal._inputs import prepare
 from torchcal._inputs.validation import (
     check_labels,
     check_positive_int,
@@ -141,7 +141,7 @@ def check_probs_and_labels(
         labels.dtype.is_floating_point or labels.dtype == torch.bool
     )
     try:
-        rows = to_rows(
+        prepared = prepare(
             probs,
             labels,
             activation="sigmoid" if sigmoid else "softmax",
@@ -150,7 +150,8 @@ def check_probs_and_labels(
         )
     except (TypeError, ValueError) as error:
         raise _probs_wording(error) from None
-    if rows.activation == "sigmoid":
+    rows = prepared.rows()
+    if prepared.activation == "sigmoid":
         positive = rows.logits
         check_unit_range(positive, "torch.sigmoid(logits)")
         return torch.stack([1 - positive, positive], 1), rows.labels.long()
