@@ -8,8 +8,9 @@ module and saves with :func:`torchcal.save`. Subclasses register themselves unde
 
 :class:`SoftmaxCalibrator` is the common base of the calibrators that map a softmax classifier's
 K class scores to K calibrated logits (vector, matrix and Dirichlet scaling, ensemble temperature
-scaling, histogram binning, isotonic regression): it validates and flattens the inputs once,
-hands ``(M, K)`` rows to :meth:`SoftmaxCalibrator._fit_rows`, and applies
+scaling, histogram binning, isotonic regression): it materialises the prepared rows once,
+validates them (with the temperature objective's validating pass for the methods that start from
+a fitted temperature), hands ``(M, K)`` rows to :meth:`SoftmaxCalibrator._fit_rows`, and applies
 :meth:`SoftmaxCalibrator._calibrate` along the class dimension.
 """
 
@@ -139,9 +140,16 @@ def _refuse_constructor_options(fit: Callable[..., Any]) -> Callable[..., Any]:
 class Calibrator(nn.Module):
     """What every torchcal calibrator offers (see the module docstring).
 
-    Subclasses set :attr:`kind` and implement ``fit``, ``forward``, ``export``, :meth:`options`,
-    :meth:`fitted_tensors` and :meth:`_restore`. Arrays from numpy are accepted wherever tensors
-    are. The repr shows the fitted values and the options that differ from the defaults.
+    :meth:`fit` is defined here, once: the loader's logits (through the wrapped model) or the
+    given ones are laid out by :func:`~torchcal._inputs.prepare`, then the subclass's hooks run
+    on a draft (:meth:`_fitting`): :meth:`_validated` (the validating pass, which also measures
+    the uncalibrated scores), :meth:`_agree` (distributed fits only) and :meth:`_fit_prepared`,
+    which sets the fitted values and a ``fit_result`` built by :meth:`_record`.
+
+    Subclasses set :attr:`kind` and implement those hooks, ``forward``, ``export``,
+    :meth:`options`, :meth:`fitted_tensors` and :meth:`_restore`. Arrays from numpy are accepted
+    wherever tensors are. The repr shows the fitted values and the options that differ from the
+    defaults.
 
     Example:
         >>> from torchcal import TemperatureScaler, VectorScaler
@@ -657,7 +665,6 @@ class SoftmaxCalibrator(Calibrator):
         assert prepared.class_dim is not None  # softmax rows always have a class dimension
         self._fitted_class_dim = prepared.class_dim
         self._n_classes = checked.logits.shape[1]
-        self._fitted = True
         probs = torch.softmax(self._calibrate(checked.logits), dim=-1)
         self.fit_result = self._record(
             checked.before,
