@@ -35,13 +35,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from torchcal._inputs.chunks import RowChunks
 from torchcal._inputs.validation import (
     check_choice,
     check_positive_finite,
     check_positive_int,
     check_temperature_bounds,
 )
-from torchcal._objectives.temperature import SoftmaxTemperatureNLL, default_chunk_elements
+from torchcal._objectives.temperature import SoftmaxTemperatureNLL
 from torchcal.calibrators._loaded import check_simplex, loaded_tensor
 from torchcal.calibrators.base import SoftmaxCalibrator
 from torchcal.calibrators.temperature import fit_temperature
@@ -132,12 +133,11 @@ class _WeightObjective:
     def __init__(self, logits: Tensor, labels: Tensor, beta: float, loss: str) -> None:
         self.loss = loss
         n_rows, n_classes = logits.shape
-        chunk = max(1, default_chunk_elements(logits.device) // n_classes)
         sums = torch.zeros(5, dtype=torch.float64, device=logits.device)
         label_columns = []
-        for start in range(0, n_rows, chunk):
-            z = logits[start : start + chunk].double()
-            y = labels[start : start + chunk, None].to(z.device)
+        for start, stop in RowChunks.fitting(n_rows, row_width=n_classes, device=logits.device):
+            z = logits[start:stop].double()
+            y = labels[start:stop, None].to(z.device)
             scaled, plain = torch.softmax(z * beta, dim=1), torch.softmax(z, dim=1)
             if loss == "mse":  # sums over rows and classes of a^2, a b, b^2, a, b
                 sums += torch.stack(
