@@ -13,7 +13,7 @@ from conftest import tempered_logits
 from safetensors.torch import save_file
 
 from torchcal import LogitsFile, TemperatureScaler, open_logits
-from torchcal._objectives.temperature import CPU_CHUNK_ELEMENTS
+from torchcal._inputs.chunks import CPU_CHUNK_ELEMENTS
 from torchcal.io.files import load_scaler
 
 N, K = 20_000, 50

@@ -7,9 +7,9 @@ import torch
 from conftest import tempered_logits
 
 from torchcal import TemperatureScaler
+from torchcal._inputs.chunks import CPU_CHUNK_ELEMENTS
 from torchcal._inputs.sources import TensorSource
 from torchcal._objectives.temperature import (
-    CPU_CHUNK_ELEMENTS,
     SigmoidTemperatureNLL,
     SoftmaxTemperatureNLL,
     _floor_bins_are_exact,

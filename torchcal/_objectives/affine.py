@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from torchcal._objectives.temperature import default_chunk_elements
+from torchcal._inputs.chunks import RowChunks
 from torchcal._optim.newton import CHOLESKY_RCOND, Curvature, minimise
 
 #: Transformed float64 rows are kept in memory up to this many elements (256 MiB); beyond it
@@ -125,8 +125,12 @@ class AffineObjective:
         self.width = 2 if diagonal else self.n_classes + 1  # P: parameters per class
         self.n_parameters = self.n_classes * self.width
         self.device = rows.device
-        elements = chunk_elements or default_chunk_elements(rows.device)
-        self.chunk_rows = max(1, elements // self.n_classes)
+        self.chunks = RowChunks.fitting(
+            self.n_samples,
+            row_width=self.n_classes,
+            device=self.device,
+            chunk_elements=chunk_elements,
+        )
         #: Newton systems: "newton" forms the Hessian, "newton-cg" uses products with it.
         self.method = "newton"
         self._float32_rows: list[Tensor] | None = None
@@ -143,8 +147,7 @@ class AffineObjective:
 
     # ------------------------------------------------------------------ inputs
     def _raw_chunks(self) -> Iterator[tuple[int, int, Tensor]]:
-        for start in range(0, self.n_samples, self.chunk_rows):
-            stop = min(start + self.chunk_rows, self.n_samples)
+        for start, stop in self.chunks:
             chunk = self.rows[start:stop].to(torch.float64)
             if self.log_probs:
                 chunk = torch.log_softmax(chunk, dim=1)

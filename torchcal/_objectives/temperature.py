@@ -38,12 +38,14 @@ over the ranks, so each rank optimises the objective of all ranks' rows together
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from torchcal._inputs.chunks import RowChunks
 from torchcal._inputs.distributed import LocalReducer, sum_in_rank_order
 from torchcal._inputs.sources import RowSource, TensorRows, check_source
 from torchcal._inputs.validation import (
@@ -54,10 +56,6 @@ from torchcal._inputs.validation import (
 )
 from torchcal.metrics.calibration import bin_sums, uniform_edges
 
-#: Elements per chunk: small enough for the temporaries to stay in cache on a CPU.
-CPU_CHUNK_ELEMENTS = 1 << 18
-#: On a GPU bigger chunks amortise kernel launches.
-CUDA_CHUNK_ELEMENTS = 1 << 24
 #: The NLL and its first four derivatives in beta: the first entries of every pass's sums (the
 #: third and fourth only for the warm start's Taylor steps, see ``evaluate(taylor=True)``).
 N_MOMENTS = 5
@@ -90,11 +88,6 @@ class Evaluation:
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def default_chunk_elements(device: torch.device) -> int:
-    """Elements per chunk for a device: cache-sized on CPU, large on accelerators."""
-    return CPU_CHUNK_ELEMENTS if device.type == "cpu" else CUDA_CHUNK_ELEMENTS
 
 
 @dataclass(frozen=True)
@@ -212,9 +205,10 @@ class _StreamedNLL:
         self.device = source.device
         self.n_rows = source.shape[0]  # this process's rows, ignored ones included
         self.compute_dtype = _compute_dtype(source.dtype)
-        elements = chunk_elements or default_chunk_elements(self.device)
         row_width = source.shape[1] if len(source.shape) > 1 else 1
-        self.chunk_rows = max(1, elements // max(1, row_width))
+        self.chunks = RowChunks.fitting(
+            self.n_rows, row_width=row_width, device=self.device, chunk_elements=chunk_elements
+        )
         self.n_bins = n_bins
         self.edges = uniform_edges(n_bins, self.device)
         self.reducer = reducer or LocalReducer()
@@ -249,8 +243,7 @@ class _StreamedNLL:
     # ------------------------------------------------------------------- passes
     def _chunks(self, keep_all: bool = False) -> Iterator[_Chunk]:
         """Chunks of the kept rows, or with ``keep_all`` of every row (``keep`` marks the kept)."""
-        for start in range(0, self.n_rows, self.chunk_rows):
-            stop = min(start + self.chunk_rows, self.n_rows)
+        for start, stop in self.chunks:
             logits = self.source.read(start, stop).to(self.device, self.compute_dtype)
             keep = None
             if self.ignore_index is not None:
@@ -278,7 +271,7 @@ class _StreamedNLL:
         buffer = buffers.get(index)
         if buffer is None or buffer.numel() < size or buffer.dtype != self.compute_dtype:
             buffers[index] = torch.empty(
-                max(size, self.chunk_rows * max(1, shape[-1])), dtype=self.compute_dtype
+                max(size, self.chunks.rows * max(1, shape[-1])), dtype=self.compute_dtype
             )
         return buffers[index][:size].view(shape)
 
@@ -402,6 +395,7 @@ class _StreamedNLL:
         view = copy.copy(self)
         view.source = self.source.every(step, offset)
         view.n_rows = view.source.shape[0]
+        view.chunks = dataclasses.replace(self.chunks, n_rows=view.n_rows)
         view.labels = self.labels[offset::step]
         view.passes = 0
         view._strided_row_state(step, offset)

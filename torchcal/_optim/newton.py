@@ -6,18 +6,24 @@ Cholesky) or as Hessian-vector products with a preconditioner (large problems: t
 solved inexactly by preconditioned conjugate gradients, "Newton-CG", Nocedal & Wright 2006,
 Algorithm 7.1). The step is then shortened, if need be, until the objective decreases.
 
-Stopping rules, checked in this order after every step (the result's ``reason``):
+Constrained problems (the ensemble's weights on the simplex, :mod:`torchcal._optim.simplex`) pass
+a :class:`Constraint`: it supplies the step's direction (the local quadratic model's minimiser
+over the feasible set), the distance to the optimum (there: the Frank-Wolfe gap) and the
+projection that keeps rounding from leaving the set; the line search and the stopping rule are
+the same.
 
-* ``"converged"``: every partial derivative is at most ``tol`` in absolute value.
+Stopping (the result's ``reason``) follows :mod:`torchcal._optim.stopping`, the distance being
+the largest partial derivative (or the constraint's measure), plus one rule of its own:
+
 * ``"recession"``: the parameters have travelled at least as far as their own size since the
   last check, and the problem reports that the direction travelled, restricted to its
   unpenalised part, narrows no margin and widens some (``recedes``): the objective then keeps
   falling along it forever, so no minimiser exists and further iterations only inflate the
   parameters.
-* ``"no progress"``: the objective fell by at most ``ftol * max(1, |f|)`` (a few units of
-  float64 rounding) in each of ``patience`` consecutive iterations, or no step along the
-  Newton direction decreased it at all.
-* ``"iteration limit"``: ``max_iter`` iterations.
+
+:func:`bracketed_newton` is the one-parameter case used on ``beta = 1/T``: Newton steps kept
+inside a bracket of the optimum (bisection when a step leaves it), stopping by the same rule
+with the step's length, relative to the parameter, as the distance.
 
 Robustness. A dense Hessian that Cholesky cannot factorise even with a jitter (it is indefinite
 through rounding, or has a NaN) falls back to conjugate gradients on it; conjugate gradients stop
@@ -48,6 +54,16 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from torchcal._optim.stopping import (
+    CONVERGED,
+    ITERATION_LIMIT,
+    NO_PROGRESS,
+    PATIENCE,
+    Stopping,
+)
+
+__all__ = ["PATIENCE", "Constraint", "Curvature", "NewtonResult", "bracketed_newton", "minimise"]
+
 #: Cholesky adds this fraction of the largest diagonal entry to the Hessian's diagonal, growing
 #: 100-fold per failed attempt, for at most CHOLESKY_ATTEMPTS attempts.
 CHOLESKY_RCOND = 1e-13
@@ -59,9 +75,6 @@ MAX_CG_ITERATIONS = 250
 ARMIJO = 1e-4
 #: Line-search trials per Newton step at most.
 MAX_LINE_SEARCH = 40
-#: No progress: a decrease of at most FTOL * max(1, |f|) in PATIENCE consecutive iterations.
-FTOL = 1e-15
-PATIENCE = 3
 EPSILON = torch.finfo(torch.float64).eps
 
 
@@ -77,11 +90,34 @@ class Curvature:
 
 
 class NewtonProblem(Protocol):
+    """A smooth convex objective: value and gradient, curvature, and whether it recedes."""
+
     def value_and_gradient(self, theta: Tensor) -> tuple[float, Tensor]: ...
 
     def curvature(self, theta: Tensor) -> Curvature: ...
 
     def recedes(self, direction: Tensor) -> bool: ...
+
+
+class Constraint(Protocol):
+    """A convex feasible set the iterates stay in (see :mod:`torchcal._optim.simplex`)."""
+
+    def direction(self, theta: Tensor, grad: Tensor, curvature: Curvature) -> Tensor:
+        """The step to the minimiser of the local quadratic model over the set."""
+        ...
+
+    def distance(self, theta: Tensor, grad: Tensor) -> float:
+        """A measure of the distance to the optimum, zero exactly at it."""
+        ...
+
+    def project(self, point: Tensor) -> Tensor:
+        """``point`` (feasible but for rounding) moved into the set."""
+        ...
+
+    def tangent(self, grad: Tensor) -> Tensor:
+        """The part of ``grad`` along the set (a slope along any feasible direction is the
+        same with it, without the rounding of the part across)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -101,33 +137,56 @@ class NewtonResult:
         return self.reason == "converged"
 
 
-def minimise(problem: NewtonProblem, theta: Tensor, *, tol: float, max_iter: int) -> NewtonResult:
+def minimise(
+    problem: NewtonProblem,
+    theta: Tensor,
+    *,
+    tol: float,
+    max_iter: int,
+    constraint: Constraint | None = None,
+) -> NewtonResult:
     """Minimise ``problem`` from ``theta`` by a line-search Newton method (see the module
-    docstring for the stopping rules)."""
+    docstring for the stopping rules).
+
+    Args:
+        problem: the objective (value and gradient, curvature, recession test).
+        theta: the start, a float64 tensor of any shape (feasible if ``constraint`` is given).
+        tol: the distance to the optimum at which it stops: the largest partial derivative,
+            or the constraint's measure.
+        max_iter: Newton iterations at most.
+        constraint: a feasible set to stay in; ``None`` for an unconstrained problem.
+    """
+    stopping = Stopping(tol, max_iter)
     value, grad = problem.value_and_gradient(theta)
-    evaluations, products, stalled = 1, 0, 0
+    stopping.start(value)
+    evaluations, products = 1, 0
     reference = theta
-    reason = "iteration limit"
+    reason = ITERATION_LIMIT
     iteration = 0
     while True:
-        if float(grad.abs().max()) <= tol:
-            reason = "converged"
+        distance = (
+            float(grad.abs().max()) if constraint is None else constraint.distance(theta, grad)
+        )
+        if stopping.converged(distance):
+            reason = CONVERGED
             break
         if iteration >= max_iter:
             break
-        direction, used = _newton_direction(problem.curvature(theta), grad)
-        products += used
-        step = _line_search(problem, theta, value, grad, direction)
+        curvature = problem.curvature(theta)
+        if constraint is None:
+            direction, used = _newton_direction(curvature, grad)
+            products += used
+        else:
+            direction = constraint.direction(theta, grad, curvature)
+        step = _line_search(problem, theta, value, grad, direction, constraint)
         evaluations += step.evaluations
         if step.theta is None:
-            reason = "no progress"
+            reason = NO_PROGRESS
             break
         iteration += 1
-        decrease = value - step.value
         theta, value, grad = step.theta, step.value, step.grad
-        stalled = stalled + 1 if decrease <= FTOL * max(1.0, abs(value)) else 0
-        if stalled >= PATIENCE:
-            reason = "no progress"
+        if not stopping.progressed(value):
+            reason = NO_PROGRESS
             break
         travelled = theta - reference
         if float(travelled.norm()) >= max(1.0, float(reference.norm())):
@@ -225,7 +284,12 @@ class _Step:
 
 
 def _line_search(
-    problem: NewtonProblem, theta: Tensor, value: float, grad: Tensor, direction: Tensor
+    problem: NewtonProblem,
+    theta: Tensor,
+    value: float,
+    grad: Tensor,
+    direction: Tensor,
+    constraint: Constraint | None = None,
 ) -> _Step:
     """Backtracking from the full Newton step.
 
@@ -235,17 +299,25 @@ def _line_search(
     all of ``[0, t]``. The second test holds near the optimum, where decreases are below float64
     resolution but gradients are not. A trial that is not finite shrinks ``t`` tenfold, one that
     fails the tests shrinks it to the minimiser of the quadratic through ``f(0)``, ``f'(0)`` and
-    ``f(t)``, kept within ``[t/10, t/2]``.
+    ``f(t)``, kept within ``[t/10, t/2]``. A direction that promises no descent (a
+    constraint's model stationary to rounding) finds none. With a ``constraint`` each trial is
+    projected into its set and slopes are taken with its tangent part of the gradient.
     """
-    slope = float((grad * direction).sum())
+    tangent = (lambda g: g) if constraint is None else constraint.tangent
+    slope = float((tangent(grad) * direction).sum())
+    if not slope < 0:
+        return _Step(None, value, grad, 0)
     t = 1.0
     for trial in range(1, MAX_LINE_SEARCH + 1):
         point = theta + t * direction
+        if constraint is not None:
+            point = constraint.project(point)
         trial_value, trial_grad = problem.value_and_gradient(point)
         if math.isfinite(trial_value) and bool(torch.isfinite(trial_grad).all()):
             rounding = 4 * EPSILON * max(1.0, abs(value))
             if trial_value <= value + ARMIJO * t * slope or (
-                trial_value <= value + rounding and float((trial_grad * direction).sum()) <= 0
+                trial_value <= value + rounding
+                and float((tangent(trial_grad) * direction).sum()) <= 0
             ):
                 return _Step(point, trial_value, trial_grad, trial)
             rise = trial_value - value - slope * t  # > 0 for a convex function
@@ -254,3 +326,72 @@ def _line_search(
         else:
             t *= 0.1
     return _Step(None, value, grad, MAX_LINE_SEARCH)
+
+
+@dataclass(frozen=True)
+class BracketedResult:
+    """Where :func:`bracketed_newton` stopped, and why."""
+
+    x: float
+    iterations: int
+    reason: str  # "converged", "iteration limit", "no progress" (a non-finite slope), or a bound
+    bound: str | None  # "low" or "high" if the minimum lies beyond that end of the range
+
+
+def bracketed_newton(
+    slope_and_step: Callable[[float], tuple[float, float]],
+    x: float,
+    *,
+    bounds: tuple[float, float],
+    stopping: Stopping,
+    land: bool = False,
+) -> BracketedResult:
+    """Newton's method on a convex function of one positive parameter ``x`` within ``bounds``.
+
+    Keeps a bracket of the minimiser (the slope's sign at every evaluated point); a step that
+    leaves the bracket is replaced by bisection (in ``log x``), one that leaves ``bounds`` by the
+    bound. It stops when the slope at a bound points beyond it (``bound``), when the proposed
+    step's length relative to ``x`` meets ``stopping`` (at ``x``, or with ``land`` at where the
+    step leads), on a non-finite slope, or after ``stopping.max_iter`` evaluations.
+
+    Args:
+        slope_and_step: evaluates at ``x`` and returns the slope and the proposed step (the
+            Newton step ``-f'/f''``, or a better model's; NaN if there is none).
+        x: the start.
+        bounds: ``(low, high)``, ``0 < low < high``.
+        stopping: the stopping rule (``tol`` relative to ``x``).
+        land: return where the converged step leads rather than where it starts.
+
+    Example:
+        >>> import math
+        >>> rule = Stopping(1e-12, 50)
+        >>> # f(x) = x - log(x) + ..., minimum at x = 1: slope 1 - 1/x, curvature 1/x^2
+        >>> found = bracketed_newton(lambda x: (1 - 1 / x, -(1 - 1 / x) * x * x), 5.0,
+        ...                          bounds=(1e-3, 1e3), stopping=rule)
+        >>> round(found.x, 12), found.reason
+        (1.0, 'converged')
+    """
+    low_end, high_end = bounds
+    low, high = bounds  # bracket of the minimiser
+    x = min(max(x, low_end), high_end)
+    for iteration in range(1, stopping.max_iter + 1):
+        slope, step = slope_and_step(x)
+        if not math.isfinite(slope):
+            return BracketedResult(x, iteration, NO_PROGRESS, None)
+        if slope > 0:
+            high = x
+        else:
+            low = x
+        if x == low_end and slope > 0:
+            return BracketedResult(x, iteration, "bound", "low")
+        if x == high_end and slope < 0:
+            return BracketedResult(x, iteration, "bound", "high")
+        proposal = x + step
+        if proposal <= low_end or proposal >= high_end:
+            proposal = low_end if proposal <= low_end else high_end
+        elif not low < proposal < high:  # also a NaN step
+            proposal = math.sqrt(low * high)  # bisection in log x
+        if stopping.converged(abs(step) / x):
+            return BracketedResult(proposal if land else x, iteration, CONVERGED, None)
+        x = proposal
+    return BracketedResult(x, stopping.max_iter, ITERATION_LIMIT, None)

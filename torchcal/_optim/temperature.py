@@ -1,15 +1,19 @@
 """Exact one-dimensional solvers for the temperature-scaling objective.
 
 Both work on :class:`~torchcal._objectives.temperature.SoftmaxTemperatureNLL`
-(or any object with the same
-``evaluate``/``subsample`` interface) and stop when the predicted distance to the optimum, relative
-to T, is below ``rtol``:
+(or any object with the same ``evaluate``/``subsample`` interface) and stop by the shared rule of
+:mod:`torchcal._optim.stopping`, when the predicted distance to the optimum, relative to T, is
+below ``rtol``:
 
-* ``"lbfgs"`` (default): ``torch.optim.LBFGS`` with a strong-Wolfe line search on ``log T`` (so
-  T > 0 by construction), rescaled by the curvature at a warm start so that its first step is a
-  Newton step.
-* ``"newton"``: safeguarded Newton on ``beta = 1/T``, where the objective is convex, keeping a
-  bracket of the optimum and falling back to bisection whenever a step leaves it.
+* ``"lbfgs"`` (default): the L-BFGS driver of :mod:`torchcal._optim.lbfgs` (``torch.optim.LBFGS``
+  with a strong-Wolfe line search) on ``log T`` (so T > 0 by construction), rescaled by the
+  curvature at a warm start so that its first step is a Newton step.
+* ``"newton"``: :func:`~torchcal._optim.newton.bracketed_newton` on ``beta = 1/T``, where the
+  objective is convex: Newton steps kept inside a bracket of the optimum, bisection whenever a
+  step leaves it.
+
+:func:`fit_temperature` first decides the degenerate cases from the data's exact facts, then
+runs :func:`solve_temperature`.
 
 Both start from the same warm start (:func:`warm_start`): the optimum on an evenly strided
 subsample of the rows, then one step on all of them that uses the NLL's first four derivatives
@@ -22,13 +26,22 @@ that first evaluation too, is never built (building a ``torch.optim`` optimiser 
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-from torchcal._objectives.temperature import Evaluation, SoftmaxTemperatureNLL
+from torchcal._objectives.temperature import (
+    Evaluation,
+    SigmoidTemperatureNLL,
+    SoftmaxTemperatureNLL,
+)
+from torchcal._optim.lbfgs import minimise_lbfgs
+from torchcal._optim.newton import bracketed_newton
+from torchcal._optim.stopping import CONVERGED, ITERATION_LIMIT, Stopping
+
+_Objective = SoftmaxTemperatureNLL | SigmoidTemperatureNLL
 
 #: The warm start runs on every ``step``-th sample, ``step`` at most WARM_START_FRACTION and small
 #: enough to leave at least WARM_START_MIN_ROWS samples (no subsample below twice that)...
@@ -65,7 +78,7 @@ class Solution:
 
 
 def newton_on_beta(
-    objective: SoftmaxTemperatureNLL,
+    objective: _Objective,
     *,
     temperature_bounds: tuple[float, float],
     rtol: float,
@@ -73,42 +86,51 @@ def newton_on_beta(
     start_beta: float = 1.0,
     bins: bool = True,
 ) -> Solution:
-    """Safeguarded Newton's method on ``beta = 1/T`` within ``temperature_bounds``.
+    """Newton's method on ``beta = 1/T`` within ``temperature_bounds``, safeguarded by a bracket.
 
-    ``bins=False`` skips the reliability-bin sums that the fit's report needs (for warm starts).
+    Args:
+        objective: the temperature NLL.
+        temperature_bounds: the range T is kept in.
+        rtol: the Newton step's length, relative to beta, at which it stops.
+        max_iter: Newton iterations at most.
+        start_beta: where it starts.
+        bins: also compute the reliability-bin sums the fit's report needs (``False`` for warm
+            starts).
     """
-    beta_min, beta_max = 1.0 / temperature_bounds[1], 1.0 / temperature_bounds[0]
-    low, high = beta_min, beta_max  # bracket of the optimum
-    beta = min(max(start_beta, beta_min), beta_max)
     passes_before = objective.passes
-    evaluation = objective.evaluate(beta, hessian=True, bins=bins)
-    for iteration in range(1, max_iter + 1):
-        grad, hess = evaluation.grad, evaluation.hess
-        if grad > 0:
-            high = beta
-        else:
-            low = beta
-        if beta == beta_min and grad > 0:
-            return _solution(evaluation, iteration, objective, passes_before, True, "upper")
-        if beta == beta_max and grad < 0:
-            return _solution(evaluation, iteration, objective, passes_before, True, "lower")
-        step = -grad / hess if hess is not None and hess > 0 else math.nan
-        if abs(step) <= rtol * beta:
-            return _solution(evaluation, iteration, objective, passes_before, True, None)
-        proposal = beta + step
-        if proposal <= beta_min or proposal >= beta_max:
-            proposal = beta_min if proposal <= beta_min else beta_max
-        elif not low < proposal < high:
-            proposal = math.sqrt(low * high)  # bisection in log T
-        beta = proposal
-        evaluation = objective.evaluate(beta, hessian=True, bins=bins)
-    return _solution(evaluation, max_iter, objective, passes_before, False, None)
+    evaluated: list[Evaluation] = []
+
+    def slope_and_step(beta: float) -> tuple[float, float]:
+        evaluated.append(objective.evaluate(beta, hessian=True, bins=bins))
+        grad, hess = evaluated[-1].grad, evaluated[-1].hess
+        return grad, -grad / hess if hess is not None and hess > 0 else math.nan
+
+    found = bracketed_newton(
+        slope_and_step,
+        start_beta,
+        bounds=_beta_range(temperature_bounds),
+        stopping=Stopping(rtol, max_iter),
+    )
+    if found.reason == ITERATION_LIMIT:  # where the last step led is not evaluated yet
+        evaluated.append(objective.evaluate(found.x, hessian=True, bins=bins))
+    bound = _TEMPERATURE_BOUND.get(found.bound or "")
+    converged = found.reason in (CONVERGED, "bound")
+    return _solution(evaluated[-1], found.iterations, objective, passes_before, converged, bound)
+
+
+#: The temperature bound beyond which the optimum lies, by the end of beta's range it meets.
+_TEMPERATURE_BOUND = {"low": "upper", "high": "lower"}
+
+
+def _beta_range(temperature_bounds: tuple[float, float]) -> tuple[float, float]:
+    """The range of ``beta = 1/T`` for ``temperature_bounds``."""
+    return 1.0 / temperature_bounds[1], 1.0 / temperature_bounds[0]
 
 
 def _solution(
     evaluation: Evaluation,
     iterations: int,
-    objective: SoftmaxTemperatureNLL,
+    objective: _Objective,
     passes_before: int,
     converged: bool,
     bound: str | None,
@@ -123,6 +145,9 @@ def taylor_step(evaluation: Evaluation) -> float:
     is found by Newton's method from the Newton step ``-g / h``, and returned only if the model
     increases there, on the Newton step's side and at most twice as far; otherwise the Newton
     step is returned (NaN without a positive curvature).
+
+    Args:
+        evaluation: the NLL's derivatives at one beta, the third and fourth included.
 
     Example:
         >>> from torchcal._objectives.temperature import Evaluation
@@ -156,52 +181,40 @@ def taylor_step(evaluation: Evaluation) -> float:
 
 
 def _taylor_search(
-    objective: SoftmaxTemperatureNLL,
+    objective: _Objective,
     beta: float,
     *,
     beta_range: tuple[float, float],
     rtol: float,
     max_iter: int,
 ) -> float:
-    """Safeguarded Taylor steps from ``beta`` until one is below ``rtol * beta``; where it leads.
+    """Safeguarded Taylor steps (:func:`taylor_step`) from ``beta`` until one is below
+    ``rtol * beta``; where that step leads (a bound of ``beta_range`` if the optimum lies beyond
+    it)."""
 
-    Keeps a bracket of the optimum and bisects (in log T) whenever a step leaves it; returns a
-    bound of ``beta_range`` if the optimum lies beyond it.
-    """
-    beta_min, beta_max = beta_range
-    low, high = beta_min, beta_max
-    for _ in range(max_iter):
-        evaluation = objective.evaluate(beta, taylor=True)
-        grad = evaluation.grad
-        if not math.isfinite(grad):
-            return beta
-        if grad > 0:
-            high = beta
-        else:
-            low = beta
-        if (beta == beta_min and grad > 0) or (beta == beta_max and grad < 0):
-            return beta
-        proposal = beta + taylor_step(evaluation)
-        if proposal <= beta_min or proposal >= beta_max:
-            proposal = beta_min if proposal <= beta_min else beta_max
-        elif not low < proposal < high:  # also a NaN step
-            proposal = math.sqrt(low * high)  # bisection in log T
-        if abs(proposal - beta) <= rtol * beta:
-            return proposal
-        beta = proposal
-    return beta
+    def slope_and_step(at: float) -> tuple[float, float]:
+        evaluation = objective.evaluate(at, taylor=True)
+        return evaluation.grad, taylor_step(evaluation)
+
+    stopping = Stopping(rtol, max_iter)
+    return bracketed_newton(slope_and_step, beta, bounds=beta_range, stopping=stopping, land=True).x
 
 
 def warm_start(
-    objective: SoftmaxTemperatureNLL, temperature_bounds: tuple[float, float], max_iter: int
+    objective: _Objective, temperature_bounds: tuple[float, float], max_iter: int
 ) -> float:
     """A ``beta`` close to the optimum: Taylor steps on a subsample, then one on all the rows.
 
     Without a subsample (small data) the Taylor steps run on all the rows from ``beta = 1``.
     Every full-data step counts in ``objective.passes``; the subsample's steps are a fraction
     of a pass each and do not.
+
+    Args:
+        objective: the temperature NLL.
+        temperature_bounds: the range T is kept in.
+        max_iter: Taylor steps per search at most.
     """
-    beta_range = (1.0 / temperature_bounds[1], 1.0 / temperature_bounds[0])
+    beta_range = _beta_range(temperature_bounds)
     beta = min(max(1.0, beta_range[0]), beta_range[1])
     step = max(1, min(WARM_START_FRACTION, objective.n_samples // WARM_START_MIN_ROWS))
     row_width = math.prod(objective.source.shape[1:])
@@ -216,20 +229,31 @@ def warm_start(
 
 
 def lbfgs_on_log_temperature(
-    objective: SoftmaxTemperatureNLL,
+    objective: _Objective,
     *,
     temperature_bounds: tuple[float, float],
     rtol: float,
     max_iter: int,
     start_beta: float = 1.0,
 ) -> Solution:
-    """``torch.optim.LBFGS`` (strong Wolfe) on ``u = log T``, scaled so its first step is Newton's.
+    """L-BFGS (:func:`~torchcal._optim.lbfgs.minimise_lbfgs`) on ``u = log T``, scaled so its
+    first step is Newton's.
 
     The parameter is ``x`` with ``u = u0 + scale * x`` and ``scale = 1 / sqrt(d2NLL/du2)`` at the
-    start, so the objective has unit curvature in ``x`` and LBFGS's gradient tolerance
-    ``rtol / scale`` bounds the Newton distance to the optimum in ``log T`` by ``rtol``.
+    start, so the objective has unit curvature in ``x``, and the distance checked against
+    ``rtol`` is Newton's estimate of ``|log T - log T*|`` with that curvature. The driver stops
+    at the first evaluation that meets it, line-search trials included: near the optimum NLL
+    differences fall below float32 rounding and the line search cannot resolve them, while the
+    gradient still can.
+
+    Args:
+        objective: the temperature NLL.
+        temperature_bounds: the range T is kept in.
+        rtol: the distance to the optimum in ``log T`` at which it stops.
+        max_iter: L-BFGS iterations at most (and twice as many evaluations).
+        start_beta: where it starts.
     """
-    beta_min, beta_max = 1.0 / temperature_bounds[1], 1.0 / temperature_bounds[0]
+    beta_min, beta_max = _beta_range(temperature_bounds)
     passes_before = objective.passes
     start = objective.evaluate(start_beta, hessian=True, bins=True)
     bound = _bound_beyond(start, beta_min, beta_max)
@@ -247,65 +271,41 @@ def lbfgs_on_log_temperature(
         return scale**2 * evaluation.beta * abs(evaluation.grad)
 
     if distance(start) <= rtol:
-        # LBFGS would evaluate the start, find it within the tolerance and stop: skip building it
+        # L-BFGS would evaluate the start, find it within the tolerance and stop: skip building it
         return _solution(start, 0, objective, passes_before, True, None)
-    x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [x],
-        lr=1.0,
-        max_iter=max_iter,
-        max_eval=2 * max_iter,
-        tolerance_grad=rtol / scale,
-        tolerance_change=1e-15,
-        history_size=10,
-        line_search_fn="strong_wolfe",
-    )
     cache: dict[float, Evaluation] = {0.0: start}
 
-    def evaluate_at(position: float) -> Evaluation:
-        if position not in cache:
-            log_t = min(max(u0 + scale * position, -700.0), 700.0)
+    def evaluate_at(position: Tensor) -> tuple[float, Tensor, float]:
+        key = float(position)
+        if key not in cache:
+            log_t = min(max(u0 + scale * key, -700.0), 700.0)
             evaluation = objective.evaluate(math.exp(-log_t), bins=True)
             best = min(cache.values(), key=distance)
             cache.clear()  # keep the best evaluation and the newest
-            cache.update({position: evaluation, best_position(best): best})
-        return cache[position]
-
-    def best_position(evaluation: Evaluation) -> float:
-        return (-math.log(evaluation.beta) - u0) / scale
-
-    def closure() -> torch.Tensor:
-        evaluation = evaluate_at(float(x.detach()))
-        if distance(evaluation) <= rtol:
-            # Near the optimum NLL differences fall below float32 rounding and the line search
-            # cannot resolve them, while the gradient still can: stop on the gradient.
-            raise _Converged
+            cache.update({key: evaluation, (-math.log(best.beta) - u0) / scale: best})
+        evaluation = cache[key]
         # dNLL/dx = dNLL/dbeta * dbeta/du * du/dx, with dbeta/du = -beta
-        x.grad = torch.tensor([-scale * evaluation.beta * evaluation.grad], dtype=torch.float64)
-        return torch.tensor(evaluation.nll, dtype=torch.float64)
+        slope = torch.tensor([-scale * evaluation.beta * evaluation.grad], dtype=torch.float64)
+        return evaluation.nll, slope, distance(evaluation)
 
-    with contextlib.suppress(_Converged):
-        optimizer.step(closure)
+    x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    stopping = Stopping(rtol, max_iter)
+    result = minimise_lbfgs(evaluate_at, x, stopping=stopping, max_eval=2 * max_iter)
     final = min(cache.values(), key=distance)
-    iterations = int(optimizer.state[x].get("n_iter", 0))
-    converged = distance(final) <= rtol
+    converged = stopping.converged(distance(final))
     bound = _bound_beyond(final, beta_min, beta_max, clamp_only=True)
     if bound is not None:
         clamped = beta_max if bound == "lower" else beta_min
         final = objective.evaluate(clamped, bins=True)
     elif not converged:
-        # LBFGS can stall on an objective that is flat in curvature (linear in beta, as for
+        # L-BFGS can stall on an objective that is flat in curvature (linear in beta, as for
         # logits so large that every softmax is one-hot). The NLL is convex in beta, so the
         # slope's sign at the bound it heads for decides exactly whether the optimum lies beyond.
         edge = objective.evaluate(beta_min if final.grad > 0 else beta_max, bins=True)
         bound = _bound_beyond(edge, beta_min, beta_max)
         if bound is not None:
             final, converged = edge, True
-    return _solution(final, iterations, objective, passes_before, converged, bound)
-
-
-class _Converged(Exception):
-    """Raised inside the LBFGS closure once an evaluation meets the tolerance."""
+    return _solution(final, result.iterations, objective, passes_before, converged, bound)
 
 
 def _bound_beyond(
@@ -321,14 +321,22 @@ def _bound_beyond(
 
 
 def solve_temperature(
-    objective: SoftmaxTemperatureNLL,
+    objective: _Objective,
     *,
     method: str,
     temperature_bounds: tuple[float, float],
     rtol: float,
     max_iter: int,
 ) -> Solution:
-    """Minimise the NLL over T with ``method`` ("lbfgs" or "newton") from a subsample warm start."""
+    """Minimise the NLL over T with ``method`` from the :func:`warm_start`.
+
+    Args:
+        objective: the temperature NLL.
+        method: ``"lbfgs"`` or ``"newton"``.
+        temperature_bounds: the range T is kept in.
+        rtol: the distance to the optimum, relative to T, at which the solver stops.
+        max_iter: iterations of the warm start's searches and of the solver at most.
+    """
     start_beta = warm_start(objective, temperature_bounds, max_iter)
     solver = lbfgs_on_log_temperature if method == "lbfgs" else newton_on_beta
     return solver(
@@ -338,3 +346,46 @@ def solve_temperature(
         max_iter=max_iter,
         start_beta=start_beta,
     )
+
+
+def fit_temperature(
+    objective: _Objective,
+    *,
+    method: str,
+    temperature_bounds: tuple[float, float],
+    rtol: float,
+    max_iter: int,
+) -> Solution:
+    """The NLL-optimal temperature on ``objective``.
+
+    A degenerate case decided from the data's exact facts
+    (:attr:`~torchcal._objectives.temperature.SoftmaxTemperatureNLL.limit`) holds T at its bound
+    without running a solver; otherwise :func:`solve_temperature` finds the optimum.
+
+    Args:
+        objective: the temperature NLL (softmax or sigmoid).
+        method: ``"lbfgs"`` or ``"newton"``.
+        temperature_bounds: the range T is kept in.
+        rtol: the distance to the optimum, relative to T, at which the solver stops.
+        max_iter: iterations of the solver at most.
+
+    Example:
+        >>> separable = SoftmaxTemperatureNLL(torch.eye(4) * 5, torch.arange(4))
+        >>> solution = fit_temperature(separable, method="lbfgs", temperature_bounds=(1e-3, 1e3),
+        ...                            rtol=1e-6, max_iter=100)
+        >>> solution.temperature, solution.bound
+        (0.001, 'lower')
+    """
+    limit = objective.limit
+    if limit is None:
+        return solve_temperature(
+            objective,
+            method=method,
+            temperature_bounds=temperature_bounds,
+            rtol=rtol,
+            max_iter=max_iter,
+        )
+    passes = objective.passes
+    held = temperature_bounds[0] if limit == "lower" else temperature_bounds[1]
+    evaluation = objective.evaluate(1.0 / held, bins=True)
+    return Solution(evaluation, 0, objective.passes - passes, True, limit)

@@ -35,16 +35,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from torchcal._inputs.chunks import RowChunks
 from torchcal._inputs.validation import (
     check_choice,
     check_positive_finite,
     check_positive_int,
     check_temperature_bounds,
 )
-from torchcal._objectives.temperature import SoftmaxTemperatureNLL, default_chunk_elements
+from torchcal._objectives.temperature import SoftmaxTemperatureNLL
+from torchcal._optim.newton import Curvature, minimise
+from torchcal._optim.simplex import SIMPLEX
+from torchcal._optim.temperature import fit_temperature
 from torchcal.calibrators._loaded import check_simplex, loaded_tensor
 from torchcal.calibrators.base import SoftmaxCalibrator
-from torchcal.calibrators.temperature import fit_temperature
 from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
 
@@ -85,59 +88,17 @@ class EnsembleTemperatureHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the weight fit
-def minimise_quadratic_on_simplex(hessian: np.ndarray, linear: np.ndarray) -> np.ndarray:
-    """The exact minimiser of ``w.H.w / 2 + c.w`` over ``{w >= 0, w1 + w2 + w3 = 1}``.
-
-    ``H`` (3, 3) must be positive semi-definite. A convex quadratic attains its minimum over the
-    triangle at the unconstrained minimiser of one of its faces (three vertices, three edges,
-    the interior), so the best feasible face minimiser is the answer. Faces on which the
-    quadratic is flat or singular are skipped: their minimum is also attained on their boundary.
-
-    Example:
-        >>> minimise_quadratic_on_simplex(np.eye(3), np.array([0.0, 0.0, -1.0])).round(6)
-        array([0., 0., 1.])
-        >>> minimise_quadratic_on_simplex(np.eye(3), np.zeros(3)).round(6)
-        array([0.333333, 0.333333, 0.333333])
-    """
-
-    def value(w: np.ndarray) -> float:
-        return float(0.5 * w @ hessian @ w + linear @ w)
-
-    candidates = [np.eye(3)[i] for i in range(3)]
-    for i, j in ((0, 1), (0, 2), (1, 2)):  # edges e_i + t (e_j - e_i), 0 < t < 1
-        start, direction = np.eye(3)[i], np.eye(3)[j] - np.eye(3)[i]
-        curvature = float(direction @ hessian @ direction)
-        slope = float(direction @ (hessian @ start + linear))
-        if curvature > 0 and 0 < -slope / curvature < 1:
-            candidates.append(start - slope / curvature * direction)
-    # interior: w = e3 + B u with B = [e1 - e3, e2 - e3], u = (w1, w2)
-    basis = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
-    reduced = basis.T @ hessian @ basis
-    gradient = basis.T @ (hessian @ np.eye(3)[2] + linear)
-    if np.linalg.det(reduced) > 1e-14 * max(1.0, float(np.abs(reduced).max())) ** 2:
-        inner = np.eye(3)[2] + basis @ np.linalg.solve(reduced, -gradient)
-        if bool((inner > 0).all()):
-            candidates.append(inner)
-    return min(candidates, key=value)
-
-
-def frank_wolfe_gap(gradient: np.ndarray, weights: np.ndarray) -> float:
-    """``g.w - min_j g_j`` >= 0: zero exactly when ``w`` satisfies the simplex KKT conditions."""
-    return float(gradient @ weights - gradient.min())
-
-
 class _WeightObjective:
     """The weight objective of one loss, from the three components' statistics (float64)."""
 
     def __init__(self, logits: Tensor, labels: Tensor, beta: float, loss: str) -> None:
         self.loss = loss
         n_rows, n_classes = logits.shape
-        chunk = max(1, default_chunk_elements(logits.device) // n_classes)
         sums = torch.zeros(5, dtype=torch.float64, device=logits.device)
         label_columns = []
-        for start in range(0, n_rows, chunk):
-            z = logits[start : start + chunk].double()
-            y = labels[start : start + chunk, None].to(z.device)
+        for start, stop in RowChunks.fitting(n_rows, row_width=n_classes, device=logits.device):
+            z = logits[start:stop].double()
+            y = labels[start:stop, None].to(z.device)
             scaled, plain = torch.softmax(z * beta, dim=1), torch.softmax(z, dim=1)
             if loss == "mse":  # sums over rows and classes of a^2, a b, b^2, a, b
                 sums += torch.stack(
@@ -156,24 +117,33 @@ class _WeightObjective:
         aa, ab, bb, a, b = (sums / n_rows).tolist()
         u = 1.0 / n_classes
         # mean_i sum_k v_ik v_ik^T with v_ik = (a_ik, b_ik, 1/K): the Brier score's Hessian / 2
-        self.gram = np.array([[aa, ab, a * u], [ab, bb, b * u], [a * u, b * u, u]])
-        self.label_mean = self.at_label.mean(dim=0).cpu().numpy()
+        self.gram = torch.tensor(
+            [[aa, ab, a * u], [ab, bb, b * u], [a * u, b * u, u]], dtype=torch.float64
+        )
+        self.label_mean = self.at_label.mean(dim=0).cpu()
 
-    def value(self, weights: np.ndarray) -> float:
+    def value_and_gradient(self, weights: Tensor) -> tuple[float, Tensor]:
+        """The objective and its gradient (3,) at ``weights``."""
         if self.loss == "mse":
-            return float(weights @ self.gram @ weights - 2 * self.label_mean @ weights + 1.0)
-        at_label = self.at_label @ torch.from_numpy(weights).to(self.at_label.device)
-        return float(-at_label.log().mean())
+            gram_w = self.gram @ weights
+            return float(weights @ gram_w - 2 * self.label_mean @ weights + 1.0), 2 * (
+                gram_w - self.label_mean
+            )
+        mixed = self.at_label @ weights.to(self.at_label.device)
+        value = float(-mixed.log().mean())
+        return value, -(self.at_label / mixed[:, None]).mean(dim=0).to(weights.device)
 
-    def derivatives(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Gradient (3,) and Hessian (3, 3) at ``weights``."""
+    def curvature(self, weights: Tensor) -> Curvature:
+        """The Hessian (3, 3) at ``weights``."""
         if self.loss == "mse":
-            return 2 * self.gram @ weights - 2 * self.label_mean, 2 * self.gram
-        mixed = self.at_label @ torch.from_numpy(weights).to(self.at_label.device)
+            return Curvature(matrix=2 * self.gram)
+        mixed = self.at_label @ weights.to(self.at_label.device)
         scaled = self.at_label / mixed[:, None]
-        gradient = -scaled.mean(dim=0)
-        hessian = scaled.T @ scaled / scaled.shape[0]
-        return gradient.cpu().numpy(), hessian.cpu().numpy()
+        return Curvature(matrix=(scaled.T @ scaled / scaled.shape[0]).to(weights.device))
+
+    def recedes(self, direction: Tensor) -> bool:
+        """Never: the simplex is bounded."""
+        return False
 
 
 def fit_weights(
@@ -181,34 +151,21 @@ def fit_weights(
 ) -> tuple[np.ndarray, int, bool]:
     """The simplex weights minimising ``loss`` for a fixed T: (weights, iterations, converged).
 
-    Newton's method on the simplex (see the module docstring), from the centre of the simplex,
-    where every row's mixture probability is at least 1 / (3 K) so the NLL is finite.
+    Newton's method on the simplex (:mod:`torchcal._optim.simplex`), from the centre of the
+    simplex, where every row's mixture probability is at least 1 / (3 K) so the NLL is finite,
+    until the Frank-Wolfe gap is at most :data:`WEIGHT_GAP_TOL`.
+
+    Args:
+        logits: (N, K) logits.
+        labels: (N,) class indices.
+        temperature: the fixed T of the first component.
+        loss: ``"mse"`` (Brier score) or ``"nll"``.
+        max_iter: Newton iterations at most.
     """
     objective = _WeightObjective(logits, labels, 1.0 / temperature, loss)
-    weights = np.full(3, 1.0 / 3.0)
-    current = objective.value(weights)
-    for iteration in range(1, max_iter + 1):
-        gradient, hessian = objective.derivatives(weights)
-        if frank_wolfe_gap(gradient, weights) <= WEIGHT_GAP_TOL:
-            return weights, iteration - 1, True
-        target = minimise_quadratic_on_simplex(hessian, gradient - hessian @ weights)
-        direction = target - weights
-        slope = float(gradient @ direction)
-        if not slope < 0:  # the model predicts no descent: stationary to rounding
-            return weights, iteration, frank_wolfe_gap(gradient, weights) <= 1e-9
-        step = 1.0
-        while step > 1e-12:
-            trial = np.clip(weights + step * direction, 0.0, None)
-            trial /= trial.sum()
-            value = objective.value(trial)
-            if value <= current + 1e-4 * step * slope:
-                break
-            step /= 2
-        else:
-            return weights, iteration, frank_wolfe_gap(gradient, weights) <= 1e-9
-        weights, current = trial, value
-    gradient, _ = objective.derivatives(weights)
-    return weights, max_iter, frank_wolfe_gap(gradient, weights) <= WEIGHT_GAP_TOL
+    start = torch.full((3,), 1.0 / 3.0, dtype=torch.float64)
+    result = minimise(objective, start, tol=WEIGHT_GAP_TOL, max_iter=max_iter, constraint=SIMPLEX)
+    return result.theta.numpy(), result.iterations, result.converged
 
 
 # ----------------------------------------------------------------------------- the calibrator

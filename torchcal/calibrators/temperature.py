@@ -22,7 +22,7 @@ from torchcal._inputs.validation import (
     check_tensor,
 )
 from torchcal._objectives.temperature import SigmoidTemperatureNLL, SoftmaxTemperatureNLL
-from torchcal._optim.temperature import Solution, solve_temperature
+from torchcal._optim.temperature import Solution, fit_temperature
 from torchcal._version import __version__
 from torchcal.calibrators._loaded import loaded_record, loaded_tensor, no_unknown_tensors
 from torchcal.calibrators.base import Calibrator, streamed_scores, warn_if_one_class
@@ -44,42 +44,6 @@ def _check_flag(value: object, name: str) -> bool:
 def _is_set(temperature: object) -> bool:
     """False for the all-NaN temperature of an unfitted scaler."""
     return not (isinstance(temperature, Tensor) and bool(torch.isnan(temperature).all()))
-
-
-def fit_temperature(
-    objective: _Objective,
-    *,
-    method: str,
-    temperature_bounds: tuple[float, float],
-    rtol: float,
-    max_iter: int,
-) -> Solution:
-    """The NLL-optimal temperature on ``objective``: a degenerate case decided from the data's
-    exact facts
-    (:attr:`~torchcal._objectives.temperature.SoftmaxTemperatureNLL.limit`) holds T at its bound
-    without running a solver; otherwise the solver finds the optimum.
-
-    Example:
-        >>> from torchcal._objectives.temperature import SoftmaxTemperatureNLL
-        >>> separable = SoftmaxTemperatureNLL(torch.eye(4) * 5, torch.arange(4))
-        >>> solution = fit_temperature(separable, method="lbfgs", temperature_bounds=(1e-3, 1e3),
-        ...                            rtol=1e-6, max_iter=100)
-        >>> solution.temperature, solution.bound
-        (0.001, 'lower')
-    """
-    limit = objective.limit
-    if limit is None:
-        return solve_temperature(
-            objective,
-            method=method,
-            temperature_bounds=temperature_bounds,
-            rtol=rtol,
-            max_iter=max_iter,
-        )
-    passes = objective.passes
-    held = temperature_bounds[0] if limit == "lower" else temperature_bounds[1]
-    evaluation = objective.evaluate(1.0 / held, bins=True)
-    return Solution(evaluation, 0, objective.passes - passes, True, limit)
 
 
 class TemperatureScaler(Calibrator):
