@@ -265,11 +265,7 @@ def check_temperature_bounds(bounds: tuple[float, float]) -> tuple[float, float]
 def check_floating(value: object, name: str) -> Tensor:
     """Check that ``value`` is a floating tensor (float16, bfloat16, float32 or float64)."""
     value = check_tensor(value, name)
-    if value.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), "
-            f"got dtype {value.dtype}"
-        )
+    check_float_dtype(value.dtype, name)
     return value
 
 

@@ -21,7 +21,7 @@ import copy
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +63,7 @@ from torchcal.metrics.calibration import bins_from_sums, expected_calibration_er
 from torchcal.metrics.scores import negative_log_likelihood
 
 _Self = TypeVar("_Self", bound="Calibrator")
+_Fit = TypeVar("_Fit", bound=Callable[..., Any])
 
 
 def warn_if_one_class(n_samples: int, label_range: tuple[int, int]) -> None:
@@ -113,7 +114,7 @@ class _CheckedRows(NamedTuple):
     temperature: SoftmaxTemperatureNLL | None
 
 
-def _refuse_constructor_options(fit: Callable[..., Any]) -> Callable[..., Any]:
+def _refuse_constructor_options(fit: _Fit) -> _Fit:
     """Wrap a ``fit`` so that a constructor option passed to it (``fit(..., inputs="probs")``)
     raises a TypeError saying where the option goes, not "unexpected keyword argument"."""
     accepted = set(inspect.signature(fit).parameters)
@@ -134,7 +135,7 @@ def _refuse_constructor_options(fit: Callable[..., Any]) -> Callable[..., Any]:
             )
         return fit(self, *args, **kwargs)
 
-    return checked_fit
+    return cast(_Fit, checked_fit)
 
 
 class Calibrator(nn.Module):
