@@ -25,14 +25,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from torchcal._inputs.validation import check_positive_int
+from torchcal._inputs import check_choice, check_positive_int
+from torchcal._terms import bin_index, uniform_edges
 from torchcal.metrics._inputs import check_n_bins, check_probs_and_labels
 from torchcal.metrics.calibration import (
-    bin_index,
+    NORMS,
     bins_from_sums,
     expected_calibration_error,
     maximum_calibration_error,
-    uniform_edges,
+    top_label_bins,
 )
 from torchcal.metrics.samples import SampleStatistics, statistics_of_rows
 from torchcal.metrics.scores import accuracy, brier_score, negative_log_likelihood
@@ -145,33 +146,42 @@ def _resampled_binned_error(bin_sums: _ResampledBinSums, norm: str) -> Batched:
     return batched
 
 
-def _batched(
+#: Metrics that are the mean of a per-sample term, and that term of the statistics.
+_MEAN_TERMS: dict[Metric, Callable[[SampleStatistics], Tensor]] = {
+    accuracy: lambda statistics: statistics.correct.to(torch.float64),
+    negative_log_likelihood: SampleStatistics.nll_terms,
+    brier_score: SampleStatistics.brier_terms,
+}
+
+
+def _from_statistics(
     metric: Metric,
     kwargs: dict[str, Any],
     statistics: Callable[[], SampleStatistics],
     means: _ResampledMeans,
     bin_sums: dict[int, _ResampledBinSums],
-) -> Batched | None:
-    """A batched form of ``metric`` from per-sample statistics, or None if it has none."""
-    if kwargs and metric in (accuracy, negative_log_likelihood, brier_score):
+) -> tuple[float, Batched] | None:
+    """``metric``'s value and batched form from the per-sample statistics, or None if it is not
+    a function of them. The value is computed as the metric itself computes it, to the bit."""
+    if metric in _MEAN_TERMS:
+        if kwargs:
+            return None
+        terms = _MEAN_TERMS[metric](statistics())
+        return float(terms.mean()), means.add(terms)
+    if metric not in (expected_calibration_error, maximum_calibration_error):
         return None
-    if metric is accuracy:
-        return means.add(statistics().correct.to(torch.float64))
-    if metric is negative_log_likelihood:
-        return means.add(statistics().nll_terms())
-    if metric is brier_score:
-        return means.add(statistics().brier_terms())
-    if metric in (expected_calibration_error, maximum_calibration_error):
-        if set(kwargs) - {"n_bins", "strategy", "norm"}:
-            return None
-        if kwargs.get("strategy", "uniform") != "uniform":
-            return None
-        norm = "max" if metric is maximum_calibration_error else kwargs.get("norm", "l1")
-        n_bins = check_n_bins(kwargs.get("n_bins", 15))
-        if n_bins not in bin_sums:
-            bin_sums[n_bins] = _ResampledBinSums(statistics(), n_bins)
-        return _resampled_binned_error(bin_sums[n_bins], norm)
-    return None
+    if set(kwargs) - {"n_bins", "strategy", "norm"}:
+        return None
+    if kwargs.get("strategy", "uniform") != "uniform":
+        return None
+    norm = "max" if metric is maximum_calibration_error else kwargs.get("norm", "l1")
+    check_choice(norm, "norm", NORMS)
+    n_bins = check_n_bins(kwargs.get("n_bins", 15))
+    if n_bins not in bin_sums:
+        bin_sums[n_bins] = _ResampledBinSums(statistics(), n_bins)
+    found = statistics()
+    bins = top_label_bins(found.confidences, found.correct, n_bins, "uniform")
+    return float(bins.calibration_error(norm)), _resampled_binned_error(bin_sums[n_bins], norm)
 
 
 @dataclass
@@ -281,16 +291,17 @@ class Bootstrap:
         bin_sums: dict[int, _ResampledBinSums] = {}
         group = self._groups.setdefault(name, {})
         for key, metric in metrics.items():
+            found = _from_statistics(metric, metric_kwargs, statistics, means, bin_sums)
+            if found is not None:
+                group[key] = _Resampled(*found, None, rows.device)
+                continue
+
+            def each(indices: Tensor, metric: Metric = metric) -> float:
+                indices = indices.to(rows.device)
+                return float(metric(rows[indices], labels[indices], **metric_kwargs))
+
             value = float(metric(rows, labels, **metric_kwargs))
-            batched = _batched(metric, metric_kwargs, statistics, means, bin_sums)
-            each = None
-            if batched is None:
-
-                def each(indices: Tensor, metric: Metric = metric) -> float:
-                    indices = indices.to(rows.device)
-                    return float(metric(rows[indices], labels[indices], **metric_kwargs))
-
-            group[key] = _Resampled(value, batched, each, rows.device)
+            group[key] = _Resampled(value, None, each, rows.device)
 
     def intervals(self, *, progress: bool = False) -> dict[str, dict[str, MetricInterval]]:
         """Draw the resamples and return ``{name: {metric: interval}}`` for everything added.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from torchcal._inputs.validation import check_probabilities
+from torchcal._inputs import check_probabilities
 from torchcal.metrics._inputs import as_tensor
 
 
