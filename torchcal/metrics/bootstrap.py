@@ -65,6 +65,7 @@ class MetricInterval:
         return f"{self.value:.4f} [{self.low:.4f}, {self.high:.4f}]"
 
     def to_dict(self) -> dict[str, float]:
+        """``{"value": ..., "low": ..., "high": ...}``, as the JSON reports hold it."""
         return {"value": self.value, "low": self.low, "high": self.high}
 
 
@@ -271,7 +272,15 @@ class Bootstrap:
         **metric_kwargs: Any,
     ) -> None:
         """Compute ``metric(probs, labels, **metric_kwargs)`` for each of ``metrics`` and
-        prepare its resampling; the samples must be as many as in every earlier call."""
+        prepare its resampling; the samples must be as many as in every earlier call.
+
+        Args:
+            name: the name the intervals are returned under.
+            metrics: ``{metric name: metric}``.
+            probs: (N, K) probabilities.
+            labels: (N,) integer labels.
+            **metric_kwargs: passed to every metric.
+        """
         rows, labels = check_probs_and_labels(probs, labels)
         if self.n_samples is not None and rows.shape[0] != self.n_samples:
             raise ValueError(
@@ -306,7 +315,8 @@ class Bootstrap:
     def intervals(self, *, progress: bool = False) -> dict[str, dict[str, MetricInterval]]:
         """Draw the resamples and return ``{name: {metric: interval}}`` for everything added.
 
-        ``progress=True`` shows a progress bar (tqdm, on stderr).
+        Args:
+            progress: show a progress bar (tqdm, on stderr).
         """
         if self.n_samples is None:
             raise RuntimeError("nothing to resample yet: call add(name, metrics, probs, labels)")
@@ -362,9 +372,12 @@ def bootstrap_interval(
 
     Args:
         metric: any function of ``(probs, labels)`` returning a scalar tensor or float.
+        probs: (N, K) probabilities.
+        labels: (N,) integer labels.
         n_resamples: number of bootstrap resamples.
         confidence: coverage of the interval, in (0, 1).
         seed: an int seed or a ``torch.Generator`` (CPU) that draws the resamples.
+        **metric_kwargs: passed to ``metric``.
 
     Example:
         >>> from torchcal.metrics import expected_calibration_error
@@ -390,8 +403,17 @@ def bootstrap_intervals(
     seed: int | torch.Generator = 0,
     progress: bool = False,
 ) -> dict[str, MetricInterval]:
-    """Several metrics with bootstrap intervals from the same resamples (and the same numbers
-    as :func:`bootstrap_interval` called once per metric with the same ``seed``).
+    """Several metrics with bootstrap intervals from the same resamples: those
+    :func:`bootstrap_interval` draws for each metric with the same int ``seed`` (the values are
+    equal; the interval ends of mean-type metrics equal up to float64 rounding, their resampled
+    means being computed together).
+
+    Args:
+        metrics: ``{name: metric}``, each a function of ``(probs, labels)``.
+        probs: (N, K) probabilities.
+        labels: (N,) integer labels.
+        n_resamples, confidence, seed: as in :func:`bootstrap_interval`.
+        progress: show a progress bar (tqdm, on stderr).
 
     Example:
         >>> from torchcal.metrics import accuracy, negative_log_likelihood
