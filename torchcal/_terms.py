@@ -244,7 +244,12 @@ class BinSums:
         self.sums = torch.zeros(3, edges.numel() - 1, dtype=torch.float64, device=edges.device)
 
     def add(self, confidences: Tensor, correct: Tensor) -> None:
-        """Add (M,) confidences and their (M,) bool correctness."""
+        """Add confidences and their correctness.
+
+        Args:
+            confidences: (M,) confidences in the dtype given at construction.
+            correct: (M,) bool correctness.
+        """
         count, capacity = confidences.numel(), self.confidences.numel()
         if self.size + count > capacity:
             self._flush()

@@ -90,8 +90,11 @@ class TemperatureScalingCallback(  # type: ignore[misc]
     """A ``TrainerCallback`` that runs :func:`calibrate_trainer` when training ends.
 
     ``trainer.add_callback(TemperatureScalingCallback(trainer, **options))``; after
-    ``trainer.train()`` the fitted calibrator is :attr:`calibrator`. The arguments are those of
-    :func:`calibrate_trainer`.
+    ``trainer.train()`` the fitted calibrator is :attr:`calibrator`.
+
+    Args:
+        trainer: the ``transformers.Trainer`` the callback is added to.
+        kind, **options: as in :func:`calibrate_trainer`.
     """
 
     def __init__(self, trainer: Any, kind: str = "temperature", **options: Any) -> None:
@@ -106,4 +109,9 @@ class TemperatureScalingCallback(  # type: ignore[misc]
         self.calibrator: Calibrator | None = None
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Calibrate once training ends.
+
+        Args:
+            args, state, control, **kwargs: the trainer's, as every callback hook gets them.
+        """
         self.calibrator = calibrate_trainer(self.trainer, self.kind, **self.options)

@@ -91,6 +91,12 @@ class TemperatureScalingCallback(  # type: ignore[misc]
         self.saved_path: str | None = None
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """Calibrate ``pl_module`` on the validation data once training ends.
+
+        Args:
+            trainer: the Lightning trainer.
+            pl_module: the trained module, wrapped by the calibrator.
+        """
         loader, sharded = self._validation_loader(trainer, pl_module)
         self.calibrator, self.metrics = calibrate(
             self.kind,

@@ -50,6 +50,11 @@ _CHUNK_ELEMENTS = 1 << 22  # resamples x samples drawn at once
 class MetricInterval:
     """A metric's value on all data and a bootstrap percentile interval around it.
 
+    Args:
+        value: the metric on all the data.
+        low, high: the interval's ends.
+        confidence: the interval's coverage.
+
     Example:
         >>> interval = MetricInterval(value=0.1, low=0.08, high=0.13, confidence=0.95)
         >>> str(interval)
