@@ -83,7 +83,7 @@ def calibrate(
         batch_options: how to read them (:data:`BatchOptions`).
         sharded: whether ``loader`` holds this rank's shard of the data: then, in an initialised
             process group of several ranks, the fit is on the data of every rank (see
-            :func:`_fit_calibrator`).
+            :func:`fit_calibrator`).
         progress: show a progress bar while collecting logits.
 
     Returns:
@@ -99,7 +99,7 @@ def calibrate(
         output_fn=output_fn,
     )
     distributed = sharded and _is_distributed()
-    _fit_calibrator(calibrator, batches, distributed=distributed, progress=progress)
+    fit_calibrator(calibrator, batches, distributed=distributed, progress=progress)
     return calibrator, _fit_metrics(calibrator)
 
 
@@ -110,7 +110,7 @@ def _is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _fit_calibrator(
+def fit_calibrator(
     calibrator: Calibrator, loader: Batches, *, distributed: bool, progress: bool | None
 ) -> Calibrator:
     """Fit on ``loader``; with ``distributed`` on the data of every rank, identically everywhere.
