@@ -37,8 +37,7 @@ def top1_margin(probs: Tensor, dim: int = -1) -> Tensor:
     """The largest probability minus the second largest, in [0, 1]; needs K >= 2 classes.
 
     Args:
-        probs: probabilities (tensor or numpy array), the classes along ``dim``.
-        dim: the class dimension.
+        probs, dim: as in :func:`entropy`.
 
     Example:
         >>> top1_margin(torch.tensor([0.5755, 0.3858, 0.0387]))
@@ -57,8 +56,7 @@ def max_probability(probs: Tensor, dim: int = -1) -> Tensor:
     """The largest probability (the top-label confidence), in [1/K, 1].
 
     Args:
-        probs: probabilities (tensor or numpy array), the classes along ``dim``.
-        dim: the class dimension.
+        probs, dim: as in :func:`entropy`.
 
     Example:
         >>> max_probability(torch.tensor([[0.2, 0.8], [0.6, 0.4]]))
