@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from torchcal._inputs import check_positive_int
+from torchcal._inputs.chunks import RowChunks
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -50,14 +51,15 @@ __all__ = [
 CHUNK_ELEMENTS = 1 << 20
 
 
-def row_chunks(rows: Tensor) -> range:
-    """Start rows of chunks of about :data:`CHUNK_ELEMENTS` elements of (N, K) ``rows``.
+def row_chunks(rows: Tensor) -> RowChunks:
+    """The ``(start, stop)`` chunks of about :data:`CHUNK_ELEMENTS` elements of (N, K) ``rows``.
 
     Args:
-        rows: an (N, K) tensor; the chunks' step is ``range.step``.
+        rows: an (N, K) tensor.
     """
-    step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
-    return range(0, rows.shape[0], step)
+    return RowChunks.fitting(
+        rows.shape[0], row_width=rows.shape[1], device=rows.device, chunk_elements=CHUNK_ELEMENTS
+    )
 
 
 # --- the proper scores' per-sample terms ----------------------------------------------------
@@ -81,10 +83,10 @@ def nll_terms_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
     """
     terms = torch.empty(logits.shape[0], dtype=torch.float64, device=logits.device)
     chunks = row_chunks(logits)
-    for start in chunks:
-        wide = logits[start : start + chunks.step].to(torch.float64)
-        label_logits = wide.gather(1, labels[start : start + chunks.step, None]).squeeze(1)
-        terms[start : start + wide.shape[0]] = torch.logsumexp(wide, dim=1) - label_logits
+    for start, stop in chunks:
+        wide = logits[start:stop].to(torch.float64)
+        label_logits = wide.gather(1, labels[start:stop, None]).squeeze(1)
+        terms[start:stop] = torch.logsumexp(wide, dim=1) - label_logits
     return terms
 
 
@@ -208,8 +210,8 @@ def classwise_bin_sums(
     counts = torch.zeros(n_classes * n_bins, dtype=torch.int64, device=device)
     sum_probs = torch.zeros(n_classes * n_bins, dtype=torch.float64, device=device)
     chunks = row_chunks(probs)
-    for start in chunks:
-        wide = probs[start : start + chunks.step].to(torch.float64)
+    for start, stop in chunks:
+        wide = probs[start:stop].to(torch.float64)
         index = (bin_index(wide, edges) + offsets).reshape(-1)
         counts.index_add_(0, index, torch.ones_like(index))
         sum_probs.index_add_(0, index, wide.reshape(-1))
