@@ -394,7 +394,11 @@ COMMANDS = {"demo": _demo, "fit": _fit, "report": _report, "compare": _compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Args:
+        argv: the arguments after the program name; ``None`` reads ``sys.argv``.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -45,6 +45,7 @@ class SampleStatistics:
 
     @property
     def n_samples(self) -> int:
+        """How many samples the statistics describe."""
         return self.confidences.numel()
 
     def nll_terms(self) -> Tensor:
