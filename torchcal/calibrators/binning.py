@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from torchcal._inputs.validation import check_bin_count
 from torchcal._objectives.temperature import SoftmaxTemperatureNLL
 from torchcal.calibrators._loaded import loaded_tensor
-from torchcal.calibrators.base import SoftmaxCalibrator
+from torchcal.calibrators._state import FittedState
+from torchcal.calibrators.base import Inputs, SoftmaxCalibrator
 from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
 
@@ -234,7 +235,7 @@ class HistogramBinning(SoftmaxCalibrator):
         bins: int = 15,
         class_dim: int | None = None,
         ignore_index: int | None = -100,
-        inputs: str = "logits",
+        inputs: Inputs = "logits",
         n_bins: int = 15,
     ) -> None:
         super().__init__(
@@ -243,8 +244,11 @@ class HistogramBinning(SoftmaxCalibrator):
         self.bins = check_bin_count(bins, "bins")
         self.register_buffer("bin_values_", torch.empty(0))
 
-    def _hyperparameters(self) -> dict[str, Any]:
-        return {"bins": self.bins}
+    @property
+    def bin_values(self) -> Tensor:
+        """The fitted (K, bins) bin values (a copy): each class's frequency per bin."""
+        self._check_fitted()
+        return self.bin_values_.detach().clone()
 
     def _fit_rows(
         self, logits: Tensor, labels: Tensor, objective: SoftmaxTemperatureNLL
@@ -269,8 +273,10 @@ class HistogramBinning(SoftmaxCalibrator):
     def _calibrate(self, logits: Tensor) -> Tensor:
         return histogram_calibrate(logits, self.bin_values_)
 
-    def _check_fitted_values(self, tensors: dict[str, Tensor], n_classes: int) -> None:
-        loaded_tensor(tensors, "bin_values_", shape=(n_classes, self.bins), unit_interval=True)
+    def _check_fitted_values(self, tensors: dict[str, Tensor], state: FittedState) -> None:
+        """Bin values: (K, bins), in [0, 1]."""
+        shape = (state.n_classes, self.bins)
+        loaded_tensor(tensors, "bin_values_", shape=shape, unit_interval=True)
 
     def head(self) -> nn.Module:
         """A :class:`HistogramHead` with a copy of the fitted bin values."""
@@ -335,7 +341,7 @@ class IsotonicCalibrator(SoftmaxCalibrator):
         *,
         class_dim: int | None = None,
         ignore_index: int | None = -100,
-        inputs: str = "logits",
+        inputs: Inputs = "logits",
         n_bins: int = 15,
     ) -> None:
         super().__init__(
@@ -343,6 +349,18 @@ class IsotonicCalibrator(SoftmaxCalibrator):
         )
         self.register_buffer("thresholds_", torch.empty(0))
         self.register_buffer("values_", torch.empty(0))
+
+    @property
+    def thresholds(self) -> Tensor:
+        """The fitted (K, M) knots (a copy), each class's row increasing."""
+        self._check_fitted()
+        return self.thresholds_.detach().clone()
+
+    @property
+    def values(self) -> Tensor:
+        """The fitted (K, M) values at the knots (a copy), each class's row non-decreasing."""
+        self._check_fitted()
+        return self.values_.detach().clone()
 
     def fit(
         self,
@@ -387,8 +405,9 @@ class IsotonicCalibrator(SoftmaxCalibrator):
     def _calibrate(self, logits: Tensor) -> Tensor:
         return isotonic_calibrate(logits, self.thresholds_, self.values_)
 
-    def _check_fitted_values(self, tensors: dict[str, Tensor], n_classes: int) -> None:
+    def _check_fitted_values(self, tensors: dict[str, Tensor], state: FittedState) -> None:
         """Knots and values: (K, M) with M >= 1, in [0, 1], non-decreasing along each row."""
+        n_classes = state.n_classes
         knots = loaded_tensor(tensors, "thresholds_", ndim=2, unit_interval=True)
         if knots.shape[0] != n_classes or knots.shape[1] < 1:
             raise ValueError(
