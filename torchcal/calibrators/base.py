@@ -249,6 +249,8 @@ class Calibrator(nn.Module):
         return wrapper(self.model, head, output, link=activation, class_dim=class_dim)
 
     # ------------------------------------------------------------------------- state
+    #: The fitted buffers a constructor registers empty (a fit or a load gives them values).
+    _fitted_names: ClassVar[tuple[str, ...]] = ()
     #: Earlier names of fitted buffers (old name -> current name), as files and state dicts
     #: written by torchcal 0.1.0 hold them; loading maps them to the current names.
     _former_names: ClassVar[dict[str, str]] = {}
@@ -423,6 +425,39 @@ class Calibrator(nn.Module):
         raise NotImplementedError
 
 
+def fitted_value(name: str, doc: str) -> property:
+    """A read-only property giving a copy of the fitted buffer ``name`` (refused before a fit).
+
+    Args:
+        name: the buffer, e.g. ``"weight_"``.
+        doc: the property's docstring.
+    """
+
+    def read(self: Calibrator) -> Tensor:
+        self._check_fitted()
+        return getattr(self, name).detach().clone()
+
+    return property(read, doc=doc)
+
+
+class SnapshotHead(nn.Module):
+    """The base of the pure-tensor heads: copies of fitted values, held as buffers by name.
+
+    Args:
+        values: the fitted tensors by buffer name.
+
+    Example:
+        >>> head = SnapshotHead(weight=torch.ones(2))
+        >>> [name for name, _ in head.named_buffers()], list(head.parameters())
+        (['weight'], [])
+    """
+
+    def __init__(self, **values: Tensor) -> None:
+        super().__init__()
+        for name, value in values.items():
+            self.register_buffer(name, value.detach().clone())
+
+
 def _option_defaults(cls: type[Calibrator]) -> dict[str, Any]:
     """The constructor's options but ``model``, with their defaults, in signature order."""
     return {
@@ -468,6 +503,8 @@ class SoftmaxCalibrator(Calibrator):
         self.ignore_index = ignore_index
         self.inputs = check_choice(inputs, "inputs", get_args(Inputs))
         self.n_bins = check_bin_count(n_bins, "n_bins")
+        for name in self._fitted_names:
+            self.register_buffer(name, torch.empty(0))
         self._init_fitted_state()
         self._n_classes = 0
         self._fit_device: torch.device | None = None

@@ -44,7 +44,7 @@ from torchcal._inputs.validation import (
 from torchcal._objectives.temperature import SoftmaxTemperatureNLL, default_chunk_elements
 from torchcal.calibrators._loaded import check_simplex, loaded_tensor
 from torchcal.calibrators._state import FittedState
-from torchcal.calibrators.base import Inputs, SoftmaxCalibrator
+from torchcal.calibrators.base import Inputs, SnapshotHead, SoftmaxCalibrator
 from torchcal.calibrators.temperature import fit_temperature
 from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
@@ -74,13 +74,16 @@ def ensemble_temperature_calibrate(logits: Tensor, temperature: Tensor, weights:
     return top + total.log()
 
 
-class EnsembleTemperatureHead(nn.Module):
-    """Ensemble temperature scaling with a fixed T and weights, held as buffers (a snapshot)."""
+class EnsembleTemperatureHead(SnapshotHead):
+    """Ensemble temperature scaling with a fixed T and weights, held as buffers (a snapshot).
+
+    Args:
+        temperature: the () temperature of the first component.
+        weights: the (3,) weights on the simplex.
+    """
 
     def __init__(self, temperature: Tensor, weights: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("temperature", temperature.detach().clone())
-        self.register_buffer("weights", weights.detach().clone())
+        super().__init__(temperature=temperature, weights=weights)
 
     def forward(self, logits: Tensor) -> Tensor:
         return ensemble_temperature_calibrate(logits, self.temperature, self.weights)
@@ -245,6 +248,7 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
     """
 
     kind = "ensemble_temperature"
+    _fitted_names = ("temperature_", "weights_")
     _fits_overflowing_rows = True
 
     def __init__(
@@ -267,8 +271,6 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
         self.temperature_bounds = check_temperature_bounds(temperature_bounds)
         self.tol = check_positive_finite(tol, "tol")
         self.max_iter = check_positive_int(max_iter, "max_iter")
-        self.register_buffer("temperature_", torch.empty(0))
-        self.register_buffer("weights_", torch.empty(0))
 
     @property
     def temperature(self) -> float:

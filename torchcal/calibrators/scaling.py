@@ -46,7 +46,7 @@ from torchcal._objectives.temperature import SoftmaxTemperatureNLL
 from torchcal._optim.temperature import solve_temperature
 from torchcal.calibrators._loaded import loaded_tensor
 from torchcal.calibrators._state import FittedState
-from torchcal.calibrators.base import Inputs, SoftmaxCalibrator
+from torchcal.calibrators.base import Inputs, SnapshotHead, SoftmaxCalibrator, fitted_value
 from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
 
@@ -84,7 +84,7 @@ def affine_calibration(logits: Tensor, weight: Tensor, bias: Tensor, log_probs: 
     return torch.matmul(x, weight.t()) + bias
 
 
-class AffineCalibrationHead(nn.Module):
+class AffineCalibrationHead(SnapshotHead):
     """Pure-tensor head: :func:`affine_calibration` with a snapshot of a fitted weight and bias.
 
     Example:
@@ -96,9 +96,7 @@ class AffineCalibrationHead(nn.Module):
     """
 
     def __init__(self, weight: Tensor, bias: Tensor, log_probs: bool) -> None:
-        super().__init__()
-        self.register_buffer("weight", weight.detach().clone())
-        self.register_buffer("bias", bias.detach().clone())
+        super().__init__(weight=weight, bias=bias)
         self.log_probs = bool(log_probs)
 
     def forward(self, logits: Tensor) -> Tensor:
@@ -117,6 +115,7 @@ class _AffineCalibrator(SoftmaxCalibrator):
     _remedy: ClassVar[str] = ", raise reg_lambda and reg_mu,"
     #: A 0.1.0 file's and state dict's names of the fitted values.
     _former_names: ClassVar[dict[str, str]] = {"weight": "weight_", "bias": "bias_"}
+    _fitted_names = ("weight_", "bias_")
 
     weight_: Tensor
     bias_: Tensor
@@ -157,20 +156,9 @@ class _AffineCalibrator(SoftmaxCalibrator):
         self.reg_mu_: float | None = None
         self.tol = check_positive_finite(tol, "tol")
         self.max_iter = check_positive_int(max_iter, "max_iter")
-        self.register_buffer("weight_", torch.empty(0))
-        self.register_buffer("bias_", torch.empty(0))
 
-    @property
-    def weight(self) -> Tensor:
-        """The fitted weight (a copy): (K,) scales, or a (K, K) matrix."""
-        self._check_fitted()
-        return self.weight_.detach().clone()
-
-    @property
-    def bias(self) -> Tensor:
-        """The fitted (K,) bias (a copy), summing to zero."""
-        self._check_fitted()
-        return self.bias_.detach().clone()
+    weight = fitted_value("weight_", "The fitted weight (a copy): (K,) scales, or a (K, K) matrix.")
+    bias = fitted_value("bias_", "The fitted (K,) bias (a copy), summing to zero.")
 
     def _penalties(self, n_samples: int, n_classes: int) -> tuple[float, float]:
         """Set ``reg_lambda_``, ``reg_mu_``; return the coefficients of sum_{i != j} W_ij^2 and

@@ -31,6 +31,7 @@ from torchcal.calibrators.base import (
     Calibrator,
     Inputs,
     as_tensor,
+    fitted_value,
     streamed_calibration_error,
     warn_if_one_class,
 )
@@ -190,11 +191,10 @@ class TemperatureScaler(Calibrator):
             )
         return float(self.temperature_)
 
-    @property
-    def temperatures(self) -> Tensor:
-        """The fitted temperature(s) as a tensor: shape () or, with ``per_class``, (K,)."""
-        self._check_fitted()
-        return self.temperature_.detach().clone()
+    temperatures = fitted_value(
+        "temperature_",
+        "The fitted temperature(s) as a tensor (a copy): shape () or, with ``per_class``, (K,).",
+    )
 
     def _fitted_without_state(self, tensors: dict[str, Tensor], state: FittedState) -> bool:
         """An older state (or none) leaves it to the values: T is NaN until fitted."""
