@@ -113,9 +113,14 @@ def _refuse_constructor_options(fit: Callable[..., Any]) -> Callable[..., Any]:
 class Calibrator(nn.Module):
     """What every torchcal calibrator offers (see the module docstring).
 
-    Subclasses set :attr:`kind` and implement ``fit``, ``forward``, ``export``, :meth:`options`,
-    :meth:`fitted_tensors` and :meth:`_restore`. Arrays from numpy are accepted wherever tensors
-    are. The repr shows the fitted values and the options that differ from the defaults.
+    Subclasses set :attr:`kind`, keep every constructor option under its own name (so
+    :meth:`options`, read from the constructor's signature, holds them), keep their fitted values
+    as buffers named with a trailing underscore (``temperature_``, ``weight_``, ...; read through
+    properties without it), and implement ``fit``, ``forward``, ``export`` and
+    :meth:`_check_fitted_values`. Saving and loading are the same for every kind: the buffers
+    plus one fitted state (:mod:`torchcal.calibrators._state`), checked by :meth:`_check_loaded`.
+    Arrays from numpy are accepted wherever tensors are. The repr shows the fitted values and the
+    options that differ from the defaults.
 
     Example:
         >>> from torchcal import TemperatureScaler, VectorScaler

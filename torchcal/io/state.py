@@ -62,6 +62,10 @@ def save(calibrator: Calibrator, path: PathLike) -> None:
     a ``path`` that is a folder, a device or a FIFO is refused (``OSError``) before anything is
     written.
 
+    Args:
+        calibrator: a fitted calibrator of any kind.
+        path: the file to write.
+
     Example:
         >>> import tempfile, torch, torchcal
         >>> _ = torch.manual_seed(0)
@@ -98,7 +102,8 @@ def load(path: PathLike, model: nn.Module | None = None) -> Calibrator:
     """Read a file written by :func:`save` into a fitted calibrator of the kind saved.
 
     Every value is checked as strictly as a fit would produce it before the calibrator is
-    built (see the module docstring).
+    built (see the module docstring). Files of every format version up to
+    :data:`FORMAT_VERSION` load, those torchcal 0.1.0 wrote (format 1) included.
 
     Args:
         path: the file.
