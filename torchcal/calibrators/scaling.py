@@ -87,6 +87,11 @@ def affine_calibration(logits: Tensor, weight: Tensor, bias: Tensor, log_probs: 
 class AffineCalibrationHead(SnapshotHead):
     """Pure-tensor head: :func:`affine_calibration` with a snapshot of a fitted weight and bias.
 
+    Args:
+        weight: (K,) scales or a (K, K) matrix.
+        bias: the (K,) bias.
+        log_probs: apply the map to ``log_softmax(z)`` (Dirichlet) rather than to ``z``.
+
     Example:
         >>> head = AffineCalibrationHead(torch.eye(2) * 2, torch.tensor([0.5, -0.5]), False)
         >>> head(torch.tensor([[1.0, 0.0]]))
