@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from torchcal._inputs.collect import Batches, _concatenate, collect_logits
 from torchcal.calibrators.base import Calibrator
-from torchcal.calibrators.result import FitResult
 from torchcal.calibrators.temperature import TemperatureScaler
 
 #: The prefix of every logged metric name.
@@ -154,7 +153,7 @@ def _fit_metrics(calibrator: Calibrator) -> dict[str, float]:
         prefix = PREFIX if len(results) == 1 else f"{PREFIX}label_{index}/"
         for name in ("nll_before", "nll_after", "ece_before", "ece_after"):
             metrics[prefix + name] = float(getattr(result, name))
-        if isinstance(result, FitResult):
+        if result.temperature is not None:  # a temperature fit's record
             metrics[prefix + "temperature"] = float(result.temperature)
     return metrics
 
