@@ -41,8 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from torchcal._inputs.validation import check_positive_finite, check_positive_int
-from torchcal._objectives.affine import AffineObjective, fit_affine
+from torchcal._objectives.affine import AffineObjective
 from torchcal._objectives.temperature import SoftmaxTemperatureNLL
+from torchcal._optim.affine import fit_affine
 from torchcal._optim.temperature import solve_temperature
 from torchcal.calibrators._loaded import loaded_tensor
 from torchcal.calibrators._state import FittedState
