@@ -37,6 +37,8 @@ FORMAT = "torchcal"
 #: fitted-state layout for every kind. Format 1 files (torchcal 0.1.0) load too: their tensor
 #: names map to the buffers' (``temperature``, ``weight``, ``bias``) and their states are read
 #: in both of their layouts (see :mod:`torchcal.calibrators._state`).
+__all__ = ["FORMAT_VERSION", "load", "save"]
+
 FORMAT_VERSION = 2
 PathLike = str | os.PathLike[str]
 
