@@ -32,13 +32,14 @@ from torchcal._version import __version__
 from torchcal.calibrators.base import Calibrator
 from torchcal.io._atomic import atomic_write
 
+__all__ = ["FORMAT_VERSION", "load", "save"]
+
+
 FORMAT = "torchcal"
 #: 2: tensors named as the calibrator's buffers (``temperature_``, ``weight_``, ...) and one
 #: fitted-state layout for every kind. Format 1 files (torchcal 0.1.0) load too: their tensor
 #: names map to the buffers' (``temperature``, ``weight``, ``bias``) and their states are read
 #: in both of their layouts (see :mod:`torchcal.calibrators._state`).
-__all__ = ["FORMAT_VERSION", "load", "save"]
-
 FORMAT_VERSION = 2
 PathLike = str | os.PathLike[str]
 
