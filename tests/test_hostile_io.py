@@ -138,11 +138,6 @@ def same_predictions(original: torchcal.Calibrator) -> Callable[[Any], None]:
     return check
 
 
-def _stored_name(kind: str, name: str) -> str:
-    """The tensor's name in a state dict (the file calls a TemperatureScaler's T 'temperature')."""
-    return "temperature_" if (kind, name) == ("temperature", "temperature") else name
-
-
 # ------------------------------------------------------- cause 4: values no fit could produce
 BAD_T = [
     (-2.0, "> 0"),
@@ -159,11 +154,11 @@ def _bad_values() -> list[tuple[str, str, Any, str]]:
     """(kind, tensor, replacement or a function of the saved tensor, words of the refusal)."""
     cases: list[tuple[str, str, Any, str]] = []
     for value, words in BAD_T:
-        cases.append(("temperature", "temperature", torch.tensor(value), words))
+        cases.append(("temperature", "temperature_", torch.tensor(value), words))
         cases.append(("ensemble_temperature", "temperature_", torch.tensor(value), words))
     cases += [
-        ("temperature", "temperature", torch.tensor([1.5, 1.5]), "shape"),
-        ("temperature", "temperature", torch.tensor(2, dtype=torch.int64), "dtype"),
+        ("temperature", "temperature_", torch.tensor([1.5, 1.5]), "shape"),
+        ("temperature", "temperature_", torch.tensor(2, dtype=torch.int64), "dtype"),
         ("ensemble_temperature", "weights_", torch.tensor([NAN, 0.5, 0.5]), "finite"),
         ("ensemble_temperature", "weights_", torch.tensor([-0.5, 1.0, 0.5]), ">= 0"),
         ("ensemble_temperature", "weights_", torch.tensor([0.5, 0.5, 0.5]), "sum to 1"),
@@ -173,11 +168,11 @@ def _bad_values() -> list[tuple[str, str, Any, str]]:
         square = kind != "vector"
         seven = torch.eye(7) if square else torch.ones(7)
         cases += [
-            (kind, "weight", lambda w: torch.full_like(w, NAN), "finite"),
-            (kind, "weight", lambda w: torch.full_like(w, INF), "finite"),
-            (kind, "weight", seven, "shape"),  # would output 7 classes for 4-class logits
-            (kind, "bias", torch.zeros(7), "shape"),
-            (kind, "bias", lambda b: b.double().fill_(-INF), "finite"),
+            (kind, "weight_", lambda w: torch.full_like(w, NAN), "finite"),
+            (kind, "weight_", lambda w: torch.full_like(w, INF), "finite"),
+            (kind, "weight_", seven, "shape"),  # would output 7 classes for 4-class logits
+            (kind, "bias_", torch.zeros(7), "shape"),
+            (kind, "bias_", lambda b: b.double().fill_(-INF), "finite"),
         ]
     cases += [
         ("histogram", "bin_values_", lambda v: v - 0.5, "[0, 1]"),
@@ -218,7 +213,7 @@ def test_load_refuses_values_no_fit_could_produce(tmp_path, kind, name, value, w
 )
 def test_load_state_dict_refuses_them_and_leaves_the_calibrator_as_it_was(kind, name, value, words):
     state = fitted(kind).state_dict()
-    state[_stored_name(kind, name)] = _replacement(kind, name, value)
+    state[name] = _replacement(kind, name, value)
     for target in (type(fitted(kind))(), copy.deepcopy(fitted(kind))):
         before = copy.deepcopy(target)
         expect_refused(lambda t=target: t.load_state_dict(state), name, words)
@@ -246,7 +241,7 @@ def test_every_kind_round_trips_exactly(tmp_path, kind):
 
 
 def test_a_temperature_that_disagrees_with_its_fit_result_is_refused(tmp_path):
-    path = rewritten(saved("temperature", tmp_path), {"temperature": torch.tensor(2.5)})
+    path = rewritten(saved("temperature", tmp_path), {"temperature_": torch.tensor(2.5)})
     expect_refused(lambda: torchcal.load(path), str(path), "fit_results[0].temperature")
 
 
@@ -267,7 +262,7 @@ def test_an_unfitted_state_dict_still_loads_as_unfitted():
 
 # ------------------------------------------------------- cause 4 through the command line
 def test_report_with_a_negative_temperature_scaler_fails_naming_it(tmp_path):
-    path = rewritten(saved("temperature", tmp_path), {"temperature": torch.tensor(-2.0)})
+    path = rewritten(saved("temperature", tmp_path), {"temperature_": torch.tensor(-2.0)})
     logits, labels = tempered_logits(200, K, seed=10)
     np.save(tmp_path / "logits.npy", logits.numpy())
     np.save(tmp_path / "labels.npy", labels.numpy())
@@ -371,6 +366,7 @@ def test_temperature_fit_results_of_the_wrong_kind_are_refused(tmp_path):
 def test_a_softmax_calibrator_state_that_contradicts_its_tensors_is_refused(tmp_path, kind):
     path = saved(kind, tmp_path)
     original = read_file(path)[1]["fit_result"]
+    (record,) = json.loads(original)["fit_results"]
     for changes, words in [
         ({"n_classes": 7}, "shape"),
         ({"n_classes": 0}, "n_classes"),
@@ -378,8 +374,8 @@ def test_a_softmax_calibrator_state_that_contradicts_its_tensors_is_refused(tmp_
         ({"class_dim": 0}, "class_dim"),
         ({"fitted": "yes"}, "fitted"),
         ({"fitted": False}, "fitted"),
-        ({"fit_result": {"calibrator": "banana"}}, "calibrator"),
-        ({"fit_result": {"n_samples": None}}, "n_samples"),
+        ({"fit_results": [{**record, "calibrator": "banana"}]}, "calibrator"),
+        ({"fit_results": [{**record, "n_samples": None}]}, "n_samples"),
     ]:
         if kind == "ensemble_temperature" and changes == {"n_classes": 7}:
             continue  # its T and weights do not depend on K (it then refuses 4-class logits)

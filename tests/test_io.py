@@ -45,7 +45,7 @@ def test_the_file_holds_one_tensor_and_json_metadata_but_no_model(tmp_path):
     torchcal.save(scaler, path)
     assert path.stat().st_size < 2_000  # the 6000 weights are not in it
     with safetensors.safe_open(str(path), framework="pt") as file:
-        assert list(file.keys()) == ["temperature"]
+        assert list(file.keys()) == ["temperature_"]
         metadata = file.metadata()
     assert metadata["format"] == "torchcal"
     assert metadata["format_version"] == str(FORMAT_VERSION)

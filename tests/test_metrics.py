@@ -13,9 +13,9 @@ from netcal.metrics import ECE
 from sklearn.metrics import log_loss
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from torchcal import _terms
 from torchcal.metrics import (
     CalibrationErrorMeter,
-    _inputs,
     accuracy,
     bootstrap_interval,
     brier_score,
@@ -313,7 +313,7 @@ def test_huge_resample_counts_and_tiny_bandwidths_are_refused_with_their_limits(
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_chunked_class_wise_and_brier_equal_numpy_float64(monkeypatch, dtype):
-    monkeypatch.setattr(_inputs, "CHUNK_ELEMENTS", 64)  # many row chunks of 12 rows
+    monkeypatch.setattr(_terms, "CHUNK_ELEMENTS", 64)  # many row chunks of 12 rows
     probs, labels = probabilities(n=1001, k=5, seed=19, dtype=dtype)
     p, y = probs.numpy().astype(np.float64), labels.numpy()
     edges = np.linspace(0, 1, 11)

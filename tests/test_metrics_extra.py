@@ -22,7 +22,7 @@ from torchcal.metrics import (
     reliability_bins,
     smooth_calibration_error,
 )
-from torchcal.metrics.calibration import top_label
+from torchcal.metrics.samples import sample_statistics
 
 kumar = pytest.importorskip("calibration")  # uncertainty-calibration (Kumar et al.)
 relplot = pytest.importorskip("relplot")
@@ -78,7 +78,8 @@ def test_debiased_ece_is_near_zero_for_calibrated_probabilities():
 @pytest.mark.parametrize(("seed", "n", "k", "scale"), CASES)
 def test_smooth_ece_matches_relplot(seed, n, k, scale):
     probs, labels = overconfident(seed, n, k, scale)
-    confidences, correct = top_label(probs, labels)
+    statistics = sample_statistics(probs, labels)
+    confidences, correct = statistics.confidences, statistics.correct
     f, y = confidences.numpy(), correct.double().numpy()
     reference = relplot.smECE(f, y)
     assert float(smooth_calibration_error(probs, labels)) == pytest.approx(reference, abs=1e-12)

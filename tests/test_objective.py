@@ -12,10 +12,8 @@ from torchcal._inputs.sources import TensorSource
 from torchcal._objectives.temperature import (
     SigmoidTemperatureNLL,
     SoftmaxTemperatureNLL,
-    _floor_bins_are_exact,
-    _uniform_bin_sums,
 )
-from torchcal.metrics.calibration import bin_sums, uniform_edges
+from torchcal._terms import bin_sums, floor_bin_sums, floor_bins_are_exact, uniform_edges
 
 
 @pytest.mark.parametrize("n_bins", [1, 7, 10, 15, 16, 64, 1023, 1024])
@@ -32,8 +30,8 @@ def test_floor_binning_equals_bucketize_on_the_float64_edges(n_bins):
     )
     correct = torch.rand(len(confidences)) > 0.4
     expected = bin_sums(confidences, correct, edges)
-    if _floor_bins_are_exact(n_bins):
-        found = _uniform_bin_sums(confidences, correct, n_bins)
+    if floor_bins_are_exact(n_bins):
+        found = floor_bin_sums(confidences, correct, n_bins)
         assert torch.equal(found[0], expected[0]) and torch.equal(found[2], expected[2])
         assert torch.allclose(found[1], expected[1], rtol=1e-12, atol=0)
 

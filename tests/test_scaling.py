@@ -16,7 +16,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchcal._objectives.affine import AffineObjective, fit_affine
+from torchcal._objectives.affine import AffineObjective
+from torchcal._optim.affine import fit_affine
 from torchcal.calibrators.scaling import (
     MAX_MATRIX_CLASSES,
     DirichletCalibrator,

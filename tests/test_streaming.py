@@ -118,9 +118,9 @@ def test_meter_syncs_across_two_gloo_processes():
 
 
 def test_meter_on_logits_takes_the_nll_and_brier_in_float64(monkeypatch):
-    from torchcal.metrics import _inputs
+    from torchcal import _terms
 
-    monkeypatch.setattr(_inputs, "CHUNK_ELEMENTS", 50)  # several row chunks per batch
+    monkeypatch.setattr(_terms, "CHUNK_ELEMENTS", 50)  # several row chunks per batch
     logits, labels = data(n=1000, k=6, seed=3)
     meter = CalibrationErrorMeter(inputs="logits")
     feed(meter, logits.numpy(), labels.numpy())

@@ -24,12 +24,28 @@ from torchcal.io.files import save_scaler
 from torchcal.metrics import reliability_bins
 from torchcal.metrics.bootstrap import MetricInterval
 
+__all__ = [
+    "DemoReport",
+    "DigitsSplits",
+    "digits_network",
+    "load_digits_splits",
+    "run_digits_demo",
+    "train_classifier",
+]
+
+#: Features and labels of one split.
 Split = tuple[Tensor, Tensor]
 
 
 @dataclass(frozen=True)
 class DigitsSplits:
-    """Train (60%), validation (20%) and test (20%) splits of the 8x8 digits, features in [0, 1]."""
+    """Train (60%), validation (20%) and test (20%) splits of the 8x8 digits, features in [0, 1].
+
+    Attributes:
+        train: (features (N, 64), labels (N,)) to train the network on.
+        val: the split the calibrator is fitted on.
+        test: the split the calibration is judged on.
+    """
 
     train: Split
     val: Split
@@ -37,7 +53,11 @@ class DigitsSplits:
 
 
 def load_digits_splits(seed: int = 0) -> DigitsSplits:
-    """Load scikit-learn's digits (1,797 images, 10 classes) and split them 60/20/20."""
+    """Load scikit-learn's digits (1,797 images, 10 classes) and split them 60/20/20.
+
+    Args:
+        seed: the seed of the random split.
+    """
     try:
         from sklearn.datasets import load_digits
     except ImportError as error:  # pragma: no cover - exercised only without the extra
@@ -55,7 +75,15 @@ def load_digits_splits(seed: int = 0) -> DigitsSplits:
 
 
 def digits_network(seed: int = 0) -> nn.Module:
-    """A two-layer perceptron for 64 pixels and 10 classes."""
+    """A two-layer perceptron for 64 pixels and 10 classes.
+
+    Args:
+        seed: the seed of its initial weights.
+
+    Example:
+        >>> digits_network()(torch.zeros(3, 64)).shape
+        torch.Size([3, 10])
+    """
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
 
@@ -69,7 +97,16 @@ def train_classifier(
     seed: int = 0,
     progress: bool = False,
 ) -> nn.Module:
-    """Full-batch Adam on cross-entropy, long enough to overfit; returns the model in eval mode."""
+    """Full-batch Adam on cross-entropy, long enough to overfit; returns the model in eval mode.
+
+    Args:
+        model: the network to train, in place.
+        train: the training split (features, labels).
+        epochs: the number of full-batch steps.
+        lr: Adam's learning rate.
+        seed: the seed set before training.
+        progress: show a progress bar.
+    """
     torch.manual_seed(seed)
     inputs, labels = train
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -90,7 +127,15 @@ def train_classifier(
 
 @dataclass(frozen=True)
 class DemoReport:
-    """What :func:`run_digits_demo` computed and where it wrote it."""
+    """What :func:`run_digits_demo` computed and where it wrote it.
+
+    Attributes:
+        scaler: the temperature scaler fitted on the validation split.
+        summaries: ``"uncalibrated"`` and ``"calibrated"`` -> metric name -> test-split value
+            with a bootstrap interval.
+        table: the summaries as a printable table.
+        files: ``"diagram"``, ``"report"`` and ``"scaler"`` -> the file written.
+    """
 
     scaler: TemperatureScaler
     summaries: dict[str, dict[str, MetricInterval]]
@@ -109,6 +154,12 @@ def run_digits_demo(
 
     Writes ``reliability.png`` (before/after), ``report.json`` and ``scaler.pt`` to
     ``output_dir``.
+
+    Args:
+        output_dir: the folder to write to (made if missing).
+        seed: the seed of the split, the network and the bootstrap.
+        n_resamples: the number of bootstrap resamples of the test split.
+        progress: show a progress bar while training.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

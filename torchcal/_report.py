@@ -23,7 +23,7 @@ from torchcal.io.files import output_file
 from torchcal.metrics import (
     MetricInterval,
     accuracy,
-    bootstrap_interval,
+    bootstrap_intervals,
     brier_score,
     expected_calibration_error,
     maximum_calibration_error,
@@ -49,20 +49,31 @@ def calibration_summary(
     confidence: float = 0.95,
     seed: int | torch.Generator = 0,
 ) -> dict[str, MetricInterval]:
-    """Accuracy, NLL, ECE and MCE (15 equal-width bins) and Brier with bootstrap intervals."""
-    return {
-        name: bootstrap_interval(
-            metric, probs, labels, n_resamples=n_resamples, confidence=confidence, seed=seed
-        )
-        for name, metric in METRICS.items()
-    }
+    """Accuracy, NLL, ECE and MCE (15 equal-width bins) and Brier with bootstrap intervals.
+
+    Every metric is resampled on the same draws, those :func:`~torchcal.metrics.bootstrap_interval`
+    makes for each metric with the same int ``seed`` (values equal, interval ends equal up to the
+    float64 rounding of the resampled means), and those of :func:`torchcal.compare`.
+
+    Args:
+        probs: (N, K) probabilities.
+        labels: (N,) integer labels.
+        n_resamples: number of bootstrap resamples.
+        confidence: coverage of the intervals, in (0, 1).
+        seed: an int seed or a ``torch.Generator`` (CPU) that draws the resamples.
+    """
+    return bootstrap_intervals(
+        METRICS, probs, labels, n_resamples=n_resamples, confidence=confidence, seed=seed
+    )
 
 
 def format_table(summaries: dict[str, dict[str, MetricInterval]], rows: str = "metrics") -> str:
     """A plain-text table of named summaries.
 
-    ``rows="metrics"``: one row per metric, one column per name (a before/after report);
-    ``rows="names"``: one row per name, one column per metric (a comparison of many methods).
+    Args:
+        summaries: ``{name: {metric: interval}}``, as :func:`calibration_summary` gives per name.
+        rows: ``"metrics"``: one row per metric, one column per name (a before/after report);
+            ``"names"``: one row per name, one column per metric (a comparison of many methods).
     """
     names = list(summaries)
     if rows == "metrics":
@@ -84,7 +95,13 @@ def format_table(summaries: dict[str, dict[str, MetricInterval]], rows: str = "m
 
 def write_json(path: str | Path, summaries: dict[str, dict[str, MetricInterval]], **extra) -> None:
     """Write the summaries (and any extra JSON-able fields) to ``path``, atomically (an earlier
-    file there is replaced only once the new one is written in full)."""
+    file there is replaced only once the new one is written in full).
+
+    Args:
+        path: the JSON file to write.
+        summaries: ``{name: {metric: interval}}``.
+        **extra: further top-level fields of the report.
+    """
     report = {
         **extra,
         "metrics": {

@@ -62,6 +62,22 @@ def _data_arguments(parser: argparse.ArgumentParser, splits: tuple[str, ...] = (
     )
 
 
+def _report_arguments(parser: argparse.ArgumentParser, folder: str, outputs: str) -> None:
+    """The output folder (default ``./folder``) of a command that writes ``outputs``, and the
+    number of bootstrap resamples of its intervals."""
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path(folder),
+        help=f"where {outputs} go (default: ./{folder})",
+    )
+    _resamples_argument(parser)
+
+
+def _resamples_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchcal", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
@@ -72,13 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="calibrate a small network on the bundled digits and report before/after"
     )
-    demo.add_argument(
-        "--output-dir",
-        type=Path,
-        default=Path("torchcal-demo"),
-        help="where the diagram, report and scaler go (default: ./torchcal-demo)",
-    )
-    demo.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    _report_arguments(demo, "torchcal-demo", "the diagram, report and scaler")
 
     fit = commands.add_parser("fit", help="fit a temperature on validation logits and labels")
     _data_arguments(fit)
@@ -97,13 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--scaler", type=Path, help="a calibrator (temperature or another) saved by 'torchcal fit'"
     )
-    report.add_argument(
-        "--output-dir",
-        type=Path,
-        default=Path("torchcal-report"),
-        help="where the diagram and report go (default: ./torchcal-report)",
-    )
-    report.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    _report_arguments(report, "torchcal-report", "the diagram and report")
 
     compare = commands.add_parser(
         "compare",
@@ -116,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD",
         help="calibrators to compare (default: all of " + ", ".join(_method_names()) + ")",
     )
-    compare.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    _resamples_argument(compare)
     compare.add_argument("--markdown", action="store_true", help="print a markdown table")
     compare.add_argument(
         "--save-best", type=Path, metavar="PATH", help="save the best calibrator (see --best-by)"
@@ -390,7 +394,11 @@ COMMANDS = {"demo": _demo, "fit": _fit, "report": _report, "compare": _compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Args:
+        argv: the arguments after the program name; ``None`` reads ``sys.argv``.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

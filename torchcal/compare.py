@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -28,7 +29,7 @@ from torchcal._report import METRICS, format_table
 from torchcal.calibrators.base import Calibrator
 from torchcal.metrics import Bootstrap, MetricInterval
 
-__all__ = ["DEFAULT_METHODS", "Comparison", "compare"]
+__all__ = ["DEFAULT_METHODS", "Comparison", "MethodSpec", "Metric", "compare"]
 
 #: The methods compared by default, in table order (after the uncalibrated baseline).
 DEFAULT_METHODS = (
@@ -44,6 +45,9 @@ DEFAULT_METHODS = (
 UNCALIBRATED = "uncalibrated"
 _LOWER_IS_BETTER = {"NLL", "ECE", "MCE", "Brier"}
 
+#: A test-split metric of a :class:`Comparison`; only accuracy is better when higher.
+Metric = Literal["accuracy", "NLL", "ECE", "MCE", "Brier"]
+#: A method to compare: a calibrator kind (e.g. ``"temperature"``) or an unfitted calibrator.
 MethodSpec = str | Calibrator
 
 
@@ -62,16 +66,24 @@ class Comparison:
     calibrators: dict[str, Calibrator]
     fit_seconds: dict[str, float]
 
-    def best(self, metric: str) -> str:
-        """The method with the best value of ``metric`` (highest accuracy, lowest otherwise)."""
+    def best(self, metric: Metric) -> str:
+        """The method with the best value of ``metric`` (highest accuracy, lowest otherwise).
+
+        Args:
+            metric: ``"accuracy"``, ``"NLL"``, ``"ECE"``, ``"MCE"`` or ``"Brier"``.
+        """
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
         sign = 1.0 if metric in _LOWER_IS_BETTER else -1.0
         return min(self.summaries, key=lambda name: sign * self.summaries[name][metric].value)
 
     def to_markdown(self, *, fit_times: bool = True) -> str:
-        """A markdown table: one row per method, values with their bootstrap intervals, and the
-        fit times unless ``fit_times=False`` (they vary from run to run)."""
+        """A markdown table: one row per method, values with their bootstrap intervals.
+
+        Args:
+            fit_times: add a column of fit times (leave them out where output must not vary
+                from run to run).
+        """
         header = [*METRICS, "fit time"] if fit_times else list(METRICS)
         lines = ["| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         for name, summary in self.summaries.items():
@@ -133,7 +145,7 @@ def compare(
     *,
     class_dim: int | None = None,
     ignore_index: int | None = -100,
-    inputs: str = "logits",
+    inputs: Literal["logits", "probs"] = "logits",
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
@@ -144,16 +156,24 @@ def compare(
     Every softmax shape is accepted (see :class:`~torchcal.TemperatureScaler`): the splits are
     flattened to (M, K) rows first, leaving out labels equal to ``ignore_index``.
 
+    The test-split bootstrap intervals are drawn once for all methods: each method's metrics
+    come from per-sample statistics of its test probabilities.
+
     Args:
-        logits_val, labels_val: the split the calibrators are fitted on.
-        logits_test, labels_test: the split they are scored on.
+        logits_val: the logits the calibrators are fitted on.
+        labels_val: their labels.
+        logits_test: the logits the calibrators are scored on.
+        labels_test: their labels.
         methods: calibrator kinds (``torchcal.Calibrator.registry``, e.g. ``"temperature"``,
             ``"isotonic"``), unfitted calibrator instances (for non-default options), or a dict
             naming them. The uncalibrated model is always the first row.
-        inputs: ``"logits"`` or ``"probs"`` (probabilities are used as log-probabilities).
-        n_resamples, confidence, seed: the test-split bootstrap intervals, drawn once for all
-            methods: each method's metrics come from per-sample statistics of its test
-            probabilities, and equal those of ``torchcal._report.calibration_summary``.
+        class_dim: the class dimension of the logits; ``None`` infers it from the labels' shape
+            (as for :class:`~torchcal.TemperatureScaler`).
+        ignore_index: labels equal to this are left out (``None``: none are).
+        inputs: ``"logits"``, or ``"probs"`` (probabilities, used as log-probabilities).
+        n_resamples: the number of bootstrap resamples of the test split.
+        confidence: the bootstrap intervals' confidence level.
+        seed: the bootstrap's random seed.
         progress: show progress bars (tqdm, on stderr) for the fits and the bootstrap.
 
     Returns:

@@ -1,10 +1,21 @@
-"""Exceptions and warnings raised by torchcal."""
+"""Exceptions and warnings raised by torchcal.
+
+Example:
+    >>> import torchcal
+    >>> try:
+    ...     torchcal.TemperatureScaler().temperature
+    ... except torchcal.NotFittedError as error:
+    ...     print(type(error).__name__)
+    NotFittedError
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 import warnings
+
+__all__ = ["CalibrationWarning", "NotFittedError"]
 
 
 class NotFittedError(RuntimeError):
@@ -24,6 +35,11 @@ def warn(message: str, category: type[Warning] = CalibrationWarning) -> None:
     Counting stack levels by hand breaks whenever a call moves one level deeper (a wrapper, a
     helper); walking the stack to the user's own frame never does, so ``python -W`` filters and
     the warning's file and line name the user's call of ``fit``, not torchcal's internals.
+    Used throughout the package to raise its warnings.
+
+    Args:
+        message: the warning's text.
+        category: the warning class.
 
     Example:
         >>> import warnings

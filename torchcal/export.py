@@ -12,6 +12,8 @@ out of its ``ModelOutput``; it passes ``torch.export.export(module, (), kwargs=i
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor, nn
 
@@ -19,13 +21,29 @@ from torchcal._inputs import probabilities_to_logits
 from torchcal._inputs.collect import logits_of
 from torchcal._inputs.validation import check_choice, check_model
 
-OUTPUTS = ("logits", "probs")
-LINKS = ("softmax", "sigmoid")
+__all__ = [
+    "CalibratedModel",
+    "KeywordCalibratedModel",
+    "Link",
+    "Output",
+    "ProbabilitiesToLogits",
+    "TemperatureHead",
+]
+
+#: What a calibrated model returns: calibrated logits, or the probabilities they give.
+Output = Literal["logits", "probs"]
+#: How logits become probabilities: one class per sample (softmax) or each on its own (sigmoid).
+Link = Literal["softmax", "sigmoid"]
+_OUTPUTS: tuple[str, ...] = get_args(Output)
+_LINKS: tuple[str, ...] = get_args(Link)
 
 
 def in_compute_dtype(logits: Tensor) -> Tensor:
     """``logits`` in the dtype heads compute in: float64 stays float64, anything else (half
-    precision included) becomes float32.
+    precision included) becomes float32. Shared by the calibrators' heads.
+
+    Args:
+        logits: the logits to compute with.
 
     Example:
         >>> import torch
@@ -43,17 +61,27 @@ class ProbabilitiesToLogits(nn.Module):
     Put in front of a calibration head when the model outputs probabilities (a calibrator
     fitted with ``inputs="probs"``).
 
+    Args:
+        activation: the activation that made the probabilities: ``"softmax"`` (rows summing to
+            1) maps ``p`` to ``log p``, ``"sigmoid"`` (each probability on its own) to
+            ``log(p / (1 - p))``.
+
     Example:
         >>> import torch
         >>> ProbabilitiesToLogits("sigmoid")(torch.tensor([0.5, 0.75]))
         tensor([0.0000, 1.0986])
     """
 
-    def __init__(self, activation: str = "softmax") -> None:
+    def __init__(self, activation: Link = "softmax") -> None:
         super().__init__()
-        self.activation = check_choice(activation, "activation", LINKS)
+        self.activation = check_choice(activation, "activation", _LINKS)
 
     def forward(self, probs: Tensor) -> Tensor:
+        """The logits of ``probs``.
+
+        Args:
+            probs: probabilities, classes last.
+        """
         return probabilities_to_logits(probs, self.activation)
 
 
@@ -62,6 +90,9 @@ class TemperatureHead(nn.Module):
 
     The temperature is copied, so the head is a snapshot: changing the tensor it was built from
     (for instance by refitting a scaler) leaves the head as it was.
+
+    Args:
+        temperature: T > 0, a 0-dim tensor or one that broadcasts to the logits (e.g. (K,)).
 
     Example:
         >>> import torch
@@ -77,6 +108,11 @@ class TemperatureHead(nn.Module):
         self.register_buffer("temperature", temperature.detach().clone())
 
     def forward(self, logits: Tensor) -> Tensor:
+        """``logits / T``.
+
+        Args:
+            logits: logits, classes last.
+        """
         return logits / self.temperature
 
 
@@ -109,8 +145,8 @@ class CalibratedModel(nn.Module):
         self,
         model: nn.Module | None,
         head: nn.Module,
-        output: str = "logits",
-        link: str = "softmax",
+        output: Output = "logits",
+        link: Link = "softmax",
         class_dim: int = -1,
     ) -> None:
         super().__init__()
@@ -118,8 +154,8 @@ class CalibratedModel(nn.Module):
         if isinstance(class_dim, bool) or not isinstance(class_dim, int) or class_dim >= 0:
             raise ValueError(f"class_dim must be a negative integer, got {class_dim!r}")
         self.class_dim = class_dim
-        check_choice(output, "output", OUTPUTS)
-        check_choice(link, "link", LINKS)
+        check_choice(output, "output", _OUTPUTS)
+        check_choice(link, "link", _LINKS)
         self.model = nn.Identity() if model is None else model
         self.head = head
         if output == "logits":
@@ -135,10 +171,19 @@ class CalibratedModel(nn.Module):
             self.training = model.training
 
     def forward(self, inputs: Tensor) -> Tensor:
+        """The calibrated output for ``inputs``: ``calibrate(model(inputs))``.
+
+        Args:
+            inputs: what the model takes (logits, when it was built without a model).
+        """
         return self.calibrate(self.model(inputs))
 
     def calibrate(self, logits: Tensor) -> Tensor:
-        """The head and link applied with the classes moved to the last dimension and back."""
+        """The head and link applied with the classes moved to the last dimension and back.
+
+        Args:
+            logits: the model's logits, classes in ``class_dim``.
+        """
         if self.class_dim == -1:
             return self.link(self.head(logits))
         calibrated = self.link(self.head(logits.movedim(self.class_dim, -1)))
@@ -154,6 +199,13 @@ class KeywordCalibratedModel(CalibratedModel):
     Hugging Face Transformers model (see :func:`takes_keyword_inputs`). Export it with
     ``torch.export.export(calibrated, (), kwargs=inputs)``; it cannot be scripted.
 
+    Args:
+        model: the classifier, called as ``model(**inputs)``.
+        head: as for :class:`CalibratedModel`.
+        output: as for :class:`CalibratedModel`.
+        link: as for :class:`CalibratedModel`.
+        class_dim: as for :class:`CalibratedModel`.
+
     Example:
         >>> class Classifier(torch.nn.Module):
         ...     def forward(self, features, scale):
@@ -166,6 +218,11 @@ class KeywordCalibratedModel(CalibratedModel):
     """
 
     def forward(self, **inputs: Tensor) -> Tensor:  # type: ignore[override]
+        """The calibrated output of ``model(**inputs)``.
+
+        Args:
+            **inputs: the model's keyword inputs (``input_ids=..., attention_mask=...``).
+        """
         return self.calibrate(logits_of(self.model(**inputs)))
 
 
@@ -173,6 +230,9 @@ def takes_keyword_inputs(model: nn.Module | None) -> bool:
     """Whether ``model`` is a Hugging Face Transformers model (called with keyword inputs).
 
     Told from the class hierarchy, without importing transformers.
+
+    Args:
+        model: the model, or ``None``.
 
     Example:
         >>> takes_keyword_inputs(torch.nn.Linear(2, 2))

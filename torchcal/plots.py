@@ -111,7 +111,25 @@ def reliability_diagram_from_probs(
     title: str | None = "Reliability diagram",
     path: str | Path | None = None,
 ) -> Any:
-    """:func:`reliability_diagram` of probabilities (N, K), or of several keyed by name."""
+    """:func:`reliability_diagram` of probabilities (N, K), or of several keyed by name.
+
+    Args:
+        probs: (N, K) probabilities, or several keyed by a legend label.
+        labels: (N,) integer class labels.
+        n_bins: the number of equal-width confidence bins.
+        title: the figure title (``None`` for none).
+        path: if given, the figure is saved there (the suffix picks PNG, SVG or PDF).
+
+    Returns:
+        The ``matplotlib.figure.Figure``, as :func:`reliability_diagram` draws it.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+        >>> figure = reliability_diagram_from_probs(probs, torch.tensor([0, 1, 1]), n_bins=5)
+        >>> figure.axes[0].get_xlabel(), figure.axes[1].get_xlabel()
+        ('', 'confidence (top-label probability)')
+    """
     named = dict(probs) if isinstance(probs, Mapping) else {"model": probs}
     bins = {name: reliability_bins(p, labels, n_bins=n_bins) for name, p in named.items()}
     return reliability_diagram(bins, title=title, path=path)

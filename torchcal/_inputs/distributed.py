@@ -74,16 +74,59 @@ class LocalReducer:
         """The sum over ranks of a float64 vector, identical on every rank."""
         return sum_in_rank_order(self.gather(values))
 
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every rank's picklable ``value``, in rank order."""
+        return [value]
+
     def check(
         self,
         error: Exception | None,
         agree: Sequence[int] = (),
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        """Raise ``error`` (on every rank if any rank has one); ``agree`` and ``options`` must
-        match on all."""
+        """Raise ``error``, on every rank if any rank has one; ``agree`` and ``options`` must
+        match on all ranks.
+
+        Every rank learns whether any rank failed before any of them raises.
+
+        Without this a rank that raised (NaN logits, say) would leave the others waiting forever
+        in the fit's next collective. ``options`` are the fit's options that shape the
+        computation (bins, iterations, bounds, ...): ranks that differ would exchange vectors of
+        different sizes or stop after different iterations (a crash or a hang) or end with
+        different results, so a mismatch is an error on every rank that names each differing
+        option and its value on every rank. ``agree`` holds numbers every rank's data must share
+        (the number of classes, ...); a mismatch is an error on every rank.
+
+        Args:
+            error: this rank's failure, or ``None``.
+            agree: numbers of this rank's data that every rank must share.
+            options: the fit's options that shape the computation.
+        """
+        fingerprint = 0.0 if options is None else options_fingerprint(options)
+        flags = torch.tensor([float(error is not None), fingerprint, *agree], dtype=torch.float64)
+        gathered = self.gather(flags)
+        failed = [rank for rank in range(self.world_size) if gathered[rank, 0] != 0]
         if error is not None:
             raise error
+        if failed:
+            raise ValueError(
+                f"the fit failed on rank(s) {failed} of {self.world_size}; see the error raised "
+                "there. Every rank stops so that none waits for the others"
+            )
+        if not bool((gathered[:, 1] == gathered[0, 1]).all()):
+            # every rank sees the same gathered flags, so all of them take this branch together
+            per_rank = self.gather_objects(dict(options or {}))
+            raise ValueError(
+                f"the ranks called fit with different options: {describe_option_mismatch(per_rank)}"
+                ". Every rank of a distributed fit must pass the same options (and logits of the "
+                "same dtype) so that all of them compute the same temperature"
+            )
+        if not bool((gathered[:, 2:] == gathered[0, 2:]).all()):
+            raise ValueError(
+                f"the ranks' data do not match: {gathered[:, 2:].long().tolist()} (per rank: "
+                "activation, classes per row, temperatures); every rank must pass logits of the "
+                "same kind and number of classes"
+            )
 
 
 class ProcessGroupReducer(LocalReducer):
@@ -123,47 +166,9 @@ class ProcessGroupReducer(LocalReducer):
         dist.all_gather(parts, local, group=self.group)
         return torch.stack(parts).to(values.device)
 
-    def check(
-        self,
-        error: Exception | None,
-        agree: Sequence[int] = (),
-        options: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Every rank learns whether any rank failed before any of them raises.
-
-        Without this a rank that raised (NaN logits, say) would leave the others waiting forever
-        in the fit's next collective. ``options`` are the fit's options that shape the
-        computation (bins, iterations, bounds, ...): ranks that differ would exchange vectors of
-        different sizes or stop after different iterations (a crash or a hang) or end with
-        different results, so a mismatch is an error on every rank that names each differing
-        option and its value on every rank. ``agree`` holds numbers every rank's data must share
-        (the number of classes, ...); a mismatch is an error on every rank.
-        """
+    def gather_objects(self, value: Any) -> list[Any]:
         import torch.distributed as dist
 
-        fingerprint = 0.0 if options is None else options_fingerprint(options)
-        flags = torch.tensor([float(error is not None), fingerprint, *agree], dtype=torch.float64)
-        gathered = self.gather(flags)
-        failed = [rank for rank in range(self.world_size) if gathered[rank, 0] != 0]
-        if error is not None:
-            raise error
-        if failed:
-            raise ValueError(
-                f"the fit failed on rank(s) {failed} of {self.world_size}; see the error raised "
-                "there. Every rank stops so that none waits for the others"
-            )
-        if not bool((gathered[:, 1] == gathered[0, 1]).all()):
-            # every rank sees the same gathered flags, so all of them take this branch together
-            per_rank: list[Any] = [None] * self.world_size
-            dist.all_gather_object(per_rank, dict(options or {}), group=self.group)
-            raise ValueError(
-                f"the ranks called fit with different options: {describe_option_mismatch(per_rank)}"
-                ". Every rank of a distributed fit must pass the same options (and logits of the "
-                "same dtype) so that all of them compute the same temperature"
-            )
-        if not bool((gathered[:, 2:] == gathered[0, 2:]).all()):
-            raise ValueError(
-                f"the ranks' data do not match: {gathered[:, 2:].long().tolist()} (per rank: "
-                "activation, classes per row, temperatures); every rank must pass logits of the "
-                "same kind and number of classes"
-            )
+        per_rank: list[Any] = [None] * self.world_size
+        dist.all_gather_object(per_rank, value, group=self.group)
+        return per_rank

@@ -16,15 +16,21 @@ shape. One-hot labels for softmax are rejected with a message saying how to conv
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
 from torchcal._inputs.validation import check_choice
 
-#: The activations a calibrator accepts ("auto": sigmoid for one logit per sample).
-ACTIVATIONS = ("auto", "softmax", "sigmoid")
-#: What the scores are: logits, or probabilities (fitted as log-probabilities or log-odds).
-INPUTS = ("logits", "probs")
+#: How the logits are read: ``"auto"`` picks sigmoid for one logit per sample, else softmax.
+Activation = Literal["auto", "softmax", "sigmoid"]
+#: What a calibrator is given: logits, or probabilities when only those are at hand (fitted as
+#: log-probabilities or log-odds).
+Inputs = Literal["logits", "probs"]
+#: The choices of each, as checked at run time.
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+INPUTS: tuple[str, ...] = get_args(Inputs)
 
 
 def resolve_class_dim(

@@ -20,9 +20,9 @@ with ``A`` the inverse square root of the inputs' covariance (whitening) for a f
 parameters are laid out as a (K, P) matrix ``theta``: ``[W | b]`` (P = K + 1) or ``[w, b]`` per
 class (P = 2).
 
-Both are minimised by the one Newton routine of :mod:`torchcal._optim.newton`, from the fitted
-temperature's map (or from the uniform map, ``theta = 0``, if that is better), until every
-partial derivative with respect to the standardised parameters is at most ``tol``:
+Both are minimised by :func:`torchcal._optim.affine.fit_affine` (the one Newton routine),
+from the fitted temperature's map (or from the uniform map, ``theta = 0``, if that is better),
+until every partial derivative with respect to the standardised parameters is at most ``tol``:
 
 * with the exact Hessian, solved by Cholesky, when the Hessian is cheap (few parameters): a
   handful of steps, however ill-conditioned the problem (rare classes, near-collinear
@@ -40,30 +40,25 @@ Identifiability. Softmax is unchanged when the same vector is added to every row
 ``b + c 1`` and, for a full matrix, ``W + 1 v^T`` give the same probabilities as ``(W, b)``. With
 both penalties positive the optimum is unique: at it the bias sums to zero and each column's
 off-diagonal entries sum to zero (the NLL gradient sums to zero over the classes, so the penalty's
-must too). Without a penalty the optimum is a set; :func:`canonical` returns its member with those
+must too). Without a penalty the optimum is a set; ``canonical`` (in
+:mod:`torchcal._optim.affine`) returns its member with those
 same properties, which is the limit of the penalised optimum as the penalty goes to 0; the
 solver's result is mapped to it.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from torchcal._inputs.chunks import RowChunks
-from torchcal._optim.newton import CHOLESKY_RCOND, Curvature, minimise
+from torchcal._objectives.curvature import CHOLESKY_RCOND, Curvature
 
 #: Transformed float64 rows are kept in memory up to this many elements (256 MiB); beyond it
 #: every pass recomputes them chunk by chunk from the caller's rows.
 CACHE_ELEMENTS = 1 << 25
-#: The exact Hessian is formed up to this many parameters ...
-NEWTON_MAX_PARAMETERS = 1200
-#: ... and while one Hessian costs at most this many multiply-adds (rows x parameters^2).
-NEWTON_MAX_WORK = 4e9
 #: Newton-CG is preconditioned by the Hessian's per-class blocks up to this many values in them
 #: ...
 BLOCK_MAX_ELEMENTS = 1 << 24
@@ -74,21 +69,6 @@ HESSIAN_CHUNK_ELEMENTS = 1 << 20
 #: Elements per chunk of the float32 rows behind Hessian-vector products (large chunks keep the
 #: matrix products efficient).
 PRODUCT_CHUNK_ELEMENTS = 1 << 22
-
-
-@dataclass(frozen=True)
-class AffineFit:
-    """Where the solver stopped, in the original (unstandardised) parameters, float64: the
-    :func:`canonical` representative."""
-
-    weight: Tensor  # (K, K) or (K,)
-    bias: Tensor  # (K,)
-    objective: float
-    iterations: int
-    converged: bool  # every partial derivative in the standardised parameters is <= tol
-    method: str  # "newton" (exact Hessian) or "newton-cg" (Hessian-vector products)
-    unbounded: bool  # the objective decreases without bound along the unpenalised parameters
-    reason: str  # why the solver stopped (see torchcal._optim.newton)
 
 
 class AffineObjective:
@@ -487,55 +467,3 @@ class AffineObjective:
             a2 = self.whitening.square()
             diag[:, :-1] += 2 * self.off_diagonal_penalty * (a2.sum(dim=0)[None] - a2)
         return diag
-
-
-def canonical(weight: Tensor, bias: Tensor, *, diagonal: bool) -> tuple[Tensor, Tensor]:
-    """The representative of ``(W, b)`` whose bias and columns' off-diagonals sum to zero.
-
-    Adding a constant to every score leaves softmax unchanged, so ``b - mean(b)`` and, for a full
-    matrix, ``W + 1 v^T`` with ``v_j = -mean_{i != j} W_ij`` give the same probabilities; neither
-    raises the penalty.
-    """
-    bias = bias - bias.mean()
-    if diagonal:
-        return weight, bias
-    k = weight.shape[0]
-    off_diagonal_sums = weight.sum(dim=0) - torch.diagonal(weight)
-    return weight - off_diagonal_sums / (k - 1), bias
-
-
-def fit_affine(
-    objective: AffineObjective,
-    start_weight: Tensor,
-    start_bias: Tensor,
-    *,
-    tol: float,
-    max_iter: int,
-    method: str = "auto",
-) -> AffineFit:
-    """Minimise ``objective`` from ``(start_weight, start_bias)``, or from the uniform map
-    (``theta = 0``, objective ``log K``) if that is lower or the start's objective is not finite.
-
-    ``method="auto"`` forms the exact Hessian when it is cheap (see
-    :data:`NEWTON_MAX_PARAMETERS`, :data:`NEWTON_MAX_WORK`), else uses Newton-CG.
-    """
-    theta = objective.to_standardised(start_weight, start_bias)
-    if not objective.value(theta) < math.log(objective.n_classes):
-        theta = torch.zeros_like(theta)
-    if method == "auto":
-        n = objective.n_parameters
-        cheap = n <= NEWTON_MAX_PARAMETERS and objective.n_samples * n * n <= NEWTON_MAX_WORK
-        method = "newton" if cheap else "newton-cg"
-    objective.method = method
-    result = minimise(objective, theta, tol=tol, max_iter=max_iter)
-    weight, bias = canonical(*objective.to_original(result.theta), diagonal=objective.diagonal)
-    return AffineFit(
-        weight=weight,
-        bias=bias,
-        objective=result.value,
-        iterations=result.iterations,
-        converged=result.converged,
-        method=method,
-        unbounded=result.reason == "recession" or objective.recedes(result.theta),
-        reason=result.reason,
-    )

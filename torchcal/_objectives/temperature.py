@@ -54,12 +54,13 @@ from torchcal._inputs.validation import (
     check_matrix_layout,
     check_tensor,
 )
-from torchcal.metrics.calibration import bin_sums, uniform_edges
+from torchcal._terms import BinSums as _BinSums
+from torchcal._terms import uniform_edges
 
 #: The NLL and its first four derivatives in beta: the first entries of every pass's sums (the
 #: third and fourth only for the warm start's Taylor steps, see ``evaluate(taylor=True)``).
 N_MOMENTS = 5
-#: Confidences buffered before they are binned (see _BinSums).
+#: Confidences buffered before they are binned (see :class:`torchcal._terms.BinSums`).
 BIN_BATCH = 1 << 16
 #: Logits whose widest row range is below this are computed in float64: in float32 the squares
 #: of such differences (the curvature) underflow, and a solver would stop on a flat objective.
@@ -104,81 +105,6 @@ class _Chunk:
         if self.keep is None:
             return self
         return _Chunk(self.start, self.stop, self.logits[self.keep], self.keep)
-
-
-def _floor_bins_are_exact(n_bins: int) -> bool:
-    """Whether :func:`_uniform_bin_sums` bins float32 confidences exactly like ``bucketize``.
-
-    A float32 confidence ``c`` near an edge ``i / n`` (so ``c >= 1 / (2 n)``) has at most
-    ``24 + log2(2 n)`` fractional bits, so unless it equals the edge it lies at least
-    ``2**-25 / n**2`` from it, far beyond the float64 edges' rounding for ``n <= 1024``. It can
-    equal an edge only if the edge is dyadic: never inside (0, 1) for odd ``n``, and exactly
-    representable (so placed alike) when ``n`` is a power of 2.
-    """
-    return n_bins <= 1024 and (n_bins % 2 == 1 or n_bins & (n_bins - 1) == 0)
-
-
-def _uniform_bin_sums(
-    confidences: Tensor, correct: Tensor, n_bins: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`~torchcal.metrics.calibration.bin_sums` for equal-width bins, float32 confidences.
-
-    The bin of ``c`` is ``floor(n_bins * c)``, exact in float64 for a float32 ``c``; see
-    :func:`_floor_bins_are_exact` for when that matches ``bucketize`` on the float64 edges. It
-    costs a fraction of ``bucketize``.
-    """
-    wide = confidences.to(torch.float64)
-    index = wide.mul(n_bins).floor_().to(torch.int64).clamp_(0, n_bins - 1)
-    counts = torch.bincount(index, minlength=n_bins)
-    sum_confidence = torch.bincount(index, weights=wide, minlength=n_bins)
-    sum_correct = torch.bincount(index, weights=correct.to(torch.float64), minlength=n_bins)
-    return counts, sum_confidence, sum_correct
-
-
-class _BinSums:
-    """Reliability-bin sums of confidences given chunk by chunk, binned a batch at a time.
-
-    Binning every chunk on its own would cost a handful of small operations per chunk, which
-    dominates for wide rows (a 1,000-class chunk on a CPU is only 262 rows); buffering up to
-    ``capacity`` confidences keeps that overhead negligible with O(capacity) memory.
-    """
-
-    def __init__(self, edges: Tensor, capacity: int, dtype: torch.dtype) -> None:
-        self.edges = edges
-        self.confidences = torch.empty(capacity, dtype=dtype, device=edges.device)
-        self.correct = torch.empty(capacity, dtype=torch.bool, device=edges.device)
-        self.size = 0
-        self.sums = torch.zeros(3, edges.numel() - 1, dtype=torch.float64, device=edges.device)
-
-    def add(self, confidences: Tensor, correct: Tensor) -> None:
-        count, capacity = confidences.numel(), self.confidences.numel()
-        if self.size + count > capacity:
-            self._flush()
-        if count > capacity:
-            self._bin(confidences, correct)
-            return
-        self.confidences[self.size : self.size + count] = confidences
-        self.correct[self.size : self.size + count] = correct
-        self.size += count
-
-    def _flush(self) -> None:
-        if self.size:
-            self._bin(self.confidences[: self.size], self.correct[: self.size])
-            self.size = 0
-
-    def _bin(self, confidences: Tensor, correct: Tensor) -> None:
-        n_bins = self.sums.shape[1]
-        if confidences.dtype == torch.float64 or not _floor_bins_are_exact(n_bins):
-            parts = bin_sums(confidences, correct, self.edges)
-        else:
-            parts = _uniform_bin_sums(confidences, correct, n_bins)
-        for total, part in zip(self.sums, parts, strict=True):
-            total += part
-
-    def result(self) -> Tensor:
-        """(3, n_bins): count, sum of confidence and sum of correctness per bin."""
-        self._flush()
-        return self.sums
 
 
 class _StreamedNLL:

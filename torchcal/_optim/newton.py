@@ -54,6 +54,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from torchcal._objectives.curvature import CHOLESKY_RCOND, Curvature
 from torchcal._optim.stopping import (
     CONVERGED,
     ITERATION_LIMIT,
@@ -64,9 +65,8 @@ from torchcal._optim.stopping import (
 
 __all__ = ["PATIENCE", "Constraint", "Curvature", "NewtonResult", "bracketed_newton", "minimise"]
 
-#: Cholesky adds this fraction of the largest diagonal entry to the Hessian's diagonal, growing
-#: 100-fold per failed attempt, for at most CHOLESKY_ATTEMPTS attempts.
-CHOLESKY_RCOND = 1e-13
+#: Cholesky adds CHOLESKY_RCOND times the largest diagonal entry to the Hessian's diagonal,
+#: growing 100-fold per failed attempt, for at most CHOLESKY_ATTEMPTS attempts.
 CHOLESKY_ATTEMPTS = 6
 #: Conjugate-gradient iterations per Newton step at most.
 MAX_CG_ITERATIONS = 250
@@ -76,17 +76,6 @@ ARMIJO = 1e-4
 #: Line-search trials per Newton step at most.
 MAX_LINE_SEARCH = 40
 EPSILON = torch.finfo(torch.float64).eps
-
-
-@dataclass(frozen=True)
-class Curvature:
-    """The Hessian at a point: ``matrix`` (n, n) over the flattened parameters, or ``product``
-    (Hessian-vector products on parameter-shaped tensors) with a ``precondition`` (an
-    approximation of the inverse Hessian; the identity if absent)."""
-
-    matrix: Tensor | None = None
-    product: Callable[[Tensor], Tensor] | None = None
-    precondition: Callable[[Tensor], Tensor] | None = None
 
 
 class NewtonProblem(Protocol):

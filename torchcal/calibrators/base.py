@@ -21,6 +21,7 @@ import copy
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 
 import torch
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from torchcal._inputs import (
     INPUTS,
+    Inputs,
     Prepared,
     as_tensor,
     check_probabilities_input,
@@ -43,14 +45,9 @@ from torchcal._inputs.validation import (
     check_softmax_rows,
 )
 from torchcal._objectives.temperature import Evaluation, SoftmaxTemperatureNLL
-from torchcal._version import __version__
-from torchcal.calibrators._loaded import (
-    loaded_int,
-    loaded_record,
-    loaded_tensor,
-    no_unknown_tensors,
-)
-from torchcal.calibrators.result import FitResult, upgraded_record
+from torchcal.calibrators._loaded import loaded_tensor, no_unknown_tensors
+from torchcal.calibrators._state import FittedState, read_state, written_state
+from torchcal.calibrators.result import FitResult
 from torchcal.errors import NotFittedError, warn
 from torchcal.export import (
     CalibratedModel,
@@ -147,10 +144,14 @@ class Calibrator(nn.Module):
     the uncalibrated scores), :meth:`_agree` (distributed fits only) and :meth:`_fit_prepared`,
     which sets the fitted values and a ``fit_result`` built by :meth:`_record`.
 
-    Subclasses set :attr:`kind` and implement those hooks, ``forward``, ``export``,
-    :meth:`options`, :meth:`fitted_tensors` and :meth:`_restore`. Arrays from numpy are accepted
-    wherever tensors are. The repr shows the fitted values and the options that differ from the
-    defaults.
+    Subclasses set :attr:`kind`, keep every constructor option under its own name (so
+    :meth:`options`, read from the constructor's signature, holds them), keep their fitted values
+    as buffers named with a trailing underscore (``temperature_``, ``weight_``, ...; read through
+    properties without it), and implement those fit hooks, ``forward``, ``export`` and
+    :meth:`_check_fitted_values`. Saving and loading are the same for every kind: the buffers
+    plus one fitted state (:mod:`torchcal.calibrators._state`), checked by :meth:`_check_loaded`.
+    Arrays from numpy are accepted wherever tensors are. The repr shows the fitted values and the
+    options that differ from the defaults.
 
     Example:
         >>> from torchcal import TemperatureScaler, VectorScaler
@@ -192,15 +193,12 @@ class Calibrator(nn.Module):
     def extra_repr(self) -> str:
         """The fitted values (:meth:`_fitted_repr`), then the options that differ from their
         defaults, as ``TemperatureScaler(T=1.8302)`` or ``VectorScaler(K=10, fitted)``."""
-        options = self.options()
         shown = [self._fitted_repr()] if self.is_fitted else []
-        for name, parameter in inspect.signature(type(self).__init__).parameters.items():
-            if name not in options or parameter.default is inspect.Parameter.empty:
-                continue
-            value = options[name]
-            if isinstance(parameter.default, tuple) and isinstance(value, list):
+        defaults = _option_defaults(type(self))
+        for name, value in self.options().items():
+            if isinstance(value, list):
                 value = tuple(value)  # options() holds JSON lists
-            if value != parameter.default:
+            if value != defaults[name]:
                 shown.append(f"{name}={value!r}")
         return ", ".join(shown)
 
@@ -445,17 +443,224 @@ class Calibrator(nn.Module):
         class_dim = -1 if class_dim is None else class_dim  # None: sigmoid logits, elementwise
         return wrapper(self.model, head, output, link=activation, class_dim=class_dim)
 
+    # ------------------------------------------------------------------------- state
+    #: The fitted buffers a constructor registers empty (a fit or a load gives them values).
+    _fitted_names: ClassVar[tuple[str, ...]] = ()
+    #: Earlier names of fitted buffers (old name -> current name), as files and state dicts
+    #: written by torchcal 0.1.0 hold them; loading maps them to the current names.
+    _former_names: ClassVar[dict[str, str]] = {}
+    #: Whether loaded values take the dtype of the buffer they replace (else their own).
+    _keeps_buffer_dtype: ClassVar[bool] = False
+
+    def _init_fitted_state(self) -> None:
+        """Start unfitted: no fit result, the layout of a softmax classifier's (N, K) logits."""
+        self.fit_result = None
+        self._fitted = False
+        self._fitted_activation = "softmax"
+        self._fitted_class_dim: int | None = -1
+
     def options(self) -> dict[str, Any]:
-        """The constructor's keyword arguments (JSON-serialisable), saved by ``torchcal.save``."""
-        raise NotImplementedError
+        """The constructor's keyword arguments but ``model``, as this calibrator holds them
+        (JSON-serialisable: tuples as lists), saved by :func:`torchcal.save`.
+
+        Read from the constructor's signature, as scikit-learn's ``get_params``: every option
+        is kept under its own name, so ``type(c)(**c.options())`` rebuilds the calibrator.
+
+        Example:
+            >>> from torchcal import HistogramBinning
+            >>> HistogramBinning(bins=10).options()
+            {'bins': 10, 'class_dim': None, 'ignore_index': -100, 'inputs': 'logits', 'n_bins': 15}
+        """
+        options = {}
+        for name in _option_defaults(type(self)):
+            value = getattr(self, name)
+            options[name] = list(value) if isinstance(value, tuple) else value
+        return options
+
+    def _own_buffers(self) -> dict[str, Tensor]:
+        """The fitted values: this calibrator's own buffers (a wrapped model's are not)."""
+        return dict(self.named_buffers(recurse=False))
 
     def fitted_tensors(self) -> dict[str, Tensor]:
-        """The fitted values by name, on the CPU, as saved by ``torchcal.save``."""
+        """The fitted values by buffer name, on the CPU, as saved by :func:`torchcal.save`."""
+        self._check_fitted()
+        return {name: buffer.detach().cpu().clone() for name, buffer in self._own_buffers().items()}
+
+    def _class_count(self) -> int | None:
+        """The class count inputs are checked against (``None``: none)."""
+        return None
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The fitted state beside the buffers (format: :mod:`torchcal.calibrators._state`)."""
+        return written_state(
+            fitted=self._fitted,
+            fit_result=self.fit_result,
+            activation=self._fitted_activation,
+            class_dim=self._fitted_class_dim,
+            n_classes=self._class_count(),
+        )
+
+    def set_extra_state(self, state: Any) -> None:
+        """Take the fitted state of :meth:`get_extra_state` (of any version), checked against
+        the buffers this calibrator holds.
+
+        Args:
+            state: the extra state, as a state dict holds it.
+        """
+        self._apply_state(self._check_loaded(self._own_buffers(), state))
+
+    def _apply_state(self, state: FittedState) -> None:
+        self._fitted = bool(state.fitted)
+        results = state.fit_results
+        if results is not None and len(results) == 1 and not getattr(self, "per_class", False):
+            self.fit_result = results[0]
+        else:
+            self.fit_result = results
+        self._fitted_activation = state.activation
+        self._fitted_class_dim = state.class_dim
+
+    def _with_current_names(self, tensors: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        """``tensors`` with every former buffer name (:attr:`_former_names`) replaced by the
+        current one, unless the current one is there too (then the former is left, and
+        refused as unknown)."""
+        renamed = dict(tensors)
+        for former, current in self._former_names.items():
+            if prefix + former in renamed and prefix + current not in renamed:
+                renamed[prefix + current] = renamed.pop(prefix + former)
+        return renamed
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        renamed = self._with_current_names(state_dict, prefix)
+        if renamed.keys() != state_dict.keys():  # load_state_dict passes its own copy
+            state_dict.clear()
+            state_dict.update(renamed)
+        stored = {
+            name: state_dict[prefix + name]
+            for name in self._own_buffers()
+            if prefix + name in state_dict
+        }
+        extra = state_dict.get(prefix + "_extra_state")
+        if stored or extra is not None:  # checked before anything changes
+            self._check_loaded(stored, extra)
+        for name, buffer in self._own_buffers().items():  # resized to the stored values' shape
+            value = stored.get(name)
+            if isinstance(value, Tensor) and value.shape != buffer.shape:
+                setattr(self, name, torch.empty_like(value, device=buffer.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if extra is None:  # no fitted state: fitted as the values say
+            self._fitted = self._fitted_without_state(self._own_buffers(), FittedState())
+
+    def _restore(self, tensors: dict[str, Tensor], state: Any) -> None:
+        """Become fitted from :meth:`fitted_tensors` and :meth:`get_extra_state` output (of any
+        version), as :func:`torchcal.load` reads them; raise ``ValueError`` naming the field
+        unless a fit could have produced them.
+
+        Args:
+            tensors: the fitted values by name.
+            state: the fitted state.
+        """
+        tensors = self._with_current_names(tensors)
+        no_unknown_tensors(tensors, set(self._own_buffers()), self.kind)
+        if state is None:
+            raise ValueError("fit_result must be a JSON object, got null")
+        loaded = self._check_loaded(tensors, state)
+        if not loaded.fitted:
+            raise ValueError(
+                "the saved calibrator was never fitted (fit_result.fitted is false, or its "
+                "values are unset)"
+            )
+        for name, buffer in self._own_buffers().items():
+            dtype = buffer.dtype if self._keeps_buffer_dtype else tensors[name].dtype
+            setattr(self, name, tensors[name].to(device=buffer.device, dtype=dtype).clone())
+        self._apply_state(loaded)
+
+    def _check_loaded(self, tensors: dict[str, Tensor], state: object | None) -> FittedState:
+        """Refuse loaded values and state that no fit could have produced; return the state,
+        its ``fitted`` decided.
+
+        The one check behind :func:`torchcal.load`, :meth:`load_state_dict` and
+        :meth:`set_extra_state`: the state's fields have their types (``None``: a state dict
+        without one), and for a fitted state its layout suits this kind
+        (:meth:`_check_layout`), every fitted tensor is present, floating and finite, and
+        :meth:`_check_fitted_values` (one per kind) accepts their shapes and ranges.
+
+        Args:
+            tensors: the fitted values by (current) buffer name.
+            state: the extra state, or ``None`` when there is none.
+        """
+        loaded = FittedState() if state is None else read_state(state, self.kind)
+        if loaded.fitted is None:
+            loaded = replace(loaded, fitted=self._fitted_without_state(tensors, loaded))
+        if not loaded.fitted:
+            return loaded
+        self._check_layout(loaded)
+        for name in self._own_buffers():
+            loaded_tensor(tensors, name)
+        self._check_fitted_values(tensors, loaded)
+        return loaded
+
+    def _fitted_without_state(self, tensors: dict[str, Tensor], state: FittedState) -> bool:
+        """Whether values loaded with a state that does not say (an older temperature state,
+        or none) are fitted ones."""
+        return False
+
+    def _check_layout(self, state: FittedState) -> None:
+        """Refuse a fitted state whose layout this kind cannot have produced."""
+        results = state.fit_results
+        if results is not None and len(results) != 1 and not getattr(self, "per_class", False):
+            without = " without per_class" if hasattr(self, "per_class") else ""
+            raise ValueError(
+                f"fit_result.fit_results holds {len(results)} results; a {self.kind} calibrator"
+                f"{without} has one"
+            )
+
+    def _check_fitted_values(self, tensors: dict[str, Tensor], state: FittedState) -> None:
+        """Raise ``ValueError`` naming the tensor unless ``tensors`` (present, floating and
+        finite) have the shapes and ranges a fit with this ``state`` gives (one per kind)."""
         raise NotImplementedError
 
-    def _restore(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
-        """Become fitted from :meth:`fitted_tensors` output and :meth:`get_extra_state` output."""
-        raise NotImplementedError
+
+def fitted_value(name: str, doc: str) -> property:
+    """A read-only property giving a copy of the fitted buffer ``name`` (refused before a fit).
+
+    Args:
+        name: the buffer, e.g. ``"weight_"``.
+        doc: the property's docstring.
+    """
+
+    def read(self: Calibrator) -> Tensor:
+        self._check_fitted()
+        return getattr(self, name).detach().clone()
+
+    return property(read, doc=doc)
+
+
+class SnapshotHead(nn.Module):
+    """The base of the pure-tensor heads: copies of fitted values, held as buffers by name.
+
+    Args:
+        values: the fitted tensors by buffer name.
+
+    Example:
+        >>> head = SnapshotHead(weight=torch.ones(2))
+        >>> [name for name, _ in head.named_buffers()], list(head.parameters())
+        (['weight'], [])
+    """
+
+    def __init__(self, **values: Tensor) -> None:
+        super().__init__()
+        for name, value in values.items():
+            self.register_buffer(name, value.detach().clone())
+
+
+def _option_defaults(cls: type[Calibrator]) -> dict[str, Any]:
+    """The constructor's options but ``model``, with their defaults, in signature order."""
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if name not in ("self", "model")
+        and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+    }
 
 
 class SoftmaxCalibrator(Calibrator):
@@ -484,7 +689,7 @@ class SoftmaxCalibrator(Calibrator):
         *,
         class_dim: int | None = None,
         ignore_index: int | None = -100,
-        inputs: str = "logits",
+        inputs: Inputs = "logits",
         n_bins: int = 15,
     ) -> None:
         super().__init__()
@@ -493,9 +698,9 @@ class SoftmaxCalibrator(Calibrator):
         self.ignore_index = ignore_index
         self.inputs = check_choice(inputs, "inputs", INPUTS)
         self.n_bins = check_bin_count(n_bins, "n_bins")
-        self.fit_result: FitResult | None = None
-        self._fitted = False
-        self._fitted_class_dim = -1
+        for name in self._fitted_names:
+            self.register_buffer(name, torch.empty(0))
+        self._init_fitted_state()
         self._n_classes = 0
         self._fit_device: torch.device | None = None
 
@@ -521,10 +726,6 @@ class SoftmaxCalibrator(Calibrator):
         """A pure-tensor module doing :meth:`_calibrate` with a snapshot of the fitted values."""
         raise NotImplementedError
 
-    def _hyperparameters(self) -> dict[str, Any]:
-        """Subclass constructor options beyond the shared ones (for :meth:`options`)."""
-        return {}
-
     #: Whether the fit starts from the temperature fitted on the rows (vector, matrix and
     #: Dirichlet scaling, ensemble temperature scaling): the temperature objective is built for
     #: them only, and its validating pass measures the uncalibrated scores.
@@ -535,102 +736,25 @@ class SoftmaxCalibrator(Calibrator):
     _fits_overflowing_rows: ClassVar[bool] = False
 
     # ------------------------------------------------------------------------- state
-    def options(self) -> dict[str, Any]:
-        return {
-            "class_dim": self.class_dim,
-            "ignore_index": self.ignore_index,
-            "inputs": self.inputs,
-            "n_bins": self.n_bins,
-            **self._hyperparameters(),
-        }
-
     def _fitted_repr(self) -> str:
         return f"K={self._n_classes}, fitted"
 
-    def _own_buffers(self) -> dict[str, Tensor]:
-        return {name: buffer for name, buffer in self.named_buffers(recurse=False)}
+    def _class_count(self) -> int | None:
+        return self._n_classes
 
-    def fitted_tensors(self) -> dict[str, Tensor]:
-        self._check_fitted()
-        return {name: buffer.detach().cpu().clone() for name, buffer in self._own_buffers().items()}
+    def _apply_state(self, state: FittedState) -> None:
+        super()._apply_state(state)
+        self._n_classes = state.n_classes or 0
 
-    def get_extra_state(self) -> dict[str, Any]:
-        return {
-            "torchcal_version": __version__,
-            "fitted": self._fitted,
-            "fit_result": None if self.fit_result is None else self.fit_result.to_dict(),
-            "class_dim": self._fitted_class_dim,
-            "n_classes": self._n_classes,
-        }
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        result = state.get("fit_result")
-        self.fit_result = None if result is None else FitResult.from_dict(result)
-        self._fitted = bool(state.get("fitted", False))
-        self._fitted_class_dim = int(state.get("class_dim", -1))
-        self._n_classes = int(state.get("n_classes", 0))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        state = state_dict.get(prefix + "_extra_state")
-        if state is not None:  # checked before anything changes (a missing key torch reports)
-            stored = {
-                name: state_dict[prefix + name]
-                for name in self._own_buffers()
-                if prefix + name in state_dict
-            }
-            self._check_loaded(stored, state)
-        for name, buffer in self._own_buffers().items():
-            stored = state_dict.get(prefix + name)
-            if isinstance(stored, Tensor) and stored.shape != buffer.shape:
-                setattr(self, name, torch.empty_like(stored, device=buffer.device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _restore(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
-        no_unknown_tensors(tensors, set(self._own_buffers()), self.kind)
-        if not self._check_loaded(tensors, state):
-            raise ValueError("fit_result.fitted is false: the saved calibrator was never fitted")
-        for name, buffer in self._own_buffers().items():
-            setattr(self, name, tensors[name].to(buffer.device))
-        self.set_extra_state(state)
-
-    def _check_loaded(self, tensors: dict[str, Tensor], state: object) -> bool:
-        """Refuse loaded values and state that no fit could have produced; return whether they
-        describe a fitted calibrator.
-
-        The one check behind :func:`torchcal.load` and :meth:`load_state_dict`: the state's
-        fields have their types, every fitted tensor is present, floating and finite, and
-        :meth:`_check_fitted_values` (one per kind) accepts their shapes and ranges for the
-        stored number of classes.
-        """
-        if not isinstance(state, dict):
-            raise ValueError(f"fit_result must be a JSON object, got {type(state).__name__}")
-        fitted = state.get("fitted", False)
-        if not isinstance(fitted, bool):
-            raise ValueError(f"fit_result.fitted must be true or false, got {fitted!r}")
-        if not fitted:
-            return False
-        n_classes = loaded_int(state, "n_classes", "fit_result", minimum=1)
-        class_dim = loaded_int(state, "class_dim", "fit_result")
-        if class_dim >= 0:
-            raise ValueError(f"fit_result.class_dim must be negative, got {class_dim}")
-        result = state.get("fit_result")
-        if result is not None:
-            if isinstance(result, dict):
-                result = {"calibrator": self.kind, **upgraded_record(result)}
-            record = loaded_record(FitResult, result, "fit_result.fit_result")
-            if record.calibrator != self.kind:
-                raise ValueError(
-                    f"fit_result.fit_result.calibrator is {record.calibrator!r}, not {self.kind!r}"
-                )
-        for name in self._own_buffers():
-            loaded_tensor(tensors, name)
-        self._check_fitted_values(tensors, n_classes)
-        return True
-
-    def _check_fitted_values(self, tensors: dict[str, Tensor], n_classes: int) -> None:
-        """Raise ``ValueError`` naming the tensor unless ``tensors`` (present, floating and
-        finite) have the shapes and ranges a fit on ``n_classes`` classes gives (one per kind)."""
-        raise NotImplementedError
+    def _check_layout(self, state: FittedState) -> None:
+        """A softmax calibrator's state: softmax, a class dimension, at least one class."""
+        super()._check_layout(state)
+        if state.activation != "softmax":
+            raise ValueError(f"fit_result.activation must be 'softmax', got {state.activation!r}")
+        if state.class_dim is None:
+            raise ValueError("fit_result.class_dim must be a negative integer, got None")
+        if state.n_classes is None or state.n_classes < 1:
+            raise ValueError(f"fit_result.n_classes must be >= 1, got {state.n_classes!r}")
 
     def _set_buffer(self, name: str, value: Tensor) -> None:
         """Store a fitted value as the float32 buffer ``name``, on the device fitted on."""

@@ -22,14 +22,13 @@ a pure function used by both the calibrator and its exported head, so the heads 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
 from torchcal._inputs.validation import check_bin_count
 from torchcal.calibrators._loaded import loaded_tensor
-from torchcal.calibrators.base import SoftmaxCalibrator
+from torchcal.calibrators._state import FittedState
+from torchcal.calibrators.base import Inputs, SnapshotHead, SoftmaxCalibrator, fitted_value
 from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
 
@@ -90,12 +89,15 @@ def histogram_calibrate(logits: Tensor, bin_values: Tensor) -> Tensor:
     return renormalised_log_probs(histogram_map(probs, bin_values))
 
 
-class HistogramHead(nn.Module):
-    """Histogram binning with fixed (K, B) bin values, held as a buffer (a snapshot)."""
+class HistogramHead(SnapshotHead):
+    """Histogram binning with fixed (K, B) bin values, held as a buffer (a snapshot).
+
+    Args:
+        bin_values: each class's value per bin.
+    """
 
     def __init__(self, bin_values: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("bin_values", bin_values.detach().clone())
+        super().__init__(bin_values=bin_values)
 
     def forward(self, logits: Tensor) -> Tensor:
         return histogram_calibrate(logits, self.bin_values)
@@ -163,13 +165,16 @@ def isotonic_calibrate(logits: Tensor, thresholds: Tensor, values: Tensor) -> Te
     return renormalised_log_probs(isotonic_map(probs, thresholds, values))
 
 
-class IsotonicHead(nn.Module):
-    """Isotonic regression with fixed (K, M) knots and values, held as buffers (a snapshot)."""
+class IsotonicHead(SnapshotHead):
+    """Isotonic regression with fixed (K, M) knots and values, held as buffers (a snapshot).
+
+    Args:
+        thresholds: each class's increasing knots.
+        values: the map's values at the knots.
+    """
 
     def __init__(self, thresholds: Tensor, values: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("thresholds", thresholds.detach().clone())
-        self.register_buffer("values", values.detach().clone())
+        super().__init__(thresholds=thresholds, values=values)
 
     def forward(self, logits: Tensor) -> Tensor:
         return isotonic_calibrate(logits, self.thresholds, self.values)
@@ -199,14 +204,19 @@ class HistogramBinning(SoftmaxCalibrator):
     floored at :data:`PROBABILITY_FLOOR` and renormalised (see the module docstring); the
     calibrated logits are their logarithms. The predicted class can change.
 
+    Two bin counts, not to be confused: ``bins`` is the calibration map's (it changes the
+    calibrated probabilities), ``n_bins``, an option of every calibrator, only the reported ECE's
+    (it changes nothing but :attr:`fit_result`'s ``ece_before`` and ``ece_after``).
+
     Args:
         model: the trained classifier; ``None`` to calibrate logits directly.
-        bins: number of equal-width bins of each class's map. 15 by default: Guo et al. (2017)'s
-            choice, and the grid of torchcal's ECE and reliability diagrams. Fewer bins suit small
-            validation sets (every class needs rows in most of its bins).
+        bins: the MAP's bins: number of equal-width bins of each class's map. 15 by default: Guo
+            et al. (2017)'s choice, and the grid of torchcal's ECE and reliability diagrams. Fewer
+            bins suit small validation sets (every class needs rows in most of its bins).
         class_dim, ignore_index, inputs: as for
             :class:`~torchcal.calibrators.base.SoftmaxCalibrator`.
-        n_bins: equal-width bins of the ECE reported in :attr:`fit_result` (not the map's bins).
+        n_bins: the REPORT's bins: equal-width bins of the ECE reported in :attr:`fit_result`
+            (not the map's bins).
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -225,6 +235,7 @@ class HistogramBinning(SoftmaxCalibrator):
     kind = "histogram"
     _starts_from_temperature = False
     _fits_overflowing_rows = True  # softmax gives such a row its limit exactly
+    _fitted_names = ("bin_values_",)
 
     def __init__(
         self,
@@ -233,17 +244,17 @@ class HistogramBinning(SoftmaxCalibrator):
         bins: int = 15,
         class_dim: int | None = None,
         ignore_index: int | None = -100,
-        inputs: str = "logits",
+        inputs: Inputs = "logits",
         n_bins: int = 15,
     ) -> None:
         super().__init__(
             model, class_dim=class_dim, ignore_index=ignore_index, inputs=inputs, n_bins=n_bins
         )
         self.bins = check_bin_count(bins, "bins")
-        self.register_buffer("bin_values_", torch.empty(0))
 
-    def _hyperparameters(self) -> dict[str, Any]:
-        return {"bins": self.bins}
+    bin_values = fitted_value(
+        "bin_values_", "The fitted (K, bins) bin values (a copy): each class's frequency per bin."
+    )
 
     def _fit_rows(self, logits: Tensor, labels: Tensor, temperature: None) -> tuple[int, bool]:
         n_classes = logits.shape[1]
@@ -266,8 +277,10 @@ class HistogramBinning(SoftmaxCalibrator):
     def _calibrate(self, logits: Tensor) -> Tensor:
         return histogram_calibrate(logits, self.bin_values_)
 
-    def _check_fitted_values(self, tensors: dict[str, Tensor], n_classes: int) -> None:
-        loaded_tensor(tensors, "bin_values_", shape=(n_classes, self.bins), unit_interval=True)
+    def _check_fitted_values(self, tensors: dict[str, Tensor], state: FittedState) -> None:
+        """Bin values: (K, bins), in [0, 1]."""
+        shape = (state.n_classes, self.bins)
+        loaded_tensor(tensors, "bin_values_", shape=shape, unit_interval=True)
 
     def head(self) -> nn.Module:
         """A :class:`HistogramHead` with a copy of the fitted bin values."""
@@ -326,21 +339,15 @@ class IsotonicCalibrator(SoftmaxCalibrator):
     kind = "isotonic"
     _starts_from_temperature = False
     _fits_overflowing_rows = True  # softmax gives such a row its limit exactly
+    _fitted_names = ("thresholds_", "values_")
 
-    def __init__(
-        self,
-        model: nn.Module | None = None,
-        *,
-        class_dim: int | None = None,
-        ignore_index: int | None = -100,
-        inputs: str = "logits",
-        n_bins: int = 15,
-    ) -> None:
-        super().__init__(
-            model, class_dim=class_dim, ignore_index=ignore_index, inputs=inputs, n_bins=n_bins
-        )
-        self.register_buffer("thresholds_", torch.empty(0))
-        self.register_buffer("values_", torch.empty(0))
+    thresholds = fitted_value(
+        "thresholds_", "The fitted (K, M) knots (a copy), each class's row increasing."
+    )
+    values = fitted_value(
+        "values_",
+        "The fitted (K, M) values at the knots (a copy), each class's row non-decreasing.",
+    )
 
     def _check_can_fit(self) -> None:
         """Fitting needs scikit-learn: without it, ``ImportError`` before the data is read."""
@@ -372,8 +379,9 @@ class IsotonicCalibrator(SoftmaxCalibrator):
     def _calibrate(self, logits: Tensor) -> Tensor:
         return isotonic_calibrate(logits, self.thresholds_, self.values_)
 
-    def _check_fitted_values(self, tensors: dict[str, Tensor], n_classes: int) -> None:
+    def _check_fitted_values(self, tensors: dict[str, Tensor], state: FittedState) -> None:
         """Knots and values: (K, M) with M >= 1, in [0, 1], non-decreasing along each row."""
+        n_classes = state.n_classes
         knots = loaded_tensor(tensors, "thresholds_", ndim=2, unit_interval=True)
         if knots.shape[0] != n_classes or knots.shape[1] < 1:
             raise ValueError(

@@ -29,7 +29,7 @@ exactly at a KKT point) is below :data:`WEIGHT_GAP_TOL`.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -47,11 +47,13 @@ from torchcal._optim.newton import Curvature, minimise
 from torchcal._optim.simplex import SIMPLEX
 from torchcal._optim.temperature import fit_temperature
 from torchcal.calibrators._loaded import check_simplex, loaded_tensor
-from torchcal.calibrators.base import SoftmaxCalibrator
+from torchcal.calibrators._state import FittedState
+from torchcal.calibrators.base import Inputs, SnapshotHead, SoftmaxCalibrator
 from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
 
-LOSSES = ("mse", "nll")
+#: The objectives of the weights: the Brier score or the negative log-likelihood.
+Loss = Literal["mse", "nll"]
 #: Frank-Wolfe gap (objective units) at which the weight fit counts as converged.
 WEIGHT_GAP_TOL = 1e-12
 
@@ -75,13 +77,16 @@ def ensemble_temperature_calibrate(logits: Tensor, temperature: Tensor, weights:
     return top + total.log()
 
 
-class EnsembleTemperatureHead(nn.Module):
-    """Ensemble temperature scaling with a fixed T and weights, held as buffers (a snapshot)."""
+class EnsembleTemperatureHead(SnapshotHead):
+    """Ensemble temperature scaling with a fixed T and weights, held as buffers (a snapshot).
+
+    Args:
+        temperature: the () temperature of the first component.
+        weights: the (3,) weights on the simplex.
+    """
 
     def __init__(self, temperature: Tensor, weights: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("temperature", temperature.detach().clone())
-        self.register_buffer("weights", weights.detach().clone())
+        super().__init__(temperature=temperature, weights=weights)
 
     def forward(self, logits: Tensor) -> Tensor:
         return ensemble_temperature_calibrate(logits, self.temperature, self.weights)
@@ -200,38 +205,29 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
     """
 
     kind = "ensemble_temperature"
+    _fitted_names = ("temperature_", "weights_")
     _fits_overflowing_rows = True
 
     def __init__(
         self,
         model: nn.Module | None = None,
         *,
-        loss: str = "mse",
+        loss: Loss = "mse",
         temperature_bounds: tuple[float, float] = (1e-3, 1e3),
         tol: float = 1e-6,
         max_iter: int = 100,
         class_dim: int | None = None,
         ignore_index: int | None = -100,
-        inputs: str = "logits",
+        inputs: Inputs = "logits",
         n_bins: int = 15,
     ) -> None:
         super().__init__(
             model, class_dim=class_dim, ignore_index=ignore_index, inputs=inputs, n_bins=n_bins
         )
-        self.loss = check_choice(loss, "loss", LOSSES)
+        self.loss = check_choice(loss, "loss", get_args(Loss))
         self.temperature_bounds = check_temperature_bounds(temperature_bounds)
         self.tol = check_positive_finite(tol, "tol")
         self.max_iter = check_positive_int(max_iter, "max_iter")
-        self.register_buffer("temperature_", torch.empty(0))
-        self.register_buffer("weights_", torch.empty(0))
-
-    def _hyperparameters(self) -> dict[str, Any]:
-        return {
-            "loss": self.loss,
-            "temperature_bounds": list(self.temperature_bounds),
-            "tol": self.tol,
-            "max_iter": self.max_iter,
-        }
 
     @property
     def temperature(self) -> float:
@@ -275,7 +271,7 @@ class EnsembleTemperatureScaler(SoftmaxCalibrator):
     def _calibrate(self, logits: Tensor) -> Tensor:
         return ensemble_temperature_calibrate(logits, self.temperature_, self.weights_)
 
-    def _check_fitted_values(self, tensors: dict[str, Tensor], n_classes: int) -> None:
+    def _check_fitted_values(self, tensors: dict[str, Tensor], state: FittedState) -> None:
         """T: () finite, > 0, within ``temperature_bounds``; weights: (3,) on the simplex."""
         loaded_tensor(
             tensors, "temperature_", shape=(), positive=True, bounds=self.temperature_bounds

@@ -35,17 +35,19 @@ of it as the penalties go to 0.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from torchcal._inputs.validation import check_positive_finite, check_positive_int
-from torchcal._objectives.affine import AffineObjective, fit_affine
+from torchcal._objectives.affine import AffineObjective
 from torchcal._objectives.temperature import SoftmaxTemperatureNLL
+from torchcal._optim.affine import fit_affine
 from torchcal._optim.temperature import solve_temperature
 from torchcal.calibrators._loaded import loaded_tensor
-from torchcal.calibrators.base import SoftmaxCalibrator
+from torchcal.calibrators._state import FittedState
+from torchcal.calibrators.base import Inputs, SnapshotHead, SoftmaxCalibrator, fitted_value
 from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
 
@@ -83,8 +85,13 @@ def affine_calibration(logits: Tensor, weight: Tensor, bias: Tensor, log_probs: 
     return torch.matmul(x, weight.t()) + bias
 
 
-class AffineCalibrationHead(nn.Module):
+class AffineCalibrationHead(SnapshotHead):
     """Pure-tensor head: :func:`affine_calibration` with a snapshot of a fitted weight and bias.
+
+    Args:
+        weight: (K,) scales or a (K, K) matrix.
+        bias: the (K,) bias.
+        log_probs: apply the map to ``log_softmax(z)`` (Dirichlet) rather than to ``z``.
 
     Example:
         >>> head = AffineCalibrationHead(torch.eye(2) * 2, torch.tensor([0.5, -0.5]), False)
@@ -95,9 +102,7 @@ class AffineCalibrationHead(nn.Module):
     """
 
     def __init__(self, weight: Tensor, bias: Tensor, log_probs: bool) -> None:
-        super().__init__()
-        self.register_buffer("weight", weight.detach().clone())
-        self.register_buffer("bias", bias.detach().clone())
+        super().__init__(weight=weight, bias=bias)
         self.log_probs = bool(log_probs)
 
     def forward(self, logits: Tensor) -> Tensor:
@@ -108,24 +113,47 @@ class _AffineCalibrator(SoftmaxCalibrator):
     """An affine map of transformed scores, fitted by Newton's method on mean NLL + ODIR.
 
     Subclasses set :attr:`_log_probs` (the map acts on ``log_softmax(z)`` rather than ``z``) and
-    call ``_setup`` with their penalties and whether the weight is diagonal.
+    pass their penalties and whether the weight is diagonal to this constructor. The fitted
+    values are the buffers ``weight_`` and ``bias_``, read as :attr:`weight` and :attr:`bias`.
     """
 
     _log_probs: ClassVar[bool] = False
     _remedy: ClassVar[str] = ", raise reg_lambda and reg_mu,"
+    #: A 0.1.0 file's and state dict's names of the fitted values.
+    _former_names: ClassVar[dict[str, str]] = {"weight": "weight_", "bias": "bias_"}
+    _fitted_names = ("weight_", "bias_")
 
-    weight: Tensor
-    bias: Tensor
+    weight_: Tensor
+    bias_: Tensor
 
-    def _setup(
+    def __init__(
         self,
+        model: nn.Module | None,
         *,
         diagonal: bool,
         reg_lambda: float | None,
         reg_mu: float | None,
         tol: float,
         max_iter: int,
+        class_dim: int | None,
+        ignore_index: int | None,
+        inputs: Inputs,
+        n_bins: int,
     ) -> None:
+        """The options of every affine calibrator.
+
+        Args:
+            model: the trained classifier; ``None`` to calibrate logits directly.
+            diagonal: fit a (K,) scale instead of a (K, K) matrix.
+            reg_lambda: the penalty on the off-diagonal weights (``None``: the default).
+            reg_mu: the penalty on the bias (``None``: the default).
+            tol: the stopping tolerance on the partial derivatives.
+            max_iter: iteration limit (Newton iterations).
+            class_dim, ignore_index, inputs, n_bins: as for :class:`SoftmaxCalibrator`.
+        """
+        super().__init__(
+            model, class_dim=class_dim, ignore_index=ignore_index, inputs=inputs, n_bins=n_bins
+        )
         self.diagonal = bool(diagonal)
         self.reg_lambda = _check_penalty(reg_lambda, "reg_lambda")
         self.reg_mu = _check_penalty(reg_mu, "reg_mu")
@@ -134,8 +162,9 @@ class _AffineCalibrator(SoftmaxCalibrator):
         self.reg_mu_: float | None = None
         self.tol = check_positive_finite(tol, "tol")
         self.max_iter = check_positive_int(max_iter, "max_iter")
-        self.register_buffer("weight", torch.empty(0))
-        self.register_buffer("bias", torch.empty(0))
+
+    weight = fitted_value("weight_", "The fitted weight (a copy): (K,) scales, or a (K, K) matrix.")
+    bias = fitted_value("bias_", "The fitted (K,) bias (a copy), summing to zero.")
 
     def _penalties(self, n_samples: int, n_classes: int) -> tuple[float, float]:
         """Set ``reg_lambda_``, ``reg_mu_``; return the coefficients of sum_{i != j} W_ij^2 and
@@ -181,8 +210,8 @@ class _AffineCalibrator(SoftmaxCalibrator):
             tol=self.tol,
             max_iter=self.max_iter,
         )
-        self._set_buffer("weight", result.weight)
-        self._set_buffer("bias", result.bias)
+        self._set_buffer("weight_", result.weight)
+        self._set_buffer("bias_", result.bias)
         largest = float(result.weight.abs().max())
         explained = True
         if result.unbounded or largest > DIVERGENCE_FACTOR * beta:
@@ -214,16 +243,18 @@ class _AffineCalibrator(SoftmaxCalibrator):
         return result.iterations, result.converged, explained
 
     def _calibrate(self, logits: Tensor) -> Tensor:
-        return affine_calibration(logits, self.weight, self.bias, self._log_probs)
+        return affine_calibration(logits, self.weight_, self.bias_, self._log_probs)
 
-    def _check_fitted_values(self, tensors: dict[str, Tensor], n_classes: int) -> None:
-        k = n_classes
-        loaded_tensor(tensors, "weight", shape=(k,) if self.diagonal else (k, k))
-        loaded_tensor(tensors, "bias", shape=(k,))
+    def _check_fitted_values(self, tensors: dict[str, Tensor], state: FittedState) -> None:
+        """weight: (K,) or (K, K); bias: (K,), for the K classes of ``state``."""
+        k = state.n_classes
+        loaded_tensor(tensors, "weight_", shape=(k,) if self.diagonal else (k, k))
+        loaded_tensor(tensors, "bias_", shape=(k,))
 
     def head(self) -> nn.Module:
+        """An :class:`AffineCalibrationHead` with copies of the fitted weight and bias."""
         self._check_fitted()
-        return AffineCalibrationHead(self.weight, self.bias, self._log_probs)
+        return AffineCalibrationHead(self.weight_, self.bias_, self._log_probs)
 
 
 def _check_penalty(value: object, name: str) -> float | None:
@@ -300,16 +331,21 @@ class VectorScaler(_AffineCalibrator):
         max_iter: int = 1000,
         class_dim: int | None = None,
         ignore_index: int | None = -100,
-        inputs: str = "logits",
+        inputs: Inputs = "logits",
         n_bins: int = 15,
     ) -> None:
         super().__init__(
-            model, class_dim=class_dim, ignore_index=ignore_index, inputs=inputs, n_bins=n_bins
+            model,
+            diagonal=True,
+            reg_lambda=0.0,
+            reg_mu=0.0,
+            tol=tol,
+            max_iter=max_iter,
+            class_dim=class_dim,
+            ignore_index=ignore_index,
+            inputs=inputs,
+            n_bins=n_bins,
         )
-        self._setup(diagonal=True, reg_lambda=0.0, reg_mu=0.0, tol=tol, max_iter=max_iter)
-
-    def _hyperparameters(self) -> dict[str, Any]:
-        return {"tol": self.tol, "max_iter": self.max_iter}
 
 
 class MatrixScaler(_AffineCalibrator):
@@ -374,23 +410,21 @@ class MatrixScaler(_AffineCalibrator):
         max_iter: int = 1000,
         class_dim: int | None = None,
         ignore_index: int | None = -100,
-        inputs: str = "logits",
+        inputs: Inputs = "logits",
         n_bins: int = 15,
     ) -> None:
         super().__init__(
-            model, class_dim=class_dim, ignore_index=ignore_index, inputs=inputs, n_bins=n_bins
+            model,
+            diagonal=False,
+            reg_lambda=reg_lambda,
+            reg_mu=reg_mu,
+            tol=tol,
+            max_iter=max_iter,
+            class_dim=class_dim,
+            ignore_index=ignore_index,
+            inputs=inputs,
+            n_bins=n_bins,
         )
-        self._setup(
-            diagonal=False, reg_lambda=reg_lambda, reg_mu=reg_mu, tol=tol, max_iter=max_iter
-        )
-
-    def _hyperparameters(self) -> dict[str, Any]:
-        return {
-            "reg_lambda": self.reg_lambda,
-            "reg_mu": self.reg_mu,
-            "tol": self.tol,
-            "max_iter": self.max_iter,
-        }
 
 
 class DirichletCalibrator(_AffineCalibrator):
@@ -439,21 +473,18 @@ class DirichletCalibrator(_AffineCalibrator):
         max_iter: int = 1000,
         class_dim: int | None = None,
         ignore_index: int | None = -100,
-        inputs: str = "logits",
+        inputs: Inputs = "logits",
         n_bins: int = 15,
     ) -> None:
         super().__init__(
-            model, class_dim=class_dim, ignore_index=ignore_index, inputs=inputs, n_bins=n_bins
+            model,
+            diagonal=diagonal,
+            reg_lambda=reg_lambda,
+            reg_mu=reg_mu,
+            tol=tol,
+            max_iter=max_iter,
+            class_dim=class_dim,
+            ignore_index=ignore_index,
+            inputs=inputs,
+            n_bins=n_bins,
         )
-        self._setup(
-            diagonal=diagonal, reg_lambda=reg_lambda, reg_mu=reg_mu, tol=tol, max_iter=max_iter
-        )
-
-    def _hyperparameters(self) -> dict[str, Any]:
-        return {
-            "reg_lambda": self.reg_lambda,
-            "reg_mu": self.reg_mu,
-            "diagonal": self.diagonal,
-            "tol": self.tol,
-            "max_iter": self.max_iter,
-        }

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from torchcal._inputs import ACTIVATIONS, INPUTS, Prepared, prepare
+from torchcal._inputs import ACTIVATIONS, INPUTS, Activation, Inputs, Prepared, prepare
 from torchcal._inputs.collect import check_loader
 from torchcal._inputs.distributed import LocalReducer
 from torchcal._inputs.model_rows import NextTokenSource
@@ -23,14 +23,21 @@ from torchcal._inputs.validation import (
 )
 from torchcal._objectives.temperature import SigmoidTemperatureNLL, SoftmaxTemperatureNLL
 from torchcal._optim.temperature import Solution, fit_temperature
-from torchcal._version import __version__
-from torchcal.calibrators._loaded import loaded_record, loaded_tensor, no_unknown_tensors
-from torchcal.calibrators.base import Calibrator, streamed_scores, warn_if_one_class
-from torchcal.calibrators.result import FitResult, upgraded_record
+from torchcal.calibrators._loaded import loaded_tensor
+from torchcal.calibrators._state import FittedState
+from torchcal.calibrators.base import (
+    Calibrator,
+    fitted_value,
+    streamed_scores,
+    warn_if_one_class,
+)
+from torchcal.calibrators.result import FitResult
 from torchcal.errors import warn
 from torchcal.export import CalibratedModel, TemperatureHead
 
-METHODS = ("lbfgs", "newton")
+#: The temperature solvers.
+Method = Literal["lbfgs", "newton"]
+METHODS: tuple[str, ...] = get_args(Method)
 _Objective = SoftmaxTemperatureNLL | SigmoidTemperatureNLL
 DEFAULT_TEMPERATURE_BOUNDS = (1e-3, 1e3)
 
@@ -96,17 +103,19 @@ class TemperatureScaler(Calibrator):
 
     kind = "temperature"
     fits_distributed = True
+    _former_names: ClassVar[dict[str, str]] = {"temperature": "temperature_"}  # 0.1.0 files
+    _keeps_buffer_dtype = True
 
     def __init__(
         self,
         model: nn.Module | None = None,
         *,
-        activation: str = "auto",
+        activation: Activation = "auto",
         class_dim: int | None = None,
         ignore_index: int | None = -100,
         per_class: bool = False,
-        inputs: str = "logits",
-        method: str = "lbfgs",
+        inputs: Inputs = "logits",
+        method: Method = "lbfgs",
         temperature_bounds: tuple[float, float] = DEFAULT_TEMPERATURE_BOUNDS,
         tol: float = 1e-6,
         max_iter: int = 100,
@@ -127,10 +136,7 @@ class TemperatureScaler(Calibrator):
         self.max_iter = check_positive_int(max_iter, "max_iter")
         self.n_bins = check_bin_count(n_bins, "n_bins")
         self.register_buffer("temperature_", torch.tensor(math.nan))
-        self.fit_result: FitResult | tuple[FitResult, ...] | None = None
-        self._fitted = False
-        self._fitted_activation = "softmax"
-        self._fitted_class_dim: int | None = -1
+        self._init_fitted_state()
 
     # ----------------------------------------------------------------------------- state
     @property
@@ -144,98 +150,42 @@ class TemperatureScaler(Calibrator):
             )
         return float(self.temperature_)
 
-    @property
-    def temperatures(self) -> Tensor:
-        """The fitted temperature(s) as a tensor: shape () or, with ``per_class``, (K,)."""
-        self._check_fitted()
-        return self.temperature_.detach().clone()
+    temperatures = fitted_value(
+        "temperature_",
+        "The fitted temperature(s) as a tensor (a copy): shape () or, with ``per_class``, (K,).",
+    )
 
-    def options(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "temperature_bounds": list(self.temperature_bounds),
-            "tol": self.tol,
-            "max_iter": self.max_iter,
-            "n_bins": self.n_bins,
-            "activation": self.activation,
-            "class_dim": self.class_dim,
-            "ignore_index": self.ignore_index,
-            "per_class": self.per_class,
-            "inputs": self.inputs,
-            "shift_labels": self.shift_labels,
-        }
+    def _fitted_without_state(self, tensors: dict[str, Tensor], state: FittedState) -> bool:
+        """An older state (or none) leaves it to the values: T is NaN until fitted."""
+        return state.fit_results is not None or _is_set(tensors.get("temperature_"))
 
-    def fitted_tensors(self) -> dict[str, Tensor]:
-        self._check_fitted()
-        return {"temperature": self.temperature_.detach().cpu().clone()}
-
-    def _restore(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
-        no_unknown_tensors(tensors, {"temperature"}, self.kind)
-        if not isinstance(state, dict):
-            raise ValueError(f"fit_result must be a JSON object, got {type(state).__name__}")
-        if "temperature" not in tensors:
-            raise ValueError("the saved temperature calibrator has no tensor 'temperature'")
-        if isinstance(state, dict) and state.get("fit_results") is None and "temperature" in state:
-            state = {"fit_results": [state]}  # format 1 as first written: one bare fit result
-        if not self._check_loaded(tensors["temperature"], state):
-            raise ValueError("temperature is NaN: the saved scaler was never fitted")
-        self.set_extra_state(state)
-        self._set_fitted(tensors["temperature"], self.fit_result)
-
-    def _check_loaded(self, temperature: Tensor, state: object) -> bool:
-        """Refuse a loaded T and state that no fit of this scaler could have produced; return
-        whether they describe a fitted scaler (an unfitted one holds T = NaN and no results).
-
-        The one check behind :func:`torchcal.load` and :meth:`load_state_dict`: T finite, > 0,
-        within ``temperature_bounds``, of shape () (``per_class``: one per fit result), equal
-        to its fit results' temperatures (to the rounding of its dtype), each result complete.
-        """
-        if state is None:  # a state dict without extra state: only the tensor to check
-            return _is_set(temperature) and self._check_loaded_temperature(temperature, None)
-        if not isinstance(state, dict):
-            raise ValueError(f"fit_result must be a JSON object, got {type(state).__name__}")
-        if state.get("activation", "softmax") not in ("softmax", "sigmoid"):
-            raise ValueError(
-                f"fit_result.activation must be 'softmax' or 'sigmoid', got {state['activation']!r}"
-            )
-        class_dim = state.get("class_dim", -1)
-        if class_dim is not None and (
-            isinstance(class_dim, bool) or not isinstance(class_dim, int) or class_dim >= 0
-        ):
-            raise ValueError(
-                f"fit_result.class_dim must be a negative integer or null, got {class_dim!r}"
-            )
-        if class_dim is None and (self.per_class or state.get("activation") != "sigmoid"):
+    def _check_layout(self, state: FittedState) -> None:
+        super()._check_layout(state)
+        if state.class_dim is None and (self.per_class or state.activation != "sigmoid"):
             raise ValueError(
                 "fit_result.class_dim must be set for softmax and per-class temperatures"
             )
-        results = state.get("fit_results")
-        if results is None:  # a T set without a fit (e.g. from a bare state dict)
-            return _is_set(temperature) and self._check_loaded_temperature(temperature, None)
-        if not isinstance(results, list) or not results:
-            raise ValueError(f"fit_result.fit_results must be a non-empty list, got {results!r}")
-        records = [
-            loaded_record(
-                FitResult,
-                {"calibrator": self.kind, **upgraded_record(result)}
-                if isinstance(result, dict)
-                else result,
-                f"fit_result.fit_results[{i}]",
-            )
-            for i, result in enumerate(results)
-        ]
-        if not self.per_class and len(records) != 1:
-            raise ValueError(
-                f"fit_result.fit_results holds {len(records)} results; a scaler without "
-                "per_class has one"
-            )
-        self._check_loaded_temperature(temperature, len(records))
+
+    def _check_fitted_values(self, tensors: dict[str, Tensor], state: FittedState) -> None:
+        """T: finite, > 0, within ``temperature_bounds``, of shape () (``per_class``: one per
+        fit result, or any length without them), equal to its fit results' temperatures (to
+        the rounding of its dtype), each result from this solver."""
+        records = state.fit_results
+        if not self.per_class:
+            shape: dict[str, Any] = {"shape": ()}
+        else:
+            shape = {"ndim": 1} if records is None else {"shape": (len(records),)}
+        temperature = loaded_tensor(
+            tensors, "temperature_", **shape, positive=True, bounds=self.temperature_bounds
+        )
         tolerance = 8 * torch.finfo(temperature.dtype).eps
         for i, (record, value) in enumerate(
-            zip(records, temperature.reshape(-1).tolist(), strict=True)
+            zip(records or (), temperature.reshape(-1).tolist(), strict=False)
         ):
             field = f"fit_result.fit_results[{i}]"
-            if not (math.isfinite(record.temperature) and record.temperature > 0):
+            if record.temperature is None or not (
+                math.isfinite(record.temperature) and record.temperature > 0
+            ):
                 raise ValueError(
                     f"{field}.temperature must be finite and > 0, got {record.temperature!r}"
                 )
@@ -244,53 +194,12 @@ class TemperatureScaler(Calibrator):
                     f"{field}.temperature is {record.temperature!r} but the stored temperature "
                     f"is {value!r}: the file's values do not belong together"
                 )
-            if record.calibrator != self.kind:
-                raise ValueError(
-                    f"{field}.calibrator must be {self.kind!r}, got {record.calibrator!r}"
-                )
             if record.solver not in METHODS:
                 raise ValueError(f"{field}.solver must be one of {METHODS}, got {record.solver!r}")
             if record.bound not in (None, "lower", "upper"):
                 raise ValueError(
                     f"{field}.bound must be 'lower', 'upper' or null, got {record.bound!r}"
                 )
-        return True
-
-    def _check_loaded_temperature(self, temperature: Tensor, count: int | None) -> bool:
-        """T must be finite, > 0, within ``temperature_bounds``, of shape () or with
-        ``per_class`` (count,) (any length if ``count`` is None); returns True."""
-        per_class = {"ndim": 1} if count is None else {"shape": (count,)}
-        loaded_tensor(
-            {"temperature": temperature},
-            "temperature",
-            **(per_class if self.per_class else {"shape": ()}),
-            positive=True,
-            bounds=self.temperature_bounds,
-        )
-        return True
-
-    def get_extra_state(self) -> dict[str, Any]:
-        results = self.fit_result
-        if isinstance(results, FitResult):
-            results = [results.to_dict()]
-        elif results is not None:
-            results = [result.to_dict() for result in results]
-        return {
-            "torchcal_version": __version__,
-            "fit_results": results,
-            "activation": self._fitted_activation,
-            "class_dim": self._fitted_class_dim,
-        }
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        results = state.get("fit_results")
-        if results is None:
-            self.fit_result = None
-        else:
-            loaded = tuple(FitResult.from_dict(result) for result in results)
-            self.fit_result = loaded[0] if len(loaded) == 1 and not self.per_class else loaded
-        self._fitted_activation = state.get("activation", "softmax")
-        self._fitted_class_dim = state.get("class_dim", -1)
 
     def _set_fitted(
         self,
@@ -302,15 +211,6 @@ class TemperatureScaler(Calibrator):
         self.temperature_ = torch.as_tensor(temperature).to(buffer.device, buffer.dtype).clone()
         self.fit_result = fit_result
         self._fitted = True
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        stored = state_dict.get(prefix + "temperature_")
-        if stored is not None:  # checked before anything changes (a missing key torch reports)
-            self._check_loaded(stored, state_dict.get(prefix + "_extra_state"))
-        if isinstance(stored, Tensor) and stored.shape != self.temperature_.shape:
-            self.temperature_ = torch.full_like(stored, math.nan, device=self.temperature_.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._fitted = not bool(torch.isnan(self.temperature_).any())
 
     def _fitted_repr(self) -> str:
         if self.temperature_.ndim:

@@ -8,6 +8,8 @@ from torch import Tensor
 from torchcal._inputs.validation import check_floating, check_labels, check_positive_finite
 from torchcal.dial.tempered import log_softmax
 
+__all__ = ["distillation_loss"]
+
 
 def distillation_loss(
     student_logits: Tensor,
@@ -22,8 +24,19 @@ def distillation_loss(
     term is summed over classes and averaged over rows ("batchmean"; leading dimensions count as
     rows), and scaled by ``T^2`` so that its gradients keep their size as T changes. The
     cross-entropy uses the student's untempered logits and integer ``labels`` of the leading
-    shape. ``alpha`` must be 1 (soft targets only) unless labels are given. The teacher is
-    detached: gradients flow to the student only. Half-precision inputs are computed in float32.
+    shape. The teacher is detached: gradients flow to the student only. Half-precision inputs
+    are computed in float32.
+
+    Args:
+        student_logits: (..., K) logits of the model being trained.
+        teacher_logits: (..., K) logits of the teacher, the same shape.
+        temperature: T > 0, applied to both.
+        alpha: the weight of the soft-target term, in [0, 1]; it must be 1 (soft targets only)
+            unless ``labels`` are given.
+        labels: integer class labels of the leading shape (...), for the cross-entropy term.
+
+    Returns:
+        The loss, a 0-dim tensor.
 
     Example:
         >>> student = torch.tensor([[1.0, 0.0, -1.0]])

@@ -10,6 +10,8 @@ from torch import Tensor
 from torchcal._inputs.validation import check_floating, check_positive_int
 from torchcal.dial.tempered import softmax
 
+__all__ = ["sample"]
+
 
 def sample(
     logits: Tensor,
@@ -24,8 +26,19 @@ def sample(
     dividing by zero. ``top_k`` keeps only the k most probable tokens (exactly k, ties broken
     towards the lower index); ``top_p`` (nucleus sampling) keeps the smallest set of most
     probable tokens whose tempered probability reaches ``top_p`` (always at least the top one).
-    Both filter after tempering, top-k first, and the kept tokens are renormalised. ``generator``
-    makes the draw reproducible. ``-inf`` logits are never drawn.
+    Both filter after tempering, top-k first, and the kept tokens are renormalised. ``-inf``
+    logits are never drawn.
+
+    Args:
+        logits: (..., V) logits, tokens (classes) last.
+        temperature: T >= 0; 0 is greedy decoding.
+        generator: the random number generator to draw with, for reproducible draws.
+        top_k: keep only the k most probable tokens (``None``: all).
+        top_p: keep the smallest set of most probable tokens reaching this probability, in
+            (0, 1] (``None``: all).
+
+    Returns:
+        The drawn token indices, int64, of shape (...).
 
     Example:
         >>> logits = torch.tensor([[2.0, 1.0, 0.1], [0.0, 3.0, 0.0]])

@@ -17,6 +17,14 @@ from torch import Tensor
 
 from torchcal._inputs.validation import check_floating, check_tensor
 
+__all__ = [
+    "EscalationThreshold",
+    "RiskCoverageCurve",
+    "aurc",
+    "escalation_threshold",
+    "risk_coverage_curve",
+]
+
 
 @dataclass(frozen=True)
 class EscalationThreshold:
@@ -52,6 +60,10 @@ class RiskCoverageCurve:
 def risk_coverage_curve(scores: Tensor, correct: Tensor) -> RiskCoverageCurve:
     """Selective risk at every threshold that changes the accepted set, in float64.
 
+    Args:
+        scores: (N,) finite per-sample confidences, higher meaning more trustworthy.
+        correct: (N,) whether each prediction was right (bool, or 0/1 integers).
+
     Example:
         >>> scores = torch.tensor([0.9, 0.8, 0.8, 0.3])
         >>> curve = risk_coverage_curve(scores, torch.tensor([True, True, False, False]))
@@ -78,6 +90,10 @@ def aurc(scores: Tensor, correct: Tensor) -> Tensor:
     sample is accepted; tied samples share the risk after their whole group is accepted. Without
     ties this is ``(1/N) sum_i risk(first i samples)``.
 
+    Args:
+        scores: (N,) finite per-sample confidences, higher meaning more trustworthy.
+        correct: (N,) whether each prediction was right (bool, or 0/1 integers).
+
     Example:
         >>> scores = torch.tensor([0.9, 0.8, 0.7, 0.3])
         >>> aurc(scores, torch.tensor([True, True, False, False]))
@@ -96,11 +112,17 @@ def escalation_threshold(
 ) -> EscalationThreshold:
     """Choose the score threshold for a target accepted accuracy or a target coverage.
 
-    Give exactly one target. With ``target_accuracy``, the threshold accepts as many samples as
-    possible while the accepted accuracy stays ``>= target_accuracy``; when no threshold reaches
-    it, the threshold is ``inf`` (escalate everything). With ``target_coverage``, the threshold is
-    the highest one accepting at least that fraction of the samples. Choose it on validation
-    data, then apply ``scores >= result.threshold`` to new data.
+    Give exactly one target. Choose the threshold on validation data, then apply
+    ``scores >= result.threshold`` to new data.
+
+    Args:
+        scores: (N,) finite per-sample confidences, higher meaning more trustworthy.
+        correct: (N,) whether each prediction was right (bool, or 0/1 integers).
+        target_accuracy: in [0, 1]: accept as many samples as possible while the accepted
+            accuracy stays ``>= target_accuracy``; when no threshold reaches it, the threshold
+            is ``inf`` (escalate everything).
+        target_coverage: in (0, 1]: the highest threshold accepting at least this fraction of
+            the samples.
 
     Example:
         >>> scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.2])

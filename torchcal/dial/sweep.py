@@ -16,6 +16,8 @@ from torchcal.metrics.uncertainty import entropy, top1_margin
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
+__all__ = ["TemperatureSweep", "plot_temperature_sweep", "temperature_sweep"]
+
 
 @dataclass(frozen=True)
 class TemperatureSweep:
@@ -36,6 +38,10 @@ class TemperatureSweep:
 
 def temperature_sweep(logits: Tensor, temperatures: Sequence[float] | Tensor) -> TemperatureSweep:
     """Probabilities, entropy and top-1 margin of ``logits`` (classes last) at each temperature.
+
+    Args:
+        logits: (..., K) logits with K >= 2 classes last.
+        temperatures: the M temperatures, each finite and > 0: a sequence or a 1-D tensor.
 
     Example:
         >>> sweep = temperature_sweep(torch.tensor([2.0, 1.0, 0.1]), [0.5, 1.0, 2.0])
@@ -88,7 +94,18 @@ def plot_temperature_sweep(
     them flattened). At most ``max_classes`` classes are drawn: those most probable at the
     smallest temperature. ``mark`` draws a vertical line at a chosen temperature, e.g. the fitted
     one. The T axis is logarithmic when the temperatures span more than a factor of 10. Needs
-    matplotlib; returns the Figure, not shown.
+    matplotlib (``pip install 'torchcal[plot]'``).
+
+    Args:
+        sweep: the result of :func:`temperature_sweep`.
+        index: which prediction to draw, counted over the swept logits' leading dimensions
+            flattened.
+        class_names: a name per class for the legend (default: the class indices).
+        max_classes: draw at most this many classes, those most probable at the smallest T.
+        mark: draw a vertical line at this temperature (``None``: none).
+
+    Returns:
+        The ``matplotlib.figure.Figure``, not shown.
 
     Example:
         >>> sweep = temperature_sweep(torch.tensor([3.2, 2.8, 0.5]), [0.25, 0.5, 1.0, 2.0, 4.0])

@@ -13,6 +13,8 @@ from torch import Tensor
 
 from torchcal._inputs.validation import check_dim, check_floating, check_temperature
 
+__all__ = ["log_softmax", "softmax"]
+
 
 def softmax(logits: Tensor, temperature: float | Tensor = 1.0, dim: int = -1) -> Tensor:
     """Probabilities ``softmax(logits / temperature)`` over ``dim``, in the logits' dtype.
@@ -20,6 +22,12 @@ def softmax(logits: Tensor, temperature: float | Tensor = 1.0, dim: int = -1) ->
     Equal to ``torch.softmax(logits / temperature, dim)`` wherever that is finite, and still
     correct where the division overflows (logits of 1e4 at T = 1e-35 in float32). ``-inf`` logits
     get probability 0; NaN or ``+inf`` logits, or a row with no finite logit, raise ``ValueError``.
+
+    Args:
+        logits: floating-point logits of any shape with a class dimension.
+        temperature: T > 0: a real number, or a tensor that broadcasts to the logits' shape
+            ((N, 1) for one per row of (N, K) logits, (K,) for one per class).
+        dim: the class dimension.
 
     Example:
         >>> logits = torch.tensor([2.0, 1.0, 0.1])
@@ -36,6 +44,11 @@ def log_softmax(logits: Tensor, temperature: float | Tensor = 1.0, dim: int = -1
     """Log-probabilities ``log_softmax(logits / temperature)`` over ``dim``, in the logits' dtype.
 
     The same checks and the same overflow safety as :func:`softmax`.
+
+    Args:
+        logits: floating-point logits of any shape with a class dimension.
+        temperature: T > 0: a real number, or a tensor that broadcasts to the logits' shape.
+        dim: the class dimension.
 
     Example:
         >>> log_softmax(torch.tensor([0.0, 0.0]), temperature=0.5)

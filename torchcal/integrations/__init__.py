@@ -8,3 +8,5 @@
 
 Neither is imported by ``import torchcal``; each imports its framework only when used.
 """
+
+__all__: list[str] = []

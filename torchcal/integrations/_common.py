@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -10,15 +11,47 @@ from torch import Tensor, nn
 
 from torchcal._inputs.collect import Batches, _concatenate, collect_logits
 from torchcal.calibrators.base import Calibrator
-from torchcal.calibrators.result import FitResult
 from torchcal.calibrators.temperature import TemperatureScaler
 
 #: The prefix of every logged metric name.
 PREFIX = "calibration/"
 
 
-def make_calibrator(kind: str, model: nn.Module, options: dict[str, Any]) -> Calibrator:
-    """A calibrator of ``kind`` (a key of :attr:`Calibrator.registry`) wrapping ``model``."""
+def framework_base(module: str, name: str, extra: str) -> type:
+    """The framework's callback base class ``module.name``, or where the framework is not
+    installed a stand-in base whose construction says what to install (so that the integration
+    imports without it).
+
+    Args:
+        module: the module holding the class, e.g. ``"lightning.pytorch"``; its top-level
+            package is what to install.
+        name: the class, e.g. ``"Callback"``.
+        extra: the torchcal extra that installs the framework, e.g. ``"lightning"``.
+    """
+    package = module.split(".")[0]
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        pass
+
+    class Missing:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise ImportError(
+                f"{type(self).__name__} needs {package}: pip install {package} "
+                f'(or pip install "torchcal[{extra}]")'
+            )
+
+    return Missing
+
+
+def make_calibrator(kind: str, model: nn.Module | None, options: dict[str, Any]) -> Calibrator:
+    """A calibrator of ``kind`` (a key of :attr:`Calibrator.registry`) wrapping ``model``.
+
+    Args:
+        kind: the calibrator's registry key, e.g. ``"temperature"``.
+        model: the model to wrap (``None`` to only check ``kind`` and ``options``).
+        options: the calibrator's options.
+    """
     cls = Calibrator.registry.get(kind)
     if cls is None:
         known = ", ".join(repr(name) for name in sorted(Calibrator.registry))
@@ -26,24 +59,50 @@ def make_calibrator(kind: str, model: nn.Module, options: dict[str, Any]) -> Cal
     return cls(model, **options)
 
 
-def batches(
+#: How a callback reads its batches: labels key, input index, label index and output function
+#: (see :class:`~torchcal._inputs.collect.Batches`).
+BatchOptions = tuple[str, int, int, Callable[[Any], Tensor] | None]
+
+
+def calibrate(
+    kind: str,
+    model: nn.Module,
+    options: dict[str, Any],
     loader: Iterable[Any],
-    labels_key: str,
-    input_index: int,
-    label_index: int,
-    output_fn: Callable[[Any], Tensor] | None,
-) -> Batches:
-    """``loader`` with the batch conventions given to a callback."""
-    return Batches(
+    batch_options: BatchOptions,
+    *,
+    sharded: bool,
+    progress: bool | None,
+) -> tuple[Calibrator, dict[str, float]]:
+    """Build a calibrator of ``kind`` around ``model``, fit it on ``loader`` and measure it.
+
+    Args:
+        kind, model, options: as in :func:`make_calibrator`.
+        loader: the batches to calibrate on.
+        batch_options: how to read them (:data:`BatchOptions`).
+        sharded: whether ``loader`` holds this rank's shard of the data: then, in an initialised
+            process group of several ranks, the fit is on the data of every rank (see
+            :func:`fit_calibrator`).
+        progress: show a progress bar while collecting logits.
+
+    Returns:
+        The fitted calibrator and its metrics (:func:`_fit_metrics`), to be logged.
+    """
+    labels_key, input_index, label_index, output_fn = batch_options
+    calibrator = make_calibrator(kind, model, options)
+    batches = Batches(
         loader,
         labels_key=labels_key,
         input_index=input_index,
         label_index=label_index,
         output_fn=output_fn,
     )
+    distributed = sharded and _is_distributed()
+    fit_calibrator(calibrator, batches, distributed=distributed, progress=progress)
+    return calibrator, _fit_metrics(calibrator)
 
 
-def is_distributed() -> bool:
+def _is_distributed() -> bool:
     """Whether an initialised ``torch.distributed`` process group has more than one rank."""
     import torch.distributed as dist
 
@@ -84,7 +143,7 @@ def fit_calibrator(
     return calibrator.fit(logits, labels, progress=progress)
 
 
-def fit_metrics(calibrator: Calibrator) -> dict[str, float]:
+def _fit_metrics(calibrator: Calibrator) -> dict[str, float]:
     """NLL and ECE before and after calibration (and T), named ``calibration/...``."""
     results = calibrator.fit_result
     if not isinstance(results, tuple):
@@ -94,15 +153,36 @@ def fit_metrics(calibrator: Calibrator) -> dict[str, float]:
         prefix = PREFIX if len(results) == 1 else f"{PREFIX}label_{index}/"
         for name in ("nll_before", "nll_after", "ece_before", "ece_after"):
             metrics[prefix + name] = float(getattr(result, name))
-        if isinstance(result, FitResult):
+        if result.temperature is not None:  # a temperature fit's record
             metrics[prefix + "temperature"] = float(result.temperature)
     return metrics
 
 
-def save_path(save: bool | str | os.PathLike[str], folder: str | os.PathLike[str]) -> str | None:
-    """Where to save: ``None`` for ``save=False``, ``folder/calibration.safetensors`` for True."""
+def save_calibrator(
+    calibrator: Calibrator,
+    save: bool | str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+    is_main: Callable[[], bool],
+) -> str | None:
+    """Save ``calibrator`` as asked by a callback's ``save`` option, on the main process only.
+
+    Args:
+        calibrator: the fitted calibrator.
+        save: ``False`` (or ``None``) saves nothing; ``True`` saves as
+            ``folder/calibration.safetensors``; a path saves there.
+        folder: where ``save=True`` saves.
+        is_main: whether this process is the one that writes (asked only when saving).
+
+    Returns:
+        The path saved to (on every process), or ``None`` for ``save=False``.
+    """
     if save is False or save is None:
         return None
-    if save is True:
-        return os.path.join(os.fspath(folder), "calibration.safetensors")
-    return os.fspath(save)
+    path = os.path.join(os.fspath(folder), "calibration.safetensors") if save is True else save
+    path = os.fspath(path)
+    if is_main():
+        from torchcal.io.state import save as save_state
+
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        save_state(calibrator, path)
+    return path

@@ -31,18 +31,11 @@ from torch import Tensor
 
 from torchcal.calibrators.base import Calibrator
 from torchcal.integrations._common import (
-    batches,
-    fit_calibrator,
-    fit_metrics,
-    is_distributed,
+    calibrate,
+    framework_base,
     make_calibrator,
-    save_path,
+    save_calibrator,
 )
-
-try:
-    from transformers import TrainerCallback
-except ImportError:  # importable without transformers; using the callback says what to install
-    TrainerCallback = object  # type: ignore[misc,assignment]
 
 __all__ = ["TemperatureScalingCallback", "calibrate_trainer"]
 
@@ -77,39 +70,35 @@ def calibrate_trainer(
     ``trainer.log`` as ``calibration/nll_before``, ``nll_after``, ``ece_before``, ``ece_after``
     (and ``temperature``).
     """
-    calibrator = make_calibrator(kind, trainer.model, options)
-    loader = trainer.get_eval_dataloader(eval_dataset)
-    fit_calibrator(
-        calibrator,
-        batches(loader, labels_key, 0, 1, output_fn),
-        distributed=is_distributed(),
+    calibrator, metrics = calibrate(
+        kind,
+        trainer.model,
+        options,
+        trainer.get_eval_dataloader(eval_dataset),
+        (labels_key, 0, 1, output_fn),
+        sharded=True,  # the trainer shards its eval loader over the ranks
         progress=progress,
     )
-    trainer.log(fit_metrics(calibrator))
-    path = save_path(save, trainer.args.output_dir)
-    if path is not None and trainer.is_world_process_zero():
-        from torchcal.io.state import save as save_calibrator
-
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        save_calibrator(calibrator, path)
+    trainer.log(metrics)
+    save_calibrator(calibrator, save, trainer.args.output_dir, trainer.is_world_process_zero)
     return calibrator
 
 
-class TemperatureScalingCallback(TrainerCallback):  # type: ignore[misc,valid-type]
+class TemperatureScalingCallback(  # type: ignore[misc]
+    framework_base("transformers", "TrainerCallback", "hf")
+):
     """A ``TrainerCallback`` that runs :func:`calibrate_trainer` when training ends.
 
     ``trainer.add_callback(TemperatureScalingCallback(trainer, **options))``; after
-    ``trainer.train()`` the fitted calibrator is :attr:`calibrator`. The arguments are those of
-    :func:`calibrate_trainer`.
+    ``trainer.train()`` the fitted calibrator is :attr:`calibrator`.
+
+    Args:
+        trainer: the ``transformers.Trainer`` the callback is added to.
+        kind, **options: as in :func:`calibrate_trainer`.
     """
 
     def __init__(self, trainer: Any, kind: str = "temperature", **options: Any) -> None:
-        if TrainerCallback is object:
-            raise ImportError(
-                "TemperatureScalingCallback needs transformers: pip install transformers "
-                '(or pip install "torchcal[hf]")'
-            )
-        super().__init__()
+        super().__init__()  # without transformers: an ImportError saying what to install
         calibrator_options = {
             name: value
             for name, value in options.items()
@@ -120,4 +109,9 @@ class TemperatureScalingCallback(TrainerCallback):  # type: ignore[misc,valid-ty
         self.calibrator: Calibrator | None = None
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Calibrate once training ends.
+
+        Args:
+            args, state, control, **kwargs: the trainer's, as every callback hook gets them.
+        """
         self.calibrator = calibrate_trainer(self.trainer, self.kind, **self.options)

@@ -21,23 +21,19 @@ from torch import Tensor
 
 from torchcal.calibrators.base import Calibrator
 from torchcal.integrations._common import (
-    batches,
-    fit_calibrator,
-    fit_metrics,
-    is_distributed,
+    BatchOptions,
+    calibrate,
+    framework_base,
     make_calibrator,
-    save_path,
+    save_calibrator,
 )
-
-try:
-    from lightning.pytorch import Callback
-except ImportError:  # importable without lightning; using the callback says what to install
-    Callback = object  # type: ignore[misc,assignment]
 
 __all__ = ["TemperatureScalingCallback"]
 
 
-class TemperatureScalingCallback(Callback):  # type: ignore[misc,valid-type]
+class TemperatureScalingCallback(  # type: ignore[misc]
+    framework_base("lightning.pytorch", "Callback", "lightning")
+):
     """Fit a calibrator on the validation data once training ends.
 
     Args:
@@ -84,35 +80,40 @@ class TemperatureScalingCallback(Callback):  # type: ignore[misc,valid-type]
         progress: bool = False,
         **options: Any,
     ) -> None:
-        if Callback is object:
-            raise ImportError(
-                "TemperatureScalingCallback needs lightning: pip install lightning "
-                '(or pip install "torchcal[lightning]")'
-            )
-        super().__init__()
+        super().__init__()  # without lightning: an ImportError saying what to install
         make_calibrator(kind, None, options)  # invalid options fail now, not after training
         self.kind, self.options, self.save = kind, options, save
         self.dataloader, self.dataloader_index = dataloader, dataloader_index
-        self.batch_options = (labels_key, input_index, label_index, output_fn)
+        self.batch_options: BatchOptions = (labels_key, input_index, label_index, output_fn)
         self.progress = progress
         self.calibrator: Calibrator | None = None
         self.metrics: dict[str, float] = {}
         self.saved_path: str | None = None
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """Calibrate ``pl_module`` on the validation data once training ends.
+
+        Args:
+            trainer: the Lightning trainer.
+            pl_module: the trained module, wrapped by the calibrator.
+        """
         loader, sharded = self._validation_loader(trainer, pl_module)
-        calibrator = make_calibrator(self.kind, pl_module, self.options)
-        fit_calibrator(
-            calibrator,
-            batches(loader, *self.batch_options),
-            distributed=sharded and is_distributed(),
+        self.calibrator, self.metrics = calibrate(
+            self.kind,
+            pl_module,
+            self.options,
+            loader,
+            self.batch_options,
+            sharded=sharded,
             progress=self.progress,
         )
-        self.calibrator = calibrator
-        self.metrics = fit_metrics(calibrator)
         for logger in trainer.loggers:
             logger.log_metrics(self.metrics, step=trainer.global_step)
-        self.saved_path = self._save(trainer, calibrator)
+        checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+        folder = os.path.dirname(checkpoint) if checkpoint else trainer.default_root_dir
+        self.saved_path = save_calibrator(
+            self.calibrator, self.save, folder, lambda: trainer.is_global_zero
+        )
 
     def _validation_loader(self, trainer: Any, pl_module: Any) -> tuple[Any, bool]:
         """The loader to calibrate on, and whether the trainer sharded it over the ranks."""
@@ -136,14 +137,3 @@ class TemperatureScalingCallback(Callback):  # type: ignore[misc,valid-type]
         if isinstance(loaders, dict):
             return list(loaders.values())[self.dataloader_index], sharded
         return loaders, sharded
-
-    def _save(self, trainer: Any, calibrator: Calibrator) -> str | None:
-        checkpoint = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
-        folder = os.path.dirname(checkpoint) if checkpoint else trainer.default_root_dir
-        path = save_path(self.save, folder)
-        if path is not None and trainer.is_global_zero:
-            from torchcal.io.state import save
-
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            save(calibrator, path)
-        return path

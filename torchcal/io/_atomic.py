@@ -29,7 +29,7 @@ from typing import IO, Any, Literal
 
 __all__ = ["atomic_write", "check_writable_target"]
 
-PathLike = str | os.PathLike[str]
+_PathLike = str | os.PathLike[str]
 
 
 def _default_mode() -> int:
@@ -38,11 +38,14 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
-def check_writable_target(path: PathLike) -> Path:
+def check_writable_target(path: _PathLike) -> Path:
     """Return ``path`` as a Path if a file can be written there; raise ``OSError`` naming why not.
 
     Refused: a path that is a folder or any other non-regular file, and a path whose folder does
     not exist or is not a folder. Permission is checked by the write itself.
+
+    Args:
+        path: the file to be written.
     """
     target = Path(path)
     try:
@@ -64,7 +67,7 @@ def check_writable_target(path: PathLike) -> Path:
 
 @contextlib.contextmanager
 def atomic_write(
-    path: PathLike, mode: Literal["w", "wb"] = "wb", **open_kwargs: Any
+    path: _PathLike, mode: Literal["w", "wb"] = "wb", **open_kwargs: Any
 ) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on a clean exit, rename it over ``path``.
 

@@ -31,6 +31,7 @@ __all__ = [
     "save_scaler",
 ]
 
+#: The file types :func:`load_tensor` reads, by suffix.
 SUFFIXES = (".pt", ".pth", ".npy", ".npz", ".safetensors")
 
 
@@ -56,8 +57,16 @@ def _pick(names: Iterable[str], path: Path, key: str | None, key_option: str) ->
 
 
 def safetensors_key(path: str | Path, key: str | None = None, key_option: str = "key") -> str:
-    """The name of the tensor to read from a ``.safetensors`` file (``key``, or its only one),
-    from the file's header alone; ``key_option`` is what the error messages call ``key``."""
+    """The name of the tensor to read from a ``.safetensors`` file, from its header alone.
+
+    Args:
+        path: the ``.safetensors`` file.
+        key: the tensor's name; ``None`` when the file holds only one.
+        key_option: what the error messages call ``key`` (the CLI's ``--logits-key``).
+
+    Returns:
+        ``key``, or the name of the file's only tensor.
+    """
     path = Path(path)
     from safetensors import safe_open
 
@@ -77,9 +86,13 @@ def _reason(error: BaseException) -> str:
 def load_tensor(path: str | Path, key: str | None = None, key_option: str = "key") -> Tensor:
     """The tensor stored in ``path`` (the suffix picks the format).
 
-    ``key`` names the array in a file that holds several (a dict in ``.pt``, ``.npz``,
-    ``.safetensors``); only that one is read from ``.npz`` and ``.safetensors`` files.
-    ``key_option`` is what the error messages call ``key`` (the CLI's ``--logits-key``).
+    Only the array named is read from ``.npz`` and ``.safetensors`` files.
+
+    Args:
+        path: a ``.pt``, ``.pth``, ``.npy``, ``.npz`` or ``.safetensors`` file.
+        key: the array's name in a file that holds several (a dict in ``.pt``, ``.npz``,
+            ``.safetensors``); ``None`` when it holds one.
+        key_option: what the error messages call ``key`` (the CLI's ``--logits-key``).
 
     Example:
         >>> import tempfile
@@ -123,10 +136,15 @@ def load_tensor(path: str | Path, key: str | None = None, key_option: str = "key
 
 @contextlib.contextmanager
 def output_file(path: str | Path, mode: Literal["w", "wb"] = "w") -> Iterator[IO]:
-    """Open ``path`` for writing with :func:`~torchcal.io._atomic.atomic_write` (a temporary file in
-    the same folder, renamed over ``path`` only once it is written in full, so a failed or
-    interrupted write leaves an earlier file as it was). Any failure to write raises ``OSError``
-    with one line naming ``path`` and the reason.
+    """Open ``path`` for writing, atomically, as a context manager.
+
+    The data goes to a temporary file in the same folder, renamed over ``path`` only once it is
+    written in full, so a failed or interrupted write leaves an earlier file as it was. Any
+    failure to write raises ``OSError`` with one line naming ``path`` and the reason.
+
+    Args:
+        path: the file to write; its folder must exist.
+        mode: ``"w"`` for text, ``"wb"`` for bytes.
 
     Example:
         >>> import tempfile
@@ -144,7 +162,14 @@ def output_file(path: str | Path, mode: Literal["w", "wb"] = "w") -> Iterator[IO
 
 def check_output(path: str | Path) -> Path:
     """Raise the ``OSError`` :func:`output_file` would raise for a target that cannot be written
-    (a folder, a device, a missing folder), before any work is spent on what goes there."""
+    (a folder, a device, a missing folder), before any work is spent on what goes there.
+
+    Args:
+        path: the file to be written.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
     try:
         return check_writable_target(path)
     except OSError as error:
@@ -159,7 +184,15 @@ def _write_error(path: str | Path, error: OSError) -> OSError:
 
 def save_scaler(scaler: Calibrator, path: str | Path) -> Path:
     """Save a fitted calibrator (its values, fit record and options, no model) with
-    :func:`torchcal.save`, atomically (see :func:`output_file`); the folder must exist."""
+    :func:`torchcal.save`, atomically (see :func:`output_file`).
+
+    Args:
+        scaler: the fitted calibrator.
+        path: the file to write; its folder must exist.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
     from torchcal.io.state import save
 
     path = Path(path)
@@ -183,7 +216,11 @@ def save_scaler(scaler: Calibrator, path: str | Path) -> Path:
 
 def load_scaler(path: str | Path) -> Calibrator:
     """A model-less calibrator (a :class:`TemperatureScaler` or another kind) read by
-    :func:`torchcal.load`."""
+    :func:`torchcal.load`; any failure raises :class:`DataFileError`.
+
+    Args:
+        path: a file written by :func:`save_scaler` or :func:`torchcal.save`.
+    """
     from torchcal.io.state import load
 
     path = Path(path)

@@ -32,7 +32,7 @@ from torchcal._inputs.sources import NUMPY_FLOAT_DTYPES, strided_length
 
 __all__ = ["LogitsFile", "open_logits"]
 
-SAFETENSORS_DTYPES = {
+_SAFETENSORS_DTYPES = {
     "F16": torch.float16,
     "BF16": torch.bfloat16,
     "F32": torch.float32,
@@ -84,6 +84,13 @@ class LogitsFile:
     :meth:`every`. The file stays open for reading until :meth:`close` (or the end of a ``with``
     block).
 
+    Args:
+        path: the file.
+        key: the tensor's name in a ``.safetensors`` file (``None`` for ``.npy``).
+        shape: the stored array's shape, rows first.
+        dtype: the stored array's dtype.
+        data_offset: where the array's data begins in the file, in bytes.
+
     Example:
         >>> import tempfile
         >>> path = Path(tempfile.mkdtemp()) / "logits.npy"
@@ -119,7 +126,12 @@ class LogitsFile:
 
     # ------------------------------------------------------------------ the row-source interface
     def read(self, start: int, stop: int) -> Tensor:
-        """Rows ``start`` to ``stop`` (of this view) as a new tensor."""
+        """Rows ``start`` to ``stop`` (of this view) as a new tensor.
+
+        Args:
+            start: the first row, clipped to the rows there are.
+            stop: one past the last row, clipped likewise.
+        """
         start, stop = max(0, start), min(max(start, stop), len(self))
         out = torch.empty((stop - start, *self._row_shape), dtype=self.dtype)
         if stop == start or self._row_bytes == 0:
@@ -142,7 +154,12 @@ class LogitsFile:
         return out
 
     def every(self, step: int, offset: int = 0) -> LogitsFile:
-        """The rows ``offset, offset + step, ...`` of this view, as a view of the same file."""
+        """The rows ``offset, offset + step, ...`` of this view, as a view of the same file.
+
+        Args:
+            step: the stride between rows, >= 1.
+            offset: the first row.
+        """
         return LogitsFile(
             self.path,
             self.key,
@@ -201,7 +218,15 @@ def open_logits(path: str | Path, key: str | None = None) -> LogitsFile:
 
     Only the header is read here. ``key`` names the tensor in a safetensors file that holds
     several. Pass the result to :meth:`TemperatureScaler.fit <torchcal.TemperatureScaler.fit>`
-    with in-memory labels to fit on logits larger than memory:
+    with in-memory labels to fit on logits larger than memory.
+
+    Args:
+        path: a ``.npy`` or ``.safetensors`` file of float16, bfloat16 (safetensors only),
+            float32 or float64 logits.
+        key: the tensor's name in a ``.safetensors`` file holding several.
+
+    Returns:
+        A :class:`LogitsFile`.
 
     Example:
         >>> import tempfile
@@ -298,7 +323,7 @@ def _regular_file_size(path: Path) -> int:
 
 
 #: The largest safetensors header accepted, as in the safetensors library itself.
-MAX_SAFETENSORS_HEADER = 100_000_000
+_MAX_SAFETENSORS_HEADER = 100_000_000
 
 
 def _safetensors_header(
@@ -310,7 +335,7 @@ def _safetensors_header(
     if len(prefix) < 8:
         raise ValueError(f"{path}: not a readable .safetensors file: shorter than 8 bytes")
     (length,) = struct.unpack("<Q", prefix)
-    if length > min(size - 8, MAX_SAFETENSORS_HEADER):
+    if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
         raise ValueError(
             f"{path}: not a readable .safetensors file: its header length field claims {length} "
             f"bytes, but the file holds {size} bytes in all"
@@ -336,7 +361,7 @@ def _safetensors_header(
     if not isinstance(entry, dict):
         raise ValueError(f"{field}: its header entry must be an object, got {entry!r:.80}")
     dtype_name = entry.get("dtype")
-    if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in _SAFETENSORS_DTYPES:
         raise TypeError(
             f"{field} has dtype {dtype_name!r:.40}; logits must be F16, BF16, F32 or F64"
         )
@@ -351,7 +376,7 @@ def _safetensors_header(
             f"{field}: 'data_offsets' must be [begin, end] with integers >= 0, got {offsets!r:.80}"
         )
     begin, end = offsets
-    dtype = SAFETENSORS_DTYPES[dtype_name]
+    dtype = _SAFETENSORS_DTYPES[dtype_name]
     n_bytes = math.prod(shape) * dtype.itemsize
     if end - begin != n_bytes:
         raise ValueError(

@@ -1,11 +1,11 @@
 """Save a fitted calibrator to a small file, and load it back, without pickling the model.
 
-The file is a safetensors file: the fitted tensors (for temperature scaling, the scalar
-``temperature``; for the other calibrators their fitted buffers) plus string metadata in its
-header: ``format`` (always ``"torchcal"``), ``format_version``, ``torchcal_version``,
-``calibrator`` (the kind, e.g. ``"temperature"`` or ``"dirichlet"``), ``options`` (the
-constructor options, JSON) and ``fit_result`` (the fitted state: fit results, class dimension;
-JSON). It holds no
+The file is a safetensors file: the fitted tensors, named as the calibrator's buffers
+(``temperature_`` for temperature scaling, ``weight_`` and ``bias_`` for the affine maps, ...),
+plus string metadata in its header: ``format`` (always ``"torchcal"``), ``format_version``,
+``torchcal_version``, ``calibrator`` (the kind, e.g. ``"temperature"`` or ``"dirichlet"``),
+``options`` (the constructor options, JSON) and ``fit_result`` (the fitted state, JSON: see
+:mod:`torchcal.calibrators._state`). It holds no
 code and no model weights, so it is safe to load from anywhere and a few hundred bytes long:
 :func:`load` accepts only values a fit could have produced (a finite T > 0 inside the
 calibrator's bounds, weights of the right shape for the stored number of classes, ...) and
@@ -32,8 +32,15 @@ from torchcal._version import __version__
 from torchcal.calibrators.base import Calibrator
 from torchcal.io._atomic import atomic_write
 
+__all__ = ["FORMAT_VERSION", "load", "save"]
+
+
 FORMAT = "torchcal"
-FORMAT_VERSION = 1
+#: 2: tensors named as the calibrator's buffers (``temperature_``, ``weight_``, ...) and one
+#: fitted-state layout for every kind. Format 1 files (torchcal 0.1.0) load too: their tensor
+#: names map to the buffers' (``temperature``, ``weight``, ``bias``) and their states are read
+#: in both of their layouts (see :mod:`torchcal.calibrators._state`).
+FORMAT_VERSION = 2
 PathLike = str | os.PathLike[str]
 
 
@@ -57,6 +64,10 @@ def save(calibrator: Calibrator, path: PathLike) -> None:
     beside ``path`` and renamed over it in one step, keeping the mode of the file it replaces;
     a ``path`` that is a folder, a device or a FIFO is refused (``OSError``) before anything is
     written.
+
+    Args:
+        calibrator: a fitted calibrator of any kind.
+        path: the file to write.
 
     Example:
         >>> import tempfile, torch, torchcal
@@ -94,7 +105,8 @@ def load(path: PathLike, model: nn.Module | None = None) -> Calibrator:
     """Read a file written by :func:`save` into a fitted calibrator of the kind saved.
 
     Every value is checked as strictly as a fit would produce it before the calibrator is
-    built (see the module docstring).
+    built (see the module docstring). Files of every format version up to
+    :data:`FORMAT_VERSION` load, those torchcal 0.1.0 wrote (format 1) included.
 
     Args:
         path: the file.
@@ -223,7 +235,9 @@ def _check_option_types(cls: type[Calibrator], options: dict[str, Any]) -> None:
             if optional
             else hint
         )
-        if typing.get_origin(base) is tuple:
+        if typing.get_origin(base) is typing.Literal:  # a choice: the constructor names them
+            ok = isinstance(value, str)
+        elif typing.get_origin(base) is tuple:
             ok = isinstance(value, list) and len(value) == len(typing.get_args(base))
             ok = ok and all(_is_number(v, typing.get_args(base)[0]) for v in value)
             if ok:

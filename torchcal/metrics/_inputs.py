@@ -14,18 +14,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from torchcal._inputs import prepare
-from torchcal._inputs.validation import (
+from torchcal._inputs import (
     check_labels,
     check_positive_int,
     check_row_sums,
     check_unit_interval,
+    prepare,
 )
 
 #: The most bins a binned metric takes: its per-bin sums cost O(n_bins) memory and time.
 MAX_BINS = 100_000
-#: Elements of an (N, K) tensor converted to float64 at a time (8 MB).
-CHUNK_ELEMENTS = 1 << 20
 
 
 def as_tensor(value: object, name: str) -> Tensor:
@@ -63,12 +61,6 @@ def check_n_bins(n_bins: object) -> int:
             f"got {n_bins:,}"
         )
     return n_bins
-
-
-def row_chunks(rows: Tensor) -> range:
-    """Start rows of chunks of about :data:`CHUNK_ELEMENTS` elements of (N, K) ``rows``."""
-    step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
-    return range(0, rows.shape[0], step)
 
 
 def _probs_wording(error: Exception) -> Exception:

@@ -25,14 +25,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from torchcal._inputs.validation import check_positive_int
+from torchcal._inputs import check_choice, check_positive_int
+from torchcal._terms import bin_index, uniform_edges
 from torchcal.metrics._inputs import check_n_bins, check_probs_and_labels
 from torchcal.metrics.calibration import (
-    bin_index,
+    NORMS,
     bins_from_sums,
     expected_calibration_error,
     maximum_calibration_error,
-    uniform_edges,
+    top_label_bins,
 )
 from torchcal.metrics.samples import SampleStatistics, statistics_of_rows
 from torchcal.metrics.scores import accuracy, brier_score, negative_log_likelihood
@@ -49,6 +50,11 @@ _CHUNK_ELEMENTS = 1 << 22  # resamples x samples drawn at once
 class MetricInterval:
     """A metric's value on all data and a bootstrap percentile interval around it.
 
+    Args:
+        value: the metric on all the data.
+        low, high: the interval's ends.
+        confidence: the interval's coverage.
+
     Example:
         >>> interval = MetricInterval(value=0.1, low=0.08, high=0.13, confidence=0.95)
         >>> str(interval)
@@ -64,6 +70,7 @@ class MetricInterval:
         return f"{self.value:.4f} [{self.low:.4f}, {self.high:.4f}]"
 
     def to_dict(self) -> dict[str, float]:
+        """``{"value": ..., "low": ..., "high": ...}``, as the JSON reports hold it."""
         return {"value": self.value, "low": self.low, "high": self.high}
 
 
@@ -145,33 +152,42 @@ def _resampled_binned_error(bin_sums: _ResampledBinSums, norm: str) -> Batched:
     return batched
 
 
-def _batched(
+#: Metrics that are the mean of a per-sample term, and that term of the statistics.
+_MEAN_TERMS: dict[Metric, Callable[[SampleStatistics], Tensor]] = {
+    accuracy: lambda statistics: statistics.correct.to(torch.float64),
+    negative_log_likelihood: SampleStatistics.nll_terms,
+    brier_score: SampleStatistics.brier_terms,
+}
+
+
+def _from_statistics(
     metric: Metric,
     kwargs: dict[str, Any],
     statistics: Callable[[], SampleStatistics],
     means: _ResampledMeans,
     bin_sums: dict[int, _ResampledBinSums],
-) -> Batched | None:
-    """A batched form of ``metric`` from per-sample statistics, or None if it has none."""
-    if kwargs and metric in (accuracy, negative_log_likelihood, brier_score):
+) -> tuple[float, Batched] | None:
+    """``metric``'s value and batched form from the per-sample statistics, or None if it is not
+    a function of them. The value is computed as the metric itself computes it, to the bit."""
+    if metric in _MEAN_TERMS:
+        if kwargs:
+            return None
+        terms = _MEAN_TERMS[metric](statistics())
+        return float(terms.mean()), means.add(terms)
+    if metric not in (expected_calibration_error, maximum_calibration_error):
         return None
-    if metric is accuracy:
-        return means.add(statistics().correct.to(torch.float64))
-    if metric is negative_log_likelihood:
-        return means.add(statistics().nll_terms())
-    if metric is brier_score:
-        return means.add(statistics().brier_terms())
-    if metric in (expected_calibration_error, maximum_calibration_error):
-        if set(kwargs) - {"n_bins", "strategy", "norm"}:
-            return None
-        if kwargs.get("strategy", "uniform") != "uniform":
-            return None
-        norm = "max" if metric is maximum_calibration_error else kwargs.get("norm", "l1")
-        n_bins = check_n_bins(kwargs.get("n_bins", 15))
-        if n_bins not in bin_sums:
-            bin_sums[n_bins] = _ResampledBinSums(statistics(), n_bins)
-        return _resampled_binned_error(bin_sums[n_bins], norm)
-    return None
+    if set(kwargs) - {"n_bins", "strategy", "norm"}:
+        return None
+    if kwargs.get("strategy", "uniform") != "uniform":
+        return None
+    norm = "max" if metric is maximum_calibration_error else kwargs.get("norm", "l1")
+    check_choice(norm, "norm", NORMS)
+    n_bins = check_n_bins(kwargs.get("n_bins", 15))
+    if n_bins not in bin_sums:
+        bin_sums[n_bins] = _ResampledBinSums(statistics(), n_bins)
+    found = statistics()
+    bins = top_label_bins(found.confidences, found.correct, n_bins, "uniform")
+    return float(bins.calibration_error(norm)), _resampled_binned_error(bin_sums[n_bins], norm)
 
 
 @dataclass
@@ -261,7 +277,15 @@ class Bootstrap:
         **metric_kwargs: Any,
     ) -> None:
         """Compute ``metric(probs, labels, **metric_kwargs)`` for each of ``metrics`` and
-        prepare its resampling; the samples must be as many as in every earlier call."""
+        prepare its resampling; the samples must be as many as in every earlier call.
+
+        Args:
+            name: the name the intervals are returned under.
+            metrics: ``{metric name: metric}``.
+            probs: (N, K) probabilities.
+            labels: (N,) integer labels.
+            **metric_kwargs: passed to every metric.
+        """
         rows, labels = check_probs_and_labels(probs, labels)
         if self.n_samples is not None and rows.shape[0] != self.n_samples:
             raise ValueError(
@@ -281,21 +305,23 @@ class Bootstrap:
         bin_sums: dict[int, _ResampledBinSums] = {}
         group = self._groups.setdefault(name, {})
         for key, metric in metrics.items():
+            found = _from_statistics(metric, metric_kwargs, statistics, means, bin_sums)
+            if found is not None:
+                group[key] = _Resampled(*found, None, rows.device)
+                continue
+
+            def each(indices: Tensor, metric: Metric = metric) -> float:
+                indices = indices.to(rows.device)
+                return float(metric(rows[indices], labels[indices], **metric_kwargs))
+
             value = float(metric(rows, labels, **metric_kwargs))
-            batched = _batched(metric, metric_kwargs, statistics, means, bin_sums)
-            each = None
-            if batched is None:
-
-                def each(indices: Tensor, metric: Metric = metric) -> float:
-                    indices = indices.to(rows.device)
-                    return float(metric(rows[indices], labels[indices], **metric_kwargs))
-
-            group[key] = _Resampled(value, batched, each, rows.device)
+            group[key] = _Resampled(value, None, each, rows.device)
 
     def intervals(self, *, progress: bool = False) -> dict[str, dict[str, MetricInterval]]:
         """Draw the resamples and return ``{name: {metric: interval}}`` for everything added.
 
-        ``progress=True`` shows a progress bar (tqdm, on stderr).
+        Args:
+            progress: show a progress bar (tqdm, on stderr).
         """
         if self.n_samples is None:
             raise RuntimeError("nothing to resample yet: call add(name, metrics, probs, labels)")
@@ -351,9 +377,12 @@ def bootstrap_interval(
 
     Args:
         metric: any function of ``(probs, labels)`` returning a scalar tensor or float.
+        probs: (N, K) probabilities.
+        labels: (N,) integer labels.
         n_resamples: number of bootstrap resamples.
         confidence: coverage of the interval, in (0, 1).
         seed: an int seed or a ``torch.Generator`` (CPU) that draws the resamples.
+        **metric_kwargs: passed to ``metric``.
 
     Example:
         >>> from torchcal.metrics import expected_calibration_error
@@ -379,8 +408,17 @@ def bootstrap_intervals(
     seed: int | torch.Generator = 0,
     progress: bool = False,
 ) -> dict[str, MetricInterval]:
-    """Several metrics with bootstrap intervals from the same resamples (and the same numbers
-    as :func:`bootstrap_interval` called once per metric with the same ``seed``).
+    """Several metrics with bootstrap intervals from the same resamples: those
+    :func:`bootstrap_interval` draws for each metric with the same int ``seed`` (the values are
+    equal; the interval ends of mean-type metrics equal up to float64 rounding, their resampled
+    means being computed together).
+
+    Args:
+        metrics: ``{name: metric}``, each a function of ``(probs, labels)``.
+        probs: (N, K) probabilities.
+        labels: (N,) integer labels.
+        n_resamples, confidence, seed: as in :func:`bootstrap_interval`.
+        progress: show a progress bar (tqdm, on stderr).
 
     Example:
         >>> from torchcal.metrics import accuracy, negative_log_likelihood

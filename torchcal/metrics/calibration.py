@@ -14,7 +14,8 @@ Conventions (those of Guo et al. 2017, torchmetrics and netcal):
 Every function takes probabilities and labels (tensors on any device, or numpy arrays) and returns
 a 0-dim float64 tensor on that device. The probabilities are read a few times (their range, their
 row sums, the top-label statistics of :mod:`torchcal.metrics.samples`) and never copied; the bins
-then work on float64 vectors of length N, their sums exact up to float64 rounding. Class-wise bins
+then work on float64 vectors of length N, their sums (:mod:`torchcal._terms`) exact up to float64
+rounding. Class-wise bins
 read the probabilities in row chunks, converting one chunk at a time to float64.
 
 Shapes are those the scalers take: (N, K) with (N,) labels, dense (N, K, *spatial) with
@@ -27,20 +28,41 @@ every (sample, label) pair counts as one binary prediction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-from torchcal._inputs.validation import check_choice
-from torchcal.metrics._inputs import (
-    check_n_bins,
-    check_probs_and_labels,
-    row_chunks,
-)
-from torchcal.metrics.samples import statistics_of_rows
+from torchcal._inputs import check_choice
+from torchcal._terms import bin_sums, classwise_bin_sums, uniform_edges
+from torchcal.metrics._inputs import check_n_bins, check_probs_and_labels
+from torchcal.metrics.samples import sample_statistics
 
-STRATEGIES = ("uniform", "quantile")
-NORMS = ("l1", "l2", "max")
+__all__ = [
+    "Norm",
+    "ReliabilityBins",
+    "Strategy",
+    "bins_from_sums",
+    "classwise_calibration_error",
+    "expected_calibration_error",
+    "maximum_calibration_error",
+    "reliability_bins",
+]
+
+#: How the bin edges are placed: equal width, or at quantiles of the confidences.
+Strategy = Literal["uniform", "quantile"]
+#: Which calibration error of the bins: ECE (``"l1"``), RMS error (``"l2"``) or MCE (``"max"``).
+Norm = Literal["l1", "l2", "max"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+NORMS: tuple[str, ...] = get_args(Norm)
+
+
+def _check_bin_options(n_bins: object, strategy: object, norm: object = "l1") -> int:
+    """Check the binning options every binned metric takes; return ``n_bins``."""
+    n_bins = check_n_bins(n_bins)
+    check_choice(strategy, "strategy", STRATEGIES)
+    check_choice(norm, "norm", NORMS)
+    return n_bins
 
 
 @dataclass(frozen=True)
@@ -67,13 +89,17 @@ class ReliabilityBins:
 
     @property
     def n_samples(self) -> int:
+        """The number of samples in all bins."""
         return int(self.counts.sum())
 
-    def calibration_error(self, norm: str = "l1") -> Tensor:
+    def calibration_error(self, norm: Norm = "l1") -> Tensor:
         """The ECE (``"l1"``), RMS error (``"l2"``) or MCE (``"max"``) of these bins.
 
         Works on a batch of bins too (``counts`` etc. of shape (..., n_bins)), as the bootstrap
         uses it.
+
+        Args:
+            norm: ``"l1"``, ``"l2"`` or ``"max"``.
         """
         check_choice(norm, "norm", NORMS)
         gaps = (self.accuracy - self.confidence).abs()
@@ -84,6 +110,26 @@ class ReliabilityBins:
         if norm == "l1":
             return (gaps * weights).sum(dim=-1)
         return (gaps.square() * weights).sum(dim=-1).sqrt()
+
+
+def bins_from_sums(
+    edges: Tensor, counts: Tensor, sum_confidence: Tensor, sum_correct: Tensor
+) -> ReliabilityBins:
+    """:class:`ReliabilityBins` from per-bin sums (empty bins get mean 0).
+
+    Args:
+        edges: (n_bins + 1,) bin edges.
+        counts: (..., n_bins) samples per bin.
+        sum_confidence: (..., n_bins) float64 sum of the confidences in each bin.
+        sum_correct: (..., n_bins) float64 number of correct samples in each bin.
+    """
+    denominator = counts.clamp(min=1).to(torch.float64)
+    return ReliabilityBins(
+        edges=edges,
+        counts=counts,
+        confidence=sum_confidence / denominator,
+        accuracy=sum_correct / denominator,
+    )
 
 
 def _bin_edges(confidences: Tensor, n_bins: int, strategy: str) -> Tensor:
@@ -100,97 +146,56 @@ def _bin_edges(confidences: Tensor, n_bins: int, strategy: str) -> Tensor:
 
 
 def top_label_bins(
-    confidences: Tensor, correct: Tensor, n_bins: int = 15, strategy: str = "uniform"
+    confidences: Tensor, correct: Tensor, n_bins: int, strategy: str
 ) -> ReliabilityBins:
-    """Reliability bins from per-sample top-label confidences and 0/1 correctness.
-
-    This is the one place binning happens; :func:`reliability_bins`, the fitted scalers' reports,
-    the streaming meter and the bootstrap all call it or its per-bin sums.
-    """
-    check_n_bins(n_bins)
-    check_choice(strategy, "strategy", STRATEGIES)
+    """Reliability bins of (checked) ``n_bins`` and ``strategy`` from per-sample confidences
+    and 0/1 correctness."""
     confidences = confidences.reshape(-1).to(torch.float64).contiguous()
     edges = _bin_edges(confidences, n_bins, strategy)
-    counts, sum_confidence, sum_correct = bin_sums(confidences, correct, edges)
-    return bins_from_sums(edges, counts, sum_confidence, sum_correct)
-
-
-def bin_index(confidences: Tensor, edges: Tensor) -> Tensor:
-    """The bin of each confidence: ``i`` such that ``edges[i] <= c < edges[i + 1]``."""
-    return torch.bucketize(confidences.to(torch.float64), edges[1:-1], right=True)
-
-
-def bin_sums(confidences: Tensor, correct: Tensor, edges: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-bin count (int64), sum of confidence and sum of correctness (float64) for ``edges``."""
-    confidences = confidences.reshape(-1).to(torch.float64)
-    n_bins = edges.numel() - 1
-    index = bin_index(confidences, edges)
-    counts = torch.zeros(n_bins, dtype=torch.int64, device=index.device)
-    counts.index_add_(0, index, torch.ones_like(index))
-    sums = torch.zeros(2, n_bins, dtype=torch.float64, device=index.device)
-    sums[0].index_add_(0, index, confidences)
-    sums[1].index_add_(0, index, correct.reshape(-1).to(torch.float64))
-    return counts, sums[0], sums[1]
-
-
-def bins_from_sums(
-    edges: Tensor, counts: Tensor, sum_confidence: Tensor, sum_correct: Tensor
-) -> ReliabilityBins:
-    """:class:`ReliabilityBins` from per-bin sums (empty bins get mean 0)."""
-    denominator = counts.clamp(min=1).to(torch.float64)
-    return ReliabilityBins(
-        edges=edges,
-        counts=counts,
-        confidence=sum_confidence / denominator,
-        accuracy=sum_correct / denominator,
-    )
-
-
-def uniform_edges(n_bins: int, device: torch.device | str | None = None) -> Tensor:
-    """``n_bins + 1`` equal-width edges from 0 to 1 in float64."""
-    check_n_bins(n_bins)
-    return torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=device)
-
-
-def top_label(
-    probs: Tensor,
-    labels: Tensor,
-    class_dim: int | None = None,
-    ignore_index: int | None = -100,
-) -> tuple[Tensor, Tensor]:
-    """Validated top-label confidences (M,, float64) and correctness (M,, bool) of ``probs``."""
-    rows, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
-    statistics = statistics_of_rows(rows, labels)
-    return statistics.confidences, statistics.correct
+    return bins_from_sums(edges, *bin_sums(confidences, correct, edges))
 
 
 def reliability_bins(
     probs: Tensor,
     labels: Tensor,
     n_bins: int = 15,
-    strategy: str = "uniform",
+    strategy: Strategy = "uniform",
     *,
     class_dim: int | None = None,
     ignore_index: int | None = -100,
 ) -> ReliabilityBins:
-    """Top-label reliability bins of ``probs`` against ``labels`` (tensors or numpy arrays)."""
-    check_n_bins(n_bins)
-    check_choice(strategy, "strategy", STRATEGIES)
-    confidences, correct = top_label(probs, labels, class_dim, ignore_index)
-    return top_label_bins(confidences, correct, n_bins, strategy)
+    """Top-label reliability bins of ``probs`` against ``labels`` (tensors or numpy arrays).
+
+    Args:
+        probs: probabilities, of any shape listed in this module's description.
+        labels: integer labels (or 0/1 targets for sigmoid probabilities) matching ``probs``.
+        n_bins: number of bins, in [1, 100,000].
+        strategy: ``"uniform"`` (equal width) or ``"quantile"`` (equal counts).
+        class_dim: the class dimension of dense or sequence probabilities (as in
+            :class:`~torchcal.TemperatureScaler`).
+        ignore_index: label value of positions to leave out (``None`` keeps all).
+    """
+    n_bins = _check_bin_options(n_bins, strategy)
+    statistics = sample_statistics(probs, labels, class_dim, ignore_index)
+    return top_label_bins(statistics.confidences, statistics.correct, n_bins, strategy)
 
 
 def expected_calibration_error(
     probs: Tensor,
     labels: Tensor,
     n_bins: int = 15,
-    strategy: str = "uniform",
-    norm: str = "l1",
+    strategy: Strategy = "uniform",
+    norm: Norm = "l1",
     *,
     class_dim: int | None = None,
     ignore_index: int | None = -100,
 ) -> Tensor:
-    """Top-label expected calibration error.
+    """Top-label expected calibration error (or its RMS or max form, by ``norm``).
+
+    Args:
+        probs, labels, n_bins, strategy, class_dim, ignore_index: as in
+            :func:`reliability_bins`.
+        norm: ``"l1"`` (ECE), ``"l2"`` (RMS calibration error) or ``"max"`` (MCE).
 
     Example:
         >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
@@ -208,48 +213,28 @@ def maximum_calibration_error(
     probs: Tensor,
     labels: Tensor,
     n_bins: int = 15,
-    strategy: str = "uniform",
+    strategy: Strategy = "uniform",
     *,
     class_dim: int | None = None,
     ignore_index: int | None = -100,
 ) -> Tensor:
-    """Top-label maximum calibration error (MCE): the largest gap over non-empty bins."""
+    """Top-label maximum calibration error (MCE): the largest gap over non-empty bins.
+
+    Args:
+        probs, labels, n_bins, strategy, class_dim, ignore_index: as in
+            :func:`reliability_bins`.
+    """
     return expected_calibration_error(
         probs, labels, n_bins, strategy, "max", class_dim=class_dim, ignore_index=ignore_index
     )
-
-
-def _classwise_uniform_bins(probs: Tensor, labels: Tensor, edges: Tensor) -> ReliabilityBins:
-    """One-vs-rest bins of every class at once: (K, n_bins) sums, binned a row chunk at a time.
-
-    Class ``k``'s bins hold ``p_k`` of every sample; its correct ones are the samples labelled
-    ``k``, one per row, so their sums come from the labels' probabilities alone.
-    """
-    n_classes, n_bins = probs.shape[1], edges.numel() - 1
-    device = probs.device
-    offsets = torch.arange(n_classes, device=device) * n_bins
-    counts = torch.zeros(n_classes * n_bins, dtype=torch.int64, device=device)
-    sum_probs = torch.zeros(n_classes * n_bins, dtype=torch.float64, device=device)
-    chunks = row_chunks(probs)
-    for start in chunks:
-        wide = probs[start : start + chunks.step].to(torch.float64)
-        index = (bin_index(wide, edges) + offsets).reshape(-1)
-        counts.index_add_(0, index, torch.ones_like(index))
-        sum_probs.index_add_(0, index, wide.reshape(-1))
-    label_probs = probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
-    label_index = bin_index(label_probs, edges) + labels * n_bins
-    sum_correct = torch.zeros(n_classes * n_bins, dtype=torch.float64, device=device)
-    sum_correct.index_add_(0, label_index, torch.ones_like(label_probs))
-    shape = (n_classes, n_bins)
-    return bins_from_sums(edges, counts.view(shape), sum_probs.view(shape), sum_correct.view(shape))
 
 
 def classwise_calibration_error(
     probs: Tensor,
     labels: Tensor,
     n_bins: int = 15,
-    strategy: str = "uniform",
-    norm: str = "l1",
+    strategy: Strategy = "uniform",
+    norm: Norm = "l1",
     *,
     class_dim: int | None = None,
     ignore_index: int | None = -100,
@@ -258,17 +243,21 @@ def classwise_calibration_error(
 
     For each class k the probabilities ``p_k`` of all samples are binned against ``labels == k``.
 
+    Args:
+        probs, labels, n_bins, strategy, class_dim, ignore_index: as in
+            :func:`reliability_bins`.
+        norm: ``"l1"``, ``"l2"`` or ``"max"``, as in :func:`expected_calibration_error`.
+
     Example:
         >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
         >>> round(float(classwise_calibration_error(probs, torch.tensor([0, 1, 1]))), 4)
         0.3333
     """
-    check_n_bins(n_bins)
-    check_choice(strategy, "strategy", STRATEGIES)
-    check_choice(norm, "norm", NORMS)
+    n_bins = _check_bin_options(n_bins, strategy, norm)
     probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
     if strategy == "uniform":
-        bins = _classwise_uniform_bins(probs, labels, uniform_edges(n_bins, probs.device))
+        edges = uniform_edges(n_bins, probs.device)
+        bins = bins_from_sums(edges, *classwise_bin_sums(probs, labels, edges))
         return bins.calibration_error(norm).mean()
     errors = [
         top_label_bins(probs[:, k], labels == k, n_bins, strategy).calibration_error(norm)

@@ -11,16 +11,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from torchcal.metrics.calibration import ReliabilityBins, reliability_bins
+from torchcal.metrics.calibration import ReliabilityBins, Strategy, reliability_bins
+
+__all__ = ["debiased_calibration_error"]
 
 
-def debiased_bins_error(bins: ReliabilityBins) -> Tensor:
+def _debiased_bins_error(bins: ReliabilityBins) -> Tensor:
     """The debiased L2 calibration error of already computed reliability bins.
 
     Example:
         >>> probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
         >>> bins = reliability_bins(probs, torch.tensor([0, 1, 1, 1]), n_bins=2)
-        >>> round(float(debiased_bins_error(bins)), 4)
+        >>> round(float(_debiased_bins_error(bins)), 4)
         0.0
     """
     counts = bins.counts.to(torch.float64)
@@ -32,13 +34,16 @@ def debiased_bins_error(bins: ReliabilityBins) -> Tensor:
 
 
 def debiased_calibration_error(
-    probs: Tensor, labels: Tensor, n_bins: int = 15, strategy: str = "uniform"
+    probs: Tensor, labels: Tensor, n_bins: int = 15, strategy: Strategy = "uniform"
 ) -> Tensor:
     """Top-label L2 calibration error with the per-bin sampling bias removed (Kumar et al. 2019).
 
     Equals ``calibration.get_calibration_error(probs, labels, p=2, debias=True,
     mode="top-label")`` of the ``uncertainty-calibration`` package given the same bins (tested).
     It is never above the plug-in RMS error ``expected_calibration_error(..., norm="l2")``.
+
+    Args:
+        probs, labels, n_bins, strategy: as in :func:`~torchcal.metrics.reliability_bins`.
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -50,4 +55,4 @@ def debiased_calibration_error(
         >>> debiased < 0.5 * plug_in
         True
     """
-    return debiased_bins_error(reliability_bins(probs, labels, n_bins, strategy))
+    return _debiased_bins_error(reliability_bins(probs, labels, n_bins, strategy))

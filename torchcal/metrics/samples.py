@@ -5,6 +5,7 @@ confidence ``max_k p_k``, whether the label has it (a tie for the top counts as 
 label's probability ``p_y`` and, for the Brier score, ``sum_k p_k^2``. They are read from the
 (N, K) probabilities once, into float64 vectors of length N; the metrics, the streaming meter and
 the bootstrap (which resamples these vectors instead of the probabilities) all start from here.
+The NLL and Brier terms made of them are those of :mod:`torchcal._terms`.
 
 Example:
     >>> import torch
@@ -20,7 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from torchcal.metrics._inputs import check_probs_and_labels, row_chunks
+from torchcal._terms import brier_terms, nll_terms, squared_norms
+from torchcal.metrics._inputs import check_probs_and_labels
+
+__all__ = ["SampleStatistics", "sample_statistics", "statistics_of_rows"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class SampleStatistics:
 
     @property
     def n_samples(self) -> int:
+        """How many samples the statistics describe."""
         return self.confidences.numel()
 
     def nll_terms(self) -> Tensor:
@@ -54,38 +59,16 @@ class SampleStatistics:
         return brier_terms(self.squared_norms, self.label_probs)
 
 
-def nll_terms(label_probs: Tensor) -> Tensor:
-    """The negative log-likelihood of each sample from its label's probability."""
-    return -label_probs.to(torch.float64).log()
-
-
-def brier_terms(squared_norms: Tensor, label_probs: Tensor) -> Tensor:
-    """``sum_k p_k^2 - 2 p_y + 1``: the squared distance of each row from its one-hot label."""
-    return squared_norms - 2 * label_probs.to(torch.float64) + 1
-
-
-def squared_norms(rows: Tensor) -> Tensor:
-    """``sum_k p_k^2`` of each row of (M, K) ``rows``, accumulated in float64 in one read."""
-    # The float64 norm, squared: within a few ulp of the exact sum, with no float64 copy.
-    return torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64).square()
-
-
-def nll_terms_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
-    """``logsumexp(z) - z_y`` per row of (M, K) logits in float64, a chunk of rows at a time."""
-    terms = torch.empty(logits.shape[0], dtype=torch.float64, device=logits.device)
-    chunks = row_chunks(logits)
-    for start in chunks:
-        wide = logits[start : start + chunks.step].to(torch.float64)
-        label_logits = wide.gather(1, labels[start : start + chunks.step, None]).squeeze(1)
-        terms[start : start + wide.shape[0]] = torch.logsumexp(wide, dim=1) - label_logits
-    return terms
-
-
 def statistics_of_rows(rows: Tensor, labels: Tensor, *, squares: bool = False) -> SampleStatistics:
     """:class:`SampleStatistics` of already validated (M, K) rows and (M,) int64 labels.
 
     One reduction over the rows (``amax``) and one gather of the labels' column; ``squares``
     adds one more read for the Brier score.
+
+    Args:
+        rows: (M, K) probabilities, validated.
+        labels: (M,) int64 labels in [0, K), on the rows' device.
+        squares: also read ``sum_k p_k^2`` of each row (for the Brier score).
     """
     confidences = rows.amax(dim=1)
     label_probs = rows.gather(1, labels[:, None]).squeeze(1)
@@ -105,6 +88,12 @@ def sample_statistics(
     *,
     squares: bool = False,
 ) -> SampleStatistics:
-    """Validate ``probs`` and ``labels`` (any shape the metrics take) and read their statistics."""
+    """Validate ``probs`` and ``labels`` (any shape the metrics take) and read their statistics.
+
+    Args:
+        probs, labels, class_dim, ignore_index: as in
+            :func:`~torchcal.metrics.expected_calibration_error`.
+        squares: also read ``sum_k p_k^2`` of each row (for the Brier score).
+    """
     rows, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
     return statistics_of_rows(rows, labels, squares=squares)

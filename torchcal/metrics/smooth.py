@@ -14,8 +14,10 @@ import math
 import torch
 from torch import Tensor
 
-from torchcal._inputs.validation import check_positive_finite
-from torchcal.metrics.calibration import top_label
+from torchcal._inputs import check_positive_finite
+from torchcal.metrics.samples import sample_statistics
+
+__all__ = ["MIN_BANDWIDTH", "smooth_calibration_error"]
 
 _MIN_MESH_POINTS = 200  # evaluation mesh of the smoothed residual (relplot's smECE_mesh_pts)
 _DENSITY_EPS = 1e-4  # added to the smoothed density, as the reference does
@@ -54,7 +56,7 @@ def _smooth_ece(confidences: Tensor, correct: Tensor, sigma: float) -> Tensor:
     return ((residual / density).abs() * density).sum() / density.sum()
 
 
-def smooth_bandwidth(confidences: Tensor, correct: Tensor, eps: float = 1e-3) -> float:
+def _smooth_bandwidth(confidences: Tensor, correct: Tensor, eps: float = 1e-3) -> float:
     """The fixed-point bandwidth: the smallest sigma (to 2^-10) with ``sigma >= smECE_sigma``."""
 
     def small_enough(sigma: float) -> bool:
@@ -80,16 +82,21 @@ def smooth_calibration_error(
     ``bandwidth=None`` picks the kernel width by the authors' fixed-point rule; a number in
     [0.001, inf) fixes it. Tensors or numpy arrays.
 
+    Args:
+        probs: (N, K) probabilities.
+        labels: (N,) integer labels.
+        bandwidth: the Gaussian kernel's width, or ``None`` for the fixed-point rule.
+
     Example:
         >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
         >>> round(float(smooth_calibration_error(probs, torch.tensor([0, 1, 1, 1]))), 4)
         0.1316
     """
-    confidences, correct = top_label(probs, labels)
-    confidences = confidences.to(torch.float64)
-    correct = correct.to(torch.float64)
+    statistics = sample_statistics(probs, labels)
+    confidences = statistics.confidences
+    correct = statistics.correct.to(torch.float64)
     if bandwidth is None:
-        bandwidth = smooth_bandwidth(confidences, correct)
+        bandwidth = _smooth_bandwidth(confidences, correct)
     else:
         bandwidth = check_positive_finite(bandwidth, "bandwidth")
         if bandwidth < MIN_BANDWIDTH:

@@ -7,21 +7,22 @@ seen, whatever the batching, and ranks combine with one ``all_reduce`` of the su
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
-from torchcal._inputs.validation import check_choice, check_logits_matrix
+from torchcal._inputs import check_choice, check_logits_matrix
+from torchcal._terms import bin_sums, nll_terms_from_logits, uniform_edges
 from torchcal.metrics._inputs import as_tensor, check_n_bins, check_probs_and_labels
-from torchcal.metrics.calibration import (
-    NORMS,
-    ReliabilityBins,
-    bin_sums,
-    bins_from_sums,
-    uniform_edges,
-)
-from torchcal.metrics.samples import nll_terms_from_logits, statistics_of_rows
+from torchcal.metrics.calibration import NORMS, Norm, ReliabilityBins, bins_from_sums
+from torchcal.metrics.samples import statistics_of_rows
 
-INPUTS = ("probs", "logits")
+__all__ = ["CalibrationErrorMeter", "Inputs"]
+
+#: What a batch holds: probabilities or raw scores (logits).
+Inputs = Literal["probs", "logits"]
+INPUTS: tuple[str, ...] = get_args(Inputs)
 
 
 class CalibrationErrorMeter:
@@ -55,8 +56,8 @@ class CalibrationErrorMeter:
         self,
         n_bins: int = 15,
         *,
-        norm: str = "l1",
-        inputs: str = "probs",
+        norm: Norm = "l1",
+        inputs: Inputs = "probs",
         device: torch.device | str | None = None,
     ) -> None:
         self.n_bins = check_n_bins(n_bins)
@@ -80,6 +81,10 @@ class CalibrationErrorMeter:
         """Add a batch of probabilities or logits (N, K) with integer labels (N,).
 
         Tensors or numpy arrays; the probabilities are read a few times, never copied.
+
+        Args:
+            inputs: (N, K) probabilities or logits, as given by ``inputs`` at construction.
+            labels: (N,) integer labels.
         """
         if self.inputs == "logits":
             logits = check_logits_matrix(as_tensor(inputs, "inputs"), "inputs")
@@ -127,15 +132,27 @@ class CalibrationErrorMeter:
         return bins_from_sums(edges, counts, bin_state[1], bin_state[2])
 
     def bins(self, sync: bool = True) -> ReliabilityBins:
-        """The reliability bins of all data seen (on all ranks)."""
+        """The reliability bins of all data seen (on all ranks).
+
+        Args:
+            sync: sum over the ranks of an initialised ``torch.distributed`` process group.
+        """
         return self._bins_of(self._synced(sync)[0])
 
     def compute(self, sync: bool = True) -> Tensor:
-        """The calibration error (``norm`` given at construction) of all data seen."""
+        """The calibration error (``norm`` given at construction) of all data seen.
+
+        Args:
+            sync: as in :meth:`bins`.
+        """
         return self.bins(sync).calibration_error(self.norm)
 
     def summary(self, sync: bool = True) -> dict[str, float]:
-        """Accuracy, NLL, Brier score, ECE, RMS error, MCE and the sample count, as floats."""
+        """Accuracy, NLL, Brier score, ECE, RMS error, MCE and the sample count, as floats.
+
+        Args:
+            sync: as in :meth:`bins`.
+        """
         bin_state, totals = self._synced(sync)
         bins = self._bins_of(bin_state)
         n_samples = float(totals[3])

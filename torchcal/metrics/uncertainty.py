@@ -11,12 +11,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from torchcal._inputs.validation import check_probabilities
+from torchcal._inputs import check_probabilities
 from torchcal.metrics._inputs import as_tensor
+
+__all__ = ["entropy", "max_probability", "top1_margin"]
 
 
 def entropy(probs: Tensor, dim: int = -1) -> Tensor:
     """Shannon entropy ``-sum_k p_k log p_k`` in nats (``0 log 0 = 0``), from 0 to ``log K``.
+
+    Args:
+        probs: probabilities (tensor or numpy array), the classes along ``dim``.
+        dim: the class dimension.
 
     Example:
         >>> entropy(torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
@@ -29,6 +35,9 @@ def entropy(probs: Tensor, dim: int = -1) -> Tensor:
 
 def top1_margin(probs: Tensor, dim: int = -1) -> Tensor:
     """The largest probability minus the second largest, in [0, 1]; needs K >= 2 classes.
+
+    Args:
+        probs, dim: as in :func:`entropy`.
 
     Example:
         >>> top1_margin(torch.tensor([0.5755, 0.3858, 0.0387]))
@@ -45,6 +54,9 @@ def top1_margin(probs: Tensor, dim: int = -1) -> Tensor:
 
 def max_probability(probs: Tensor, dim: int = -1) -> Tensor:
     """The largest probability (the top-label confidence), in [1/K, 1].
+
+    Args:
+        probs, dim: as in :func:`entropy`.
 
     Example:
         >>> max_probability(torch.tensor([[0.2, 0.8], [0.6, 0.4]]))
