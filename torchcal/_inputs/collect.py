@@ -350,6 +350,13 @@ def collect_logits(
     images) are padded to the longest with ``ignore_index`` labels, which every fit leaves out.
     ``progress=None`` shows a tqdm bar only on a terminal.
 
+    Args:
+        model: the classifier; ``None`` when the loader's batches hold logits.
+        loader: batches of ``(inputs, labels)`` or mappings with labels (or a :class:`Batches`).
+        progress: show a tqdm bar (``None``: only on a terminal).
+        class_dim: the class dimension, for padding batches of different shapes.
+        ignore_index: the label padded positions get; ``None`` refuses batches that need it.
+
     Example:
         >>> model = torch.nn.Linear(4, 3)
         >>> loader = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(2)]

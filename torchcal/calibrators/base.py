@@ -52,12 +52,15 @@ from torchcal.errors import NotFittedError, warn
 from torchcal.export import (
     CalibratedModel,
     KeywordCalibratedModel,
+    Output,
     ProbabilitiesToLogits,
     in_compute_dtype,
     takes_keyword_inputs,
 )
 from torchcal.metrics.calibration import bins_from_sums, expected_calibration_error
 from torchcal.metrics.scores import negative_log_likelihood
+
+__all__ = ["Calibrator", "SoftmaxCalibrator"]
 
 _Self = TypeVar("_Self", bound="Calibrator")
 _Fit = TypeVar("_Fit", bound=Callable[..., Any])
@@ -417,9 +420,19 @@ class Calibrator(nn.Module):
         raise NotImplementedError
 
     def predict_proba(self, inputs: Any) -> Tensor:
+        """Calibrated probabilities of ``model(inputs)`` (or of ``inputs`` without a model).
+
+        Args:
+            inputs: the model's inputs, or logits (probabilities with ``inputs="probs"``).
+        """
         raise NotImplementedError
 
-    def export(self, output: str = "logits") -> CalibratedModel:
+    def export(self, output: Output = "logits") -> CalibratedModel:
+        """An inference-only module: the wrapped model, then the fitted calibration.
+
+        Args:
+            output: ``"logits"`` for calibrated logits, ``"probs"`` for probabilities.
+        """
         raise NotImplementedError
 
     def _scores(self, inputs: Any, activation: str = "softmax") -> Tensor:
@@ -434,7 +447,9 @@ class Calibrator(nn.Module):
             scores = probabilities_to_logits(scores, activation)
         return scores
 
-    def _export(self, head: nn.Module, output: str, activation: str = "softmax") -> CalibratedModel:
+    def _export(
+        self, head: nn.Module, output: Output, activation: str = "softmax"
+    ) -> CalibratedModel:
         """``model -> [probabilities to logits] -> head -> [softmax or sigmoid]``."""
         if getattr(self, "inputs", "logits") == "probs":
             head = nn.Sequential(ProbabilitiesToLogits(activation), head)
@@ -818,7 +833,12 @@ class SoftmaxCalibrator(Calibrator):
 
     # ------------------------------------------------------------------------- use
     def forward(self, inputs: Any) -> Tensor:
-        """Calibrated logits of ``model(inputs)`` (or of ``inputs`` without a model)."""
+        """Calibrated logits of ``model(inputs)`` (or of ``inputs`` without a model).
+
+        Args:
+            inputs: the model's inputs, or logits (probabilities with ``inputs="probs"``) with
+                the classes in the dimension fitted on.
+        """
         self._check_fitted()
         logits = self._scores(inputs)
         class_dim = self._fitted_class_dim
@@ -830,15 +850,22 @@ class SoftmaxCalibrator(Calibrator):
         return self._calibrate(logits.movedim(class_dim, -1)).movedim(-1, class_dim)
 
     def predict_proba(self, inputs: Any) -> Tensor:
-        """Calibrated probabilities: the softmax of :meth:`forward` over the class dimension."""
+        """Calibrated probabilities: the softmax of :meth:`forward` over the class dimension.
+
+        Args:
+            inputs: as for :meth:`forward`.
+        """
         return torch.softmax(self(inputs), dim=self._fitted_class_dim)
 
-    def export(self, output: str = "logits") -> CalibratedModel:
+    def export(self, output: Output = "logits") -> CalibratedModel:
         """An inference-only module: the wrapped model, then :meth:`head` (a snapshot).
 
-        ``output="logits"`` gives calibrated logits, ``"probs"`` their softmax over the class
-        dimension the calibrator was fitted with (segmentation maps and token logits included).
         It works with ``torch.jit.script``, ``torch.export.export`` and ``torch.onnx.export``.
+
+        Args:
+            output: ``"logits"`` gives calibrated logits, ``"probs"`` their softmax over the
+                class dimension the calibrator was fitted with (segmentation maps and token
+                logits included).
         """
         self._check_fitted()
         return self._export(self.head(), output)

@@ -33,7 +33,9 @@ from torchcal.calibrators.base import (
 )
 from torchcal.calibrators.result import FitResult
 from torchcal.errors import warn
-from torchcal.export import CalibratedModel, TemperatureHead
+from torchcal.export import CalibratedModel, Output, TemperatureHead
+
+__all__ = ["TemperatureScaler"]
 
 #: The temperature solvers.
 Method = Literal["lbfgs", "newton"]
@@ -224,6 +226,9 @@ class TemperatureScaler(Calibrator):
 
         With ``inputs="probs"`` the probabilities are first mapped to logits (``log p``, or the
         log-odds for a sigmoid model), as in :meth:`fit`.
+
+        Args:
+            inputs: the model's inputs, or logits (probabilities with ``inputs="probs"``).
         """
         self._check_fitted()
         logits = self._scores(inputs, self._fitted_activation)
@@ -246,13 +251,17 @@ class TemperatureScaler(Calibrator):
             )
 
     def predict_proba(self, inputs: Any) -> Tensor:
-        """Calibrated probabilities: softmax over the class dimension, or sigmoid."""
+        """Calibrated probabilities: softmax over the class dimension, or sigmoid.
+
+        Args:
+            inputs: as for :meth:`forward`.
+        """
         calibrated = self(inputs)
         if self._fitted_activation == "sigmoid":
             return torch.sigmoid(calibrated)
         return torch.softmax(calibrated, dim=self._fitted_class_dim)
 
-    def export(self, output: str = "logits") -> CalibratedModel:
+    def export(self, output: Output = "logits") -> CalibratedModel:
         """A plain inference-only module: the wrapped model followed by the fitted calibration.
 
         ``output="logits"`` gives ``model(x) / T``, ``"probs"`` gives its softmax over the fitted
@@ -262,6 +271,9 @@ class TemperatureScaler(Calibrator):
         T is copied into a buffer (refitting this scaler leaves the export unchanged); the
         wrapped model is shared, not copied. The result works with ``torch.jit.script``,
         ``torch.export.export`` and ``torch.onnx.export``.
+
+        Args:
+            output: ``"logits"`` or ``"probs"`` (see above).
 
         Example:
             >>> _ = torch.manual_seed(0)
