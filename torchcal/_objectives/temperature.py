@@ -67,6 +67,10 @@ BIN_BATCH = 1 << 16
 FLOAT32_SMALLEST_RANGE = 2.0**-40
 #: Below this, even float64 squares underflow: such logits are refused.
 FLOAT64_SMALLEST_RANGE = 2.0**-480
+#: Objectives with fewer logits than this (on every rank) also compute the NLL's second to fourth
+#: derivatives at beta = 1 in their validating pass: the warm start takes its first Taylor step
+#: from there on all the rows (larger data start from a subsample's optimum instead).
+START_MOMENTS_MAX_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,20 @@ class Evaluation:
     bins: Tensor | None
     third: float | None = None
     fourth: float | None = None
+
+    def holds(self, hessian: bool, bins: bool, taylor: bool) -> bool:
+        """Whether it has what an evaluation asked for these parts would have.
+
+        Args:
+            hessian: the second derivative.
+            bins: the reliability-bin sums.
+            taylor: the second, third and fourth derivatives.
+        """
+        return (
+            (self.hess is not None or not (hessian or taylor))
+            and (self.bins is not None or not bins)
+            and (self.third is not None or not taylor)
+        )
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -138,6 +156,9 @@ class _StreamedNLL:
         self.n_bins = n_bins
         self.edges = uniform_edges(n_bins, self.device)
         self.reducer = reducer or LocalReducer()
+        # This rank's choice; the reported moments need every rank's (see synchronise).
+        self.start_moments = self.n_rows * row_width < START_MOMENTS_MAX_ELEMENTS
+        self.latest: Evaluation | None = None  # the last full-data evaluation, reused if asked
         self.row_offset = 0  # rows held by the ranks before this one
         self.passes = 0
         self._local = self._prepare()
@@ -241,7 +262,12 @@ class _StreamedNLL:
 
         ``taylor=True`` adds the second, third and fourth derivatives (for warm-start steps).
         Raises ``ValueError`` (on every rank) if the sums are not finite even in float64.
+        Asked again at the ``beta`` of the previous evaluation (the validating pass's at
+        ``beta = 1`` included) for nothing it lacks, it returns that evaluation without a pass.
         """
+        latest = self.latest
+        if latest is not None and latest.beta == beta and latest.holds(hessian, bins, taylor):
+            return latest
         totals = self.reducer.sum(self._local_sums(beta, hessian, bins, taylor))
         if not _reported_sums_finite(totals):
             raise ValueError(
@@ -249,13 +275,16 @@ class _StreamedNLL:
                 f"the logits' row ranges (or magnitudes) reach {self.largest_range:.4g}, too wide "
                 "to calibrate; check the model's outputs"
             )
-        return self._finish(beta, totals, hessian, bins, taylor)
+        self.latest = self._finish(beta, totals, hessian, bins, taylor)
+        return self.latest
 
     def _initial_sums(self, sums: Tensor, bins: _BinSums) -> Tensor:
-        """The validating pass's sums and bins at beta = 1, redone in float64 if they overflowed."""
-        if not bool(torch.isfinite(sums).all()) and self.compute_dtype != torch.float64:
+        """The validating pass's sums and bins at beta = 1, redone in float64 if they overflowed
+        (the NLL or its first two derivatives: the others only shape warm-start steps)."""
+        if not bool(torch.isfinite(sums[:3]).all()) and self.compute_dtype != torch.float64:
             self.compute_dtype = torch.float64
-            return self._local_sums(1.0, False, True)
+            moments = self.start_moments
+            return self._local_sums(1.0, moments, True, moments)
         return torch.cat([sums, bins.result().reshape(-1)])
 
     @property
@@ -289,6 +318,7 @@ class _StreamedNLL:
         Every rank must call it, in the same order, once all of them have validated their data.
         """
         parts = self.reducer.gather(self._local)
+        initial_dtype = self.compute_dtype
         n_sums = N_MOMENTS + 3 * self.n_bins
         totals = sum_in_rank_order(parts)
         counts = parts[:, n_sums + 2]
@@ -307,7 +337,11 @@ class _StreamedNLL:
                     "too small for their differences to be computed; check the model's outputs"
                 )
             self.compute_dtype = torch.float64
-        self.initial = self._finish(1.0, totals[:n_sums], False, True)
+        moments = int(totals[n_sums + 8]) == parts.shape[0]  # every rank added them
+        self.initial = self._finish(1.0, totals[:n_sums], moments, True, moments)
+        # The warm start and the solvers may reuse it, unless later passes need float64.
+        reusable = _reported_sums_finite(totals[:n_sums]) and self.compute_dtype == initial_dtype
+        self.latest = self.initial if reusable else None
 
     def subsample(self, step: int) -> _StreamedNLL:
         """The same objective on every ``step``-th row of all ranks' rows, without copying them.
@@ -324,6 +358,7 @@ class _StreamedNLL:
         view.chunks = dataclasses.replace(self.chunks, n_rows=view.n_rows)
         view.labels = self.labels[offset::step]
         view.passes = 0
+        view.latest = None
         view._strided_row_state(step, offset)
         kept = view.n_rows
         if self.ignore_index is not None:
@@ -370,9 +405,11 @@ class _StreamedNLL:
         """The per-rank numbers after the validating pass's sums and bins: kept rows, rows whose
         label is the (or a tied) top score, all rows, minus the smallest label, the largest label,
         rows whose label is a top score (a non-negative margin for sigmoids), a sum with the sign
-        of dNLL/dbeta at beta = 0 and the widest row range (the largest magnitude for sigmoids)."""
+        of dNLL/dbeta at beta = 0, the widest row range (the largest magnitude for sigmoids) and
+        1 if the sums hold the second to fourth derivatives."""
         values = [n_kept, n_correct, self.n_rows, -label_low, label_high, n_top, slope_at_zero]
         values.append(largest_range)  # reduced by its maximum, not summed
+        values.append(float(self.start_moments))
         return torch.tensor(values, dtype=torch.float64, device=self.device)
 
 
@@ -444,7 +481,8 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
             label_high = torch.maximum(label_high, chunk_high)
             self.label_logit[rows] = chunk.logits.gather(1, labels[:, None]).squeeze(1)
             kept = chunk.compacted()
-            self._add_chunk_sums(sums, kept, 1.0, False, bins)
+            moments = self.start_moments
+            self._add_chunk_sums(sums, kept, 1.0, moments, bins, moments)
             # K (dNLL/dbeta at beta = 0) per row: sum_j z_j - K z_y, exact in float64 for
             # logits of one magnitude (all-equal rows give exactly 0).
             label_logits = self._rows(self.label_logit, chunk).to(torch.float64)
@@ -633,7 +671,8 @@ class SigmoidTemperatureNLL(_StreamedNLL):
                 margin = chunk.logits.to(torch.float64) * (2 * targets.to(torch.float64) - 1)
                 n_top += int((margin >= 0).sum())
                 slope -= margin.sum()  # 2 M (dNLL/dbeta at beta = 0) = -sum of the margins
-                self._add_chunk_sums(sums, chunk, 1.0, False, bins)
+                moments = self.start_moments
+                self._add_chunk_sums(sums, chunk, 1.0, moments, bins, moments)
         self._raise_if_not_finite(bad_entries, first_bad, "entry", "entries")
         if n_kept >= 16 and low >= 0 and high <= 1:
             raise ValueError(

@@ -16,10 +16,11 @@ below ``rtol``:
 runs :func:`solve_temperature`.
 
 Both start from the same warm start (:func:`warm_start`): the optimum on an evenly strided
-subsample of the rows, then one step on all of them that uses the NLL's first four derivatives
-(a Taylor step, whose error shrinks like the fourth power of its length). It usually lands so
-close to the optimum that the solver's first evaluation, which it needs anyway for the fit's
-report, already meets ``rtol``: the solver then only verifies, and LBFGS, which would stop at
+subsample of the rows (for small data: the validating pass's derivatives at T = 1), then steps on
+all of them that use the NLL's first four derivatives (Taylor steps, whose error shrinks like the
+fourth power of their length) until the step at an evaluated point meets ``rtol``. That last
+evaluation carries what the fit's report needs, and the objective hands it to the solver again
+without a pass (see ``evaluate``): the solver then only verifies, and LBFGS, which would stop at
 that first evaluation too, is never built (building a ``torch.optim`` optimiser imports
 ``torch._dynamo`` on first use, about 1.5 s once per process).
 """
@@ -33,6 +34,7 @@ import torch
 from torch import Tensor
 
 from torchcal._objectives.temperature import (
+    START_MOMENTS_MAX_ELEMENTS,
     Evaluation,
     SigmoidTemperatureNLL,
     SoftmaxTemperatureNLL,
@@ -48,15 +50,16 @@ _Objective = SoftmaxTemperatureNLL | SigmoidTemperatureNLL
 WARM_START_MIN_ROWS = 2048
 WARM_START_FRACTION = 16
 #: ... and only for at least this many logits: below it a pass costs less than the fixed cost of
-#: an evaluation, and the Taylor steps run on all the rows.
-WARM_START_MIN_ELEMENTS = 1 << 20
+#: an evaluation, and the Taylor steps run on all the rows, from the validating pass's at T = 1.
+WARM_START_MIN_ELEMENTS = START_MOMENTS_MAX_ELEMENTS
 #: The subsample's Taylor steps stop at a step below this, relative to beta: where that step
 #: leads is its optimum to about 1e-5, far better than it estimates the full data's (to about
 #: 1/sqrt(rows)).
 SUBSAMPLE_RTOL = 5e-2
-#: The warm start ends with a Taylor step on all the rows no longer than this, relative to beta:
-#: such a step lands within about 1e-8 of the optimum (its error is about the step's fourth
-#: power), so that the solver's first evaluation meets the usual tolerances.
+#: A Taylor step on all the rows no longer than this, relative to beta, lands within about 1e-8
+#: of the optimum (its error is about the step's fourth power): the evaluation there is probably
+#: the last, so it computes the reliability bins the report needs instead of the third and fourth
+#: derivatives (the Newton step is as good there).
 FINAL_STEP_RTOL = 2e-2
 #: Newton iterations on the Taylor model's root (a cheap scalar polynomial).
 TAYLOR_ROOT_ITERATIONS = 20
@@ -68,7 +71,9 @@ class Solution:
 
     evaluation: Evaluation  # at the returned beta, with reliability-bin sums
     iterations: int
-    evaluations: int  # full-data passes spent by the solver, the warm start excluded
+    #: the solver's evaluations on all the data: the first may be the warm start's last one,
+    #: handed over without a second pass
+    evaluations: int
     converged: bool
     bound: str | None  # "lower" or "upper" temperature bound if the optimum lies beyond it
 
@@ -97,7 +102,6 @@ def newton_on_beta(
         bins: also compute the reliability-bin sums the fit's report needs (``False`` for warm
             starts).
     """
-    passes_before = objective.passes
     evaluated: list[Evaluation] = []
 
     def slope_and_step(beta: float) -> tuple[float, float]:
@@ -115,7 +119,7 @@ def newton_on_beta(
         evaluated.append(objective.evaluate(found.x, hessian=True, bins=bins))
     bound = _TEMPERATURE_BOUND.get(found.bound or "")
     converged = found.reason in (CONVERGED, "bound")
-    return _solution(evaluated[-1], found.iterations, objective, passes_before, converged, bound)
+    return Solution(evaluated[-1], found.iterations, len(evaluated), converged, bound)
 
 
 #: The temperature bound beyond which the optimum lies, by the end of beta's range it meets.
@@ -125,17 +129,6 @@ _TEMPERATURE_BOUND = {"low": "upper", "high": "lower"}
 def _beta_range(temperature_bounds: tuple[float, float]) -> tuple[float, float]:
     """The range of ``beta = 1/T`` for ``temperature_bounds``."""
     return 1.0 / temperature_bounds[1], 1.0 / temperature_bounds[0]
-
-
-def _solution(
-    evaluation: Evaluation,
-    iterations: int,
-    objective: _Objective,
-    passes_before: int,
-    converged: bool,
-    bound: str | None,
-) -> Solution:
-    return Solution(evaluation, iterations, objective.passes - passes_before, converged, bound)
 
 
 def taylor_step(evaluation: Evaluation) -> float:
@@ -187,32 +180,45 @@ def _taylor_search(
     beta_range: tuple[float, float],
     rtol: float,
     max_iter: int,
+    land: bool,
 ) -> float:
     """Safeguarded Taylor steps (:func:`taylor_step`) from ``beta`` until one is below
-    ``rtol * beta``; where that step leads (a bound of ``beta_range`` if the optimum lies beyond
-    it)."""
+    ``rtol * beta``: where that step leads with ``land`` (a bound of ``beta_range`` if the optimum
+    lies beyond it), else where it starts.
+
+    Without ``land`` the search is the solver's first stage: an evaluation after a step shorter
+    than :data:`FINAL_STEP_RTOL` is probably the last, so it carries the reliability bins (and
+    the Newton step, as good as Taylor's there, decides) rather than the higher derivatives.
+    """
+    previous = [math.inf]  # the last step's length relative to beta
 
     def slope_and_step(at: float) -> tuple[float, float]:
-        evaluation = objective.evaluate(at, taylor=True)
-        return evaluation.grad, taylor_step(evaluation)
+        final = not land and previous[0] <= FINAL_STEP_RTOL
+        evaluation = objective.evaluate(at, hessian=True, bins=final, taylor=not final)
+        step = taylor_step(evaluation)
+        previous[0] = abs(step) / at
+        return evaluation.grad, step
 
     stopping = Stopping(rtol, max_iter)
-    return bracketed_newton(slope_and_step, beta, bounds=beta_range, stopping=stopping, land=True).x
+    return bracketed_newton(slope_and_step, beta, bounds=beta_range, stopping=stopping, land=land).x
 
 
 def warm_start(
-    objective: _Objective, temperature_bounds: tuple[float, float], max_iter: int
+    objective: _Objective, temperature_bounds: tuple[float, float], max_iter: int, rtol: float
 ) -> float:
-    """A ``beta`` close to the optimum: Taylor steps on a subsample, then one on all the rows.
+    """A ``beta`` at the optimum: Taylor steps on a subsample, then on all the rows until one
+    meets ``rtol``.
 
-    Without a subsample (small data) the Taylor steps run on all the rows from ``beta = 1``.
-    Every full-data step counts in ``objective.passes``; the subsample's steps are a fraction
-    of a pass each and do not.
+    Without a subsample (small data) the steps on all the rows start at ``beta = 1``, from the
+    validating pass's derivatives. Every full-data evaluation counts in ``objective.passes``;
+    the subsample's are a fraction of a pass each and do not. The last one, at the returned
+    ``beta``, carries the reliability bins, so the solver that starts there reuses it.
 
     Args:
         objective: the temperature NLL.
         temperature_bounds: the range T is kept in.
         max_iter: Taylor steps per search at most.
+        rtol: the step's length, relative to beta, at which the search on all the rows stops.
     """
     beta_range = _beta_range(temperature_bounds)
     beta = min(max(1.0, beta_range[0]), beta_range[1])
@@ -221,10 +227,10 @@ def warm_start(
     if step > 1 and objective.n_samples * row_width >= WARM_START_MIN_ELEMENTS:
         sample = objective.subsample(step)
         beta = _taylor_search(
-            sample, beta, beta_range=beta_range, rtol=SUBSAMPLE_RTOL, max_iter=max_iter
+            sample, beta, beta_range=beta_range, rtol=SUBSAMPLE_RTOL, max_iter=max_iter, land=True
         )
     return _taylor_search(
-        objective, beta, beta_range=beta_range, rtol=FINAL_STEP_RTOL, max_iter=max_iter
+        objective, beta, beta_range=beta_range, rtol=rtol, max_iter=max_iter, land=False
     )
 
 
@@ -254,11 +260,11 @@ def lbfgs_on_log_temperature(
         start_beta: where it starts.
     """
     beta_min, beta_max = _beta_range(temperature_bounds)
-    passes_before = objective.passes
     start = objective.evaluate(start_beta, hessian=True, bins=True)
+    evaluations = [1]
     bound = _bound_beyond(start, beta_min, beta_max)
     if bound is not None:
-        return _solution(start, 0, objective, passes_before, True, bound)
+        return Solution(start, 0, 1, True, bound)
 
     u0 = -math.log(start_beta)
     curvature = start_beta**2 * start.hess + start_beta * start.grad  # d2NLL/du2
@@ -272,7 +278,7 @@ def lbfgs_on_log_temperature(
 
     if distance(start) <= rtol:
         # L-BFGS would evaluate the start, find it within the tolerance and stop: skip building it
-        return _solution(start, 0, objective, passes_before, True, None)
+        return Solution(start, 0, 1, True, None)
     cache: dict[float, Evaluation] = {0.0: start}
 
     def evaluate_at(position: Tensor) -> tuple[float, Tensor, float]:
@@ -280,6 +286,7 @@ def lbfgs_on_log_temperature(
         if key not in cache:
             log_t = min(max(u0 + scale * key, -700.0), 700.0)
             evaluation = objective.evaluate(math.exp(-log_t), bins=True)
+            evaluations[0] += 1
             best = min(cache.values(), key=distance)
             cache.clear()  # keep the best evaluation and the newest
             cache.update({key: evaluation, (-math.log(best.beta) - u0) / scale: best})
@@ -297,15 +304,17 @@ def lbfgs_on_log_temperature(
     if bound is not None:
         clamped = beta_max if bound == "lower" else beta_min
         final = objective.evaluate(clamped, bins=True)
+        evaluations[0] += 1
     elif not converged:
         # L-BFGS can stall on an objective that is flat in curvature (linear in beta, as for
         # logits so large that every softmax is one-hot). The NLL is convex in beta, so the
         # slope's sign at the bound it heads for decides exactly whether the optimum lies beyond.
         edge = objective.evaluate(beta_min if final.grad > 0 else beta_max, bins=True)
+        evaluations[0] += 1
         bound = _bound_beyond(edge, beta_min, beta_max)
         if bound is not None:
             final, converged = edge, True
-    return _solution(final, result.iterations, objective, passes_before, converged, bound)
+    return Solution(final, result.iterations, evaluations[0], converged, bound)
 
 
 def _bound_beyond(
@@ -337,7 +346,7 @@ def solve_temperature(
         rtol: the distance to the optimum, relative to T, at which the solver stops.
         max_iter: iterations of the warm start's searches and of the solver at most.
     """
-    start_beta = warm_start(objective, temperature_bounds, max_iter)
+    start_beta = warm_start(objective, temperature_bounds, max_iter, rtol)
     solver = lbfgs_on_log_temperature if method == "lbfgs" else newton_on_beta
     return solver(
         objective,
