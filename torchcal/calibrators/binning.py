@@ -32,6 +32,8 @@ from torchcal.calibrators.base import Inputs, SnapshotHead, SoftmaxCalibrator, f
 from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
 
+__all__ = ["HistogramBinning", "IsotonicCalibrator"]
+
 #: Smallest one-vs-rest output before renormalising (float32-friendly; log(1e-6) = -13.8).
 PROBABILITY_FLOOR = 1e-6
 

@@ -52,6 +52,8 @@ from torchcal.calibrators.base import Inputs, SnapshotHead, SoftmaxCalibrator
 from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
 
+__all__ = ["EnsembleTemperatureScaler"]
+
 #: The objectives of the weights: the Brier score or the negative log-likelihood.
 Loss = Literal["mse", "nll"]
 #: Frank-Wolfe gap (objective units) at which the weight fit counts as converged.

@@ -51,6 +51,8 @@ from torchcal.calibrators.base import Inputs, SnapshotHead, SoftmaxCalibrator, f
 from torchcal.errors import warn
 from torchcal.export import in_compute_dtype
 
+__all__ = ["DirichletCalibrator", "MatrixScaler", "VectorScaler"]
+
 #: The largest K a full (K, K) matrix is fitted for: beyond it the K^2 parameters, their Newton
 #: history and the O(M K^2) passes are out of proportion to what a calibration set can support.
 MAX_MATRIX_CLASSES = 1024
