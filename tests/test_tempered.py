@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from conftest import requires_cuda
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from torchcal.dial import log_softmax, softmax
@@ -143,11 +143,22 @@ rows = st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=2, max
 
 @settings(max_examples=60, deadline=None)
 @given(rows, st.floats(1e-3, 1e3), st.floats(-1e3, 1e3, width=32))
+@example(torch.tensor([0.0, 0.001]), 0.001, 16.0)
 def test_sums_to_one_and_ignores_a_constant_shift(logits, temperature, shift):
     probs = softmax(logits, temperature)
     assert torch.isfinite(probs).all()
     assert float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
-    torch.testing.assert_close(softmax(logits + shift, temperature), probs, atol=1e-4, rtol=0)
+    # float32 rounds logits + shift (by up to half an ulp of the shift, which 1/T can magnify to
+    # a visible change: [0, 0.001] + 16 at T = 0.001): the property holds for the rows actually
+    # given, which float64 unshifts exactly ...
+    shifted = logits + shift
+    unshifted = softmax(shifted.double() - shift, temperature)
+    torch.testing.assert_close(softmax(shifted, temperature).double(), unshifted, atol=1e-4, rtol=0)
+    # ... and, in float64, where the shift itself is exact to 1e-12, for the original rows.
+    wide = logits.double()
+    torch.testing.assert_close(
+        softmax(wide + shift, temperature), softmax(wide, temperature), atol=1e-6, rtol=0
+    )
 
 
 @settings(max_examples=40, deadline=None)
