@@ -226,7 +226,3 @@ class ColumnSource:
 
     def every(self, step: int, offset: int = 0) -> ColumnSource:
         return ColumnSource(self.source.every(step, offset), self.column)
-
-
-#: The name the temperature objective imports (an in-memory tensor's source).
-TensorRows = TensorSource

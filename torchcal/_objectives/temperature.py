@@ -47,7 +47,7 @@ from torch import Tensor
 
 from torchcal._inputs.chunks import RowChunks
 from torchcal._inputs.distributed import LocalReducer, sum_in_rank_order
-from torchcal._inputs.sources import RowSource, TensorRows, check_source
+from torchcal._inputs.sources import RowSource, TensorSource, check_source
 from torchcal._inputs.validation import (
     check_binary_targets,
     check_labels,
@@ -440,7 +440,7 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
     ) -> None:
         check_matrix_layout(logits.shape, logits.dtype)
         if isinstance(logits, Tensor):
-            logits = TensorRows(logits)
+            logits = TensorSource(logits)
         n_samples, n_classes = logits.shape
         labels = check_labels(labels, n_samples, n_classes, ignore_index=ignore_index)
         self.n_classes = n_classes
@@ -630,7 +630,7 @@ class SigmoidTemperatureNLL(_StreamedNLL):
         reducer: LocalReducer | None = None,
     ) -> None:
         if isinstance(logits, Tensor) and logits.ndim == 1:
-            logits = TensorRows(logits, rows_of_width=False)
+            logits = TensorSource(logits, rows_of_width=False)
         check_source(logits)
         targets = check_tensor(targets, "labels")
         if len(logits.shape) != 1 or targets.shape != logits.shape:
