@@ -195,7 +195,15 @@ def _warn_about_absent_classes(labels: Tensor, n_classes: int, kind: str) -> Non
         )
 
 
-class HistogramBinning(SoftmaxCalibrator):
+class _BinningCalibrator(SoftmaxCalibrator):
+    """A map of each class's probability fitted without a temperature first; softmax gives a
+    row wider than float32's range its limit exactly, so such rows are fitted too."""
+
+    _starts_from_temperature = False
+    _fits_overflowing_rows = True
+
+
+class HistogramBinning(_BinningCalibrator):
     """One-vs-rest histogram binning (Zadrozny & Elkan 2001): a bin-wise frequency per class.
 
     For each class k the probability ``p_k = softmax(z)_k`` is placed in one of ``bins``
@@ -235,8 +243,6 @@ class HistogramBinning(SoftmaxCalibrator):
     """
 
     kind = "histogram"
-    _starts_from_temperature = False
-    _fits_overflowing_rows = True  # softmax gives such a row its limit exactly
     _fitted_names = ("bin_values_",)
 
     def __init__(
@@ -302,7 +308,7 @@ def _isotonic_regression() -> type:
     return IsotonicRegression
 
 
-class IsotonicCalibrator(SoftmaxCalibrator):
+class IsotonicCalibrator(_BinningCalibrator):
     """One-vs-rest isotonic regression (Zadrozny & Elkan 2002), fitted with scikit-learn.
 
     For each class k a non-decreasing map from ``p_k = softmax(z)_k`` to ``1[y = k]`` is fitted
@@ -331,16 +337,13 @@ class IsotonicCalibrator(SoftmaxCalibrator):
         >>> isotonic = IsotonicCalibrator().fit(logits, labels, progress=False)
         >>> isotonic.thresholds_.shape == isotonic.values_.shape
         True
-        >>> probs = isotonic.predict_proba(logits[:3])
-        >>> torch.allclose(probs.sum(dim=1), torch.ones(3))
-        True
         >>> isotonic.fit_result.nll_after < isotonic.fit_result.nll_before
+        True
+        >>> isotonic.predict_proba(logits[:3]).sum(dim=1).allclose(torch.ones(3))  # distributions
         True
     """
 
     kind = "isotonic"
-    _starts_from_temperature = False
-    _fits_overflowing_rows = True  # softmax gives such a row its limit exactly
     _fitted_names = ("thresholds_", "values_")
 
     thresholds = fitted_value(

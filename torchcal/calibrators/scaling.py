@@ -130,19 +130,20 @@ class _AffineCalibrator(SoftmaxCalibrator):
 
     def __init__(
         self,
-        model: nn.Module | None,
+        model: nn.Module | None = None,
         *,
-        diagonal: bool,
-        reg_lambda: float | None,
-        reg_mu: float | None,
-        tol: float,
-        max_iter: int,
-        class_dim: int | None,
-        ignore_index: int | None,
-        inputs: Inputs,
-        n_bins: int,
+        reg_lambda: float | None = None,
+        reg_mu: float | None = None,
+        diagonal: bool = False,
+        tol: float = 1e-8,
+        max_iter: int = 1000,
+        class_dim: int | None = None,
+        ignore_index: int | None = -100,
+        inputs: Inputs = "logits",
+        n_bins: int = 15,
     ) -> None:
-        """The options of every affine calibrator.
+        """The options of every affine calibrator (those of :class:`DirichletCalibrator`, which
+        takes them all).
 
         Args:
             model: the trained classifier; ``None`` to calibrate logits directly.
@@ -463,30 +464,3 @@ class DirichletCalibrator(_AffineCalibrator):
 
     kind = "dirichlet"
     _log_probs = True
-
-    def __init__(
-        self,
-        model: nn.Module | None = None,
-        *,
-        reg_lambda: float | None = None,
-        reg_mu: float | None = None,
-        diagonal: bool = False,
-        tol: float = 1e-8,
-        max_iter: int = 1000,
-        class_dim: int | None = None,
-        ignore_index: int | None = -100,
-        inputs: Inputs = "logits",
-        n_bins: int = 15,
-    ) -> None:
-        super().__init__(
-            model,
-            diagonal=diagonal,
-            reg_lambda=reg_lambda,
-            reg_mu=reg_mu,
-            tol=tol,
-            max_iter=max_iter,
-            class_dim=class_dim,
-            ignore_index=ignore_index,
-            inputs=inputs,
-            n_bins=n_bins,
-        )
