@@ -63,7 +63,7 @@ def fitted(name: str) -> Calibrator:
 def result_dicts(result: FitResult | tuple[FitResult, ...] | None) -> Any:
     if result is None:
         return None
-    if isinstance(result, FitResult):
+    if hasattr(result, "to_dict"):  # 0.1.0 had a second record type for the others
         return result.to_dict()
     return tuple(record.to_dict() for record in result)
 
