@@ -38,12 +38,13 @@ __all__ = [
     "bin_sums",
     "brier_terms",
     "classwise_bin_sums",
-    "floor_bin_sums",
     "floor_bins_are_exact",
     "nll_terms",
     "nll_terms_from_logits",
     "row_chunks",
     "squared_norms",
+    "uniform_bin_index",
+    "uniform_bin_sums",
     "uniform_edges",
 ]
 
@@ -132,31 +133,12 @@ def bin_index(confidences: Tensor, edges: Tensor) -> Tensor:
         confidences: values in [0, 1], any shape and floating dtype (compared in float64).
         edges: (n_bins + 1,) float64 edges from 0 to 1.
     """
-    return torch.bucketize(confidences.to(torch.float64), edges[1:-1], right=True)
-
-
-def bin_sums(confidences: Tensor, correct: Tensor, edges: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-bin count (int64), sum of confidence and sum of correctness (float64) for ``edges``.
-
-    Args:
-        confidences: (M,) top-label confidences in [0, 1].
-        correct: (M,) 0/1 or bool correctness.
-        edges: (n_bins + 1,) float64 edges from 0 to 1.
-    """
-    confidences = confidences.reshape(-1).to(torch.float64)
-    n_bins = edges.numel() - 1
-    index = bin_index(confidences, edges)
-    counts = torch.zeros(n_bins, dtype=torch.int64, device=index.device)
-    counts.index_add_(0, index, torch.ones_like(index))
-    sums = torch.zeros(2, n_bins, dtype=torch.float64, device=index.device)
-    sums[0].index_add_(0, index, confidences)
-    sums[1].index_add_(0, index, correct.reshape(-1).to(torch.float64))
-    return counts, sums[0], sums[1]
+    return torch.bucketize(confidences.to(torch.float64).contiguous(), edges[1:-1], right=True)
 
 
 def floor_bins_are_exact(n_bins: int) -> bool:
-    """Whether :func:`floor_bin_sums` bins float32 confidences exactly like :func:`bin_sums`
-    on :func:`uniform_edges`.
+    """Whether ``floor(n_bins * c)`` alone bins float32 (or narrower) confidences exactly like
+    :func:`bin_index` on :func:`uniform_edges`.
 
     A float32 confidence ``c`` near an edge ``i / n`` (so ``c >= 1 / (2 n)``) has at most
     ``24 + log2(2 n)`` fractional bits, so unless it equals the edge it lies at least
@@ -170,31 +152,75 @@ def floor_bins_are_exact(n_bins: int) -> bool:
     return n_bins <= 1024 and (n_bins % 2 == 1 or n_bins & (n_bins - 1) == 0)
 
 
-def floor_bin_sums(
-    confidences: Tensor, correct: Tensor, n_bins: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`bin_sums` for equal-width bins of float32 confidences, at a fraction of the cost.
+def uniform_bin_index(confidences: Tensor, n_bins: int) -> Tensor:
+    """:func:`bin_index` on ``uniform_edges(n_bins)``, equal to it, without a search.
 
-    The bin of ``c`` is ``floor(n_bins * c)``, exact in float64 for a float32 ``c``; see
-    :func:`floor_bins_are_exact` for when that matches :func:`bin_sums`.
+    The bin is ``floor(n_bins * c)``, which can be one off only next to an edge; one comparison
+    with each of the bin's true edges puts it right (none is needed where
+    :func:`floor_bins_are_exact`).
 
     Args:
-        confidences: (M,) float32 (or narrower) confidences in [0, 1].
+        confidences: values in [0, 1], any shape and floating dtype.
+        n_bins: number of equal-width bins.
+
+    Example:
+        >>> uniform_bin_index(torch.tensor([0.0, 0.2, 1 / 3, 0.99, 1.0]), 3).tolist()
+        [0, 0, 1, 2, 2]
+    """
+    wide = confidences.to(torch.float64)
+    # float -> int64 truncates, which is the floor for c >= 0 (anything below 0 goes to bin 0)
+    index = wide.mul(n_bins).to(torch.int64).clamp_(0, n_bins - 1)
+    if confidences.dtype != torch.float64 and floor_bins_are_exact(n_bins):
+        return index
+    bounds = uniform_edges(n_bins, wide.device)
+    bounds[0], bounds[-1] = -torch.inf, torch.inf  # the first and last bins are open-ended
+    index -= (wide < bounds[index]).to(torch.int64)
+    index += (wide >= bounds[index + 1]).to(torch.int64)
+    return index
+
+
+def _sums_by_bin(
+    index: Tensor, confidences: Tensor, correct: Tensor, n_bins: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-bin count, sum of confidence and sum of correctness of binned samples: one count
+    over (bin, correct) pairs gives the first and last exactly, one weighted count the sum."""
+    pairs = index * 2 + correct.to(torch.int64)
+    tallies = torch.bincount(pairs, minlength=2 * n_bins).view(n_bins, 2)
+    sum_confidence = torch.bincount(index, weights=confidences.to(torch.float64), minlength=n_bins)
+    return tallies.sum(dim=1), sum_confidence, tallies[:, 1].to(torch.float64)
+
+
+def bin_sums(confidences: Tensor, correct: Tensor, edges: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-bin count (int64), sum of confidence and sum of correctness (float64) for ``edges``.
+
+    Args:
+        confidences: (M,) top-label confidences in [0, 1].
+        correct: (M,) 0/1 or bool correctness.
+        edges: (n_bins + 1,) float64 edges from 0 to 1.
+    """
+    confidences, correct = confidences.reshape(-1), correct.reshape(-1)
+    index = bin_index(confidences, edges)
+    return _sums_by_bin(index, confidences, correct, edges.numel() - 1)
+
+
+def uniform_bin_sums(
+    confidences: Tensor, correct: Tensor, n_bins: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`bin_sums` on ``uniform_edges(n_bins)``, binned by :func:`uniform_bin_index`.
+
+    Args:
+        confidences: (M,) confidences in [0, 1], any floating dtype.
         correct: (M,) 0/1 or bool correctness.
         n_bins: number of equal-width bins.
     """
-    wide = confidences.to(torch.float64)
-    index = wide.mul(n_bins).floor_().to(torch.int64).clamp_(0, n_bins - 1)
-    counts = torch.bincount(index, minlength=n_bins)
-    sum_confidence = torch.bincount(index, weights=wide, minlength=n_bins)
-    sum_correct = torch.bincount(index, weights=correct.to(torch.float64), minlength=n_bins)
-    return counts, sum_confidence, sum_correct
+    confidences, correct = confidences.reshape(-1), correct.reshape(-1)
+    index = uniform_bin_index(confidences, n_bins)
+    return _sums_by_bin(index, confidences, correct, n_bins)
 
 
-def classwise_bin_sums(
-    probs: Tensor, labels: Tensor, edges: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One-vs-rest bin sums of every class at once, (K, n_bins) each, read a row chunk at a time.
+def classwise_bin_sums(probs: Tensor, labels: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One-vs-rest equal-width bin sums of every class at once, (K, n_bins) each, read a row
+    chunk at a time.
 
     Class ``k``'s bins hold ``p_k`` of every sample; its correct ones are the samples labelled
     ``k``, one per row, so their sums come from the labels' probabilities alone.
@@ -202,23 +228,22 @@ def classwise_bin_sums(
     Args:
         probs: (M, K) probabilities.
         labels: (M,) int64 labels in [0, K).
-        edges: (n_bins + 1,) float64 edges from 0 to 1.
+        n_bins: number of equal-width bins.
     """
-    n_classes, n_bins = probs.shape[1], edges.numel() - 1
-    device = probs.device
-    offsets = torch.arange(n_classes, device=device) * n_bins
-    counts = torch.zeros(n_classes * n_bins, dtype=torch.int64, device=device)
-    sum_probs = torch.zeros(n_classes * n_bins, dtype=torch.float64, device=device)
-    chunks = row_chunks(probs)
-    for start, stop in chunks:
-        wide = probs[start:stop].to(torch.float64)
-        index = (bin_index(wide, edges) + offsets).reshape(-1)
-        counts.index_add_(0, index, torch.ones_like(index))
-        sum_probs.index_add_(0, index, wide.reshape(-1))
-    label_probs = probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
-    label_index = bin_index(label_probs, edges) + labels * n_bins
-    sum_correct = torch.zeros(n_classes * n_bins, dtype=torch.float64, device=device)
-    sum_correct.index_add_(0, label_index, torch.ones_like(label_probs))
+    n_classes = probs.shape[1]
+    offsets = torch.arange(n_classes, device=probs.device) * n_bins
+    size = n_classes * n_bins
+    counts = torch.zeros(size, dtype=torch.int64, device=probs.device)
+    sum_probs = torch.zeros(size, dtype=torch.float64, device=probs.device)
+    for start, stop in row_chunks(probs):
+        chunk = probs[start:stop]
+        index = (uniform_bin_index(chunk, n_bins) + offsets).reshape(-1)
+        counts += torch.bincount(index, minlength=size)
+        weights = chunk.reshape(-1).to(torch.float64)
+        sum_probs += torch.bincount(index, weights=weights, minlength=size)
+    label_probs = probs.gather(1, labels[:, None]).squeeze(1)
+    label_index = uniform_bin_index(label_probs, n_bins) + labels * n_bins
+    sum_correct = torch.bincount(label_index, minlength=size).to(torch.float64)
     shape = (n_classes, n_bins)
     return counts.view(shape), sum_probs.view(shape), sum_correct.view(shape)
 
@@ -228,9 +253,8 @@ class BinSums:
 
     Binning every chunk on its own would cost a handful of small operations per chunk, which
     dominates for wide rows (a 1,000-class chunk on a CPU is only 262 rows); buffering up to
-    ``capacity`` confidences keeps that overhead negligible with O(capacity) memory. Float32
-    confidences are binned with :func:`floor_bin_sums` where that is exact, anything else with
-    :func:`bin_sums`.
+    ``capacity`` confidences keeps that overhead negligible with O(capacity) memory. They are
+    binned by :func:`uniform_bin_sums`.
 
     Args:
         edges: (n_bins + 1,) equal-width float64 edges (:func:`uniform_edges`).
@@ -268,11 +292,7 @@ class BinSums:
             self.size = 0
 
     def _bin(self, confidences: Tensor, correct: Tensor) -> None:
-        n_bins = self.sums.shape[1]
-        if confidences.dtype == torch.float64 or not floor_bins_are_exact(n_bins):
-            parts = bin_sums(confidences, correct, self.edges)
-        else:
-            parts = floor_bin_sums(confidences, correct, n_bins)
+        parts = uniform_bin_sums(confidences, correct, self.sums.shape[1])
         for total, part in zip(self.sums, parts, strict=True):
             total += part
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from torchcal._terms import brier_terms, nll_terms, squared_norms
-from torchcal.metrics._inputs import check_probs_and_labels
+from torchcal._terms import brier_terms, nll_terms, row_chunks, squared_norms
+from torchcal.metrics._inputs import check_rows, probs_and_labels
 
 __all__ = ["SampleStatistics", "sample_statistics", "statistics_of_rows"]
 
@@ -32,7 +32,8 @@ class SampleStatistics:
     """Per-sample vectors (M,) of validated probability rows.
 
     Attributes:
-        confidences: the top-label confidence ``max_k p_k``, float64.
+        confidences: the top-label confidence ``max_k p_k``, in the probabilities' dtype (exact;
+            widened where used).
         correct: bool, whether the label's probability equals the maximum.
         label_probs: ``p_y``, in the probabilities' dtype (exact; widened where used).
         squared_norms: ``sum_k p_k^2``, or ``None`` when not asked for.
@@ -59,25 +60,71 @@ class SampleStatistics:
         return brier_terms(self.squared_norms, self.label_probs)
 
 
-def statistics_of_rows(rows: Tensor, labels: Tensor, *, squares: bool = False) -> SampleStatistics:
-    """:class:`SampleStatistics` of already validated (M, K) rows and (M,) int64 labels.
+#: Row sums this close to 1 pass the input layer's check in every dtype (its tolerance is at least
+#: 1e-3); rows summing further off, if any, are judged by that check itself.
+_SURE_ROW_SUM_TOLERANCE = 0.999e-3
 
-    One reduction over the rows (``amax``) and one gather of the labels' column; ``squares``
-    adds one more read for the Brier score.
+
+def _row_sums(chunk: Tensor, ones: Tensor) -> Tensor:
+    """Row sums of a chunk, in float32 or wider (a BLAS product reads them fastest)."""
+    if chunk.dtype in (torch.float32, torch.float64):
+        return chunk @ ones
+    return chunk.sum(dim=1, dtype=torch.float32)
+
+
+def statistics_of_rows(
+    rows: Tensor, labels: Tensor, *, squares: bool = False, check: bool = False
+) -> SampleStatistics:
+    """:class:`SampleStatistics` of (M, K) rows and (M,) int64 labels, from one pass over the
+    rows a chunk at a time.
+
+    Per chunk (while it sits in cache): the largest value of each row, the labels' values and,
+    with ``squares``, ``sum_k p_k^2`` for the Brier score; with ``check`` also the chunk's range
+    and row sums, which must show the rows finite, in [0, 1] and summing to 1 (or the input
+    layer's checks give the detailed message).
 
     Args:
-        rows: (M, K) probabilities, validated.
+        rows: (M, K) probabilities.
         labels: (M,) int64 labels in [0, K), on the rows' device.
         squares: also read ``sum_k p_k^2`` of each row (for the Brier score).
+        check: also check the rows' values (when :func:`probs_and_labels` left them unchecked).
     """
-    confidences = rows.amax(dim=1)
-    label_probs = rows.gather(1, labels[:, None]).squeeze(1)
+    n_rows = rows.shape[0]
+    confidences, label_probs = rows.new_empty(n_rows), rows.new_empty(n_rows, 1)
+    norms = rows.new_empty(n_rows, dtype=torch.float64) if squares else None
+    chunks = row_chunks(rows)
+    if check:
+        ones = rows.new_ones(rows.shape[1])
+        sums = _row_sums(rows[:0], ones).new_empty(n_rows)
+        ranges = rows.new_empty(2, -(-n_rows // chunks.rows))
+    for number, (start, stop) in enumerate(chunks):
+        chunk = rows[start:stop]
+        torch.amax(chunk, dim=1, out=confidences[start:stop])
+        torch.gather(chunk, 1, labels[start:stop, None], out=label_probs[start:stop])
+        if norms is not None:
+            norms[start:stop] = squared_norms(chunk)
+        if check:
+            torch.aminmax(chunk, out=(ranges[0, number], ranges[1, number]))
+            sums[start:stop] = _row_sums(chunk, ones)
+    if check and not _values_are_fine(ranges, sums):
+        check_rows(rows)  # raises the detailed message, or finds the sums within tolerance
     return SampleStatistics(
-        confidences=confidences.to(torch.float64),
-        correct=label_probs == confidences,
-        label_probs=label_probs,
-        squared_norms=squared_norms(rows) if squares else None,
+        confidences=confidences,
+        correct=label_probs.squeeze(1) == confidences,
+        label_probs=label_probs.squeeze(1),
+        squared_norms=norms,
     )
+
+
+def _values_are_fine(ranges: Tensor, sums: Tensor) -> bool:
+    """Whether chunk ranges (2, chunks) lie in [0, 1] and row sums within
+    :data:`_SURE_ROW_SUM_TOLERANCE` of 1 (False for NaN)."""
+    low_sum, high_sum = torch.aminmax(sums)
+    low, high, low_sum, high_sum = torch.stack(
+        [ranges[0].min(), ranges[1].max(), low_sum.to(ranges.dtype), high_sum.to(ranges.dtype)]
+    ).tolist()
+    tolerance = _SURE_ROW_SUM_TOLERANCE
+    return low >= 0 and high <= 1 and 1 - tolerance <= low_sum and high_sum <= 1 + tolerance
 
 
 def sample_statistics(
@@ -95,5 +142,5 @@ def sample_statistics(
             :func:`~torchcal.metrics.expected_calibration_error`.
         squares: also read ``sum_k p_k^2`` of each row (for the Brier score).
     """
-    rows, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
-    return statistics_of_rows(rows, labels, squares=squares)
+    rows, labels, checked = probs_and_labels(probs, labels, class_dim, ignore_index)
+    return statistics_of_rows(rows, labels, squares=squares, check=not checked)

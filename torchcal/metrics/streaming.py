@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from torchcal._inputs import check_choice, check_logits_matrix
-from torchcal._terms import bin_sums, nll_terms_from_logits, uniform_edges
-from torchcal.metrics._inputs import as_tensor, check_n_bins, check_probs_and_labels
+from torchcal._terms import nll_terms_from_logits, uniform_bin_sums, uniform_edges
+from torchcal.metrics._inputs import as_tensor, check_n_bins, probs_and_labels
 from torchcal.metrics.calibration import NORMS, Norm, ReliabilityBins, bins_from_sums
 from torchcal.metrics.samples import statistics_of_rows
 
@@ -86,20 +86,19 @@ class CalibrationErrorMeter:
             inputs: (N, K) probabilities or logits, as given by ``inputs`` at construction.
             labels: (N,) integer labels.
         """
+        logits = None
         if self.inputs == "logits":
             logits = check_logits_matrix(as_tensor(inputs, "inputs"), "inputs")
-            rows, labels = check_probs_and_labels(torch.softmax(logits, dim=1), labels)
-            nll_terms = nll_terms_from_logits(logits, labels)
-        else:
-            rows, labels = check_probs_and_labels(inputs, labels)
-            nll_terms = None
-        statistics = statistics_of_rows(rows, labels, squares=True)
-        if nll_terms is None:
+            inputs = torch.softmax(logits, dim=1)
+        rows, labels, checked = probs_and_labels(inputs, labels)
+        statistics = statistics_of_rows(rows, labels, squares=True, check=not checked)
+        if logits is None:
             nll_terms = statistics.nll_terms()
+        else:
+            nll_terms = nll_terms_from_logits(logits, labels)
         if self._bin_state is None:
             self._allocate(rows.device)
-        edges = uniform_edges(self.n_bins, rows.device)
-        sums = bin_sums(statistics.confidences, statistics.correct, edges)
+        sums = uniform_bin_sums(statistics.confidences, statistics.correct, self.n_bins)
         self._bin_state += torch.stack([s.to(torch.float64) for s in sums]).to(self.device)
         totals = torch.stack(
             [
