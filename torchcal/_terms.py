@@ -32,24 +32,30 @@ from torchcal._inputs import check_positive_int
 from torchcal._inputs.chunks import RowChunks
 
 __all__ = [
+    "BIN_BLOCK",
     "CHUNK_ELEMENTS",
     "BinSums",
     "bin_index",
     "bin_sums",
     "brier_terms",
+    "brier_total",
     "classwise_bin_sums",
     "floor_bins_are_exact",
     "nll_terms",
     "nll_terms_from_logits",
     "row_chunks",
+    "square_sum",
     "squared_norms",
     "uniform_bin_index",
     "uniform_bin_sums",
     "uniform_edges",
 ]
 
-#: Elements of an (N, K) tensor converted to float64 at a time (8 MB).
+#: Elements of an (N, K) tensor read (or converted to float64) at a time.
 CHUNK_ELEMENTS = 1 << 20
+#: Samples binned at a time by :func:`uniform_bin_sums`: their float64 and int64 temporaries
+#: stay in cache.
+BIN_BLOCK = 1 << 16
 
 
 def row_chunks(rows: Tensor) -> RowChunks:
@@ -101,6 +107,16 @@ def squared_norms(rows: Tensor) -> Tensor:
     return torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64).square()
 
 
+def square_sum(rows: Tensor) -> Tensor:
+    """``sum_i sum_k p_ik^2`` of all of ``rows`` as a 0-dim float64 tensor, in one read.
+
+    Args:
+        rows: (M, K) probabilities.
+    """
+    # as in squared_norms: the float64 norm, squared, is within a few ulp of the exact sum
+    return torch.linalg.vector_norm(rows, dtype=torch.float64).square()
+
+
 def brier_terms(squared_norms: Tensor, label_probs: Tensor) -> Tensor:
     """``sum_k p_k^2 - 2 p_y + 1``: the squared distance of each row from its one-hot label.
 
@@ -109,6 +125,18 @@ def brier_terms(squared_norms: Tensor, label_probs: Tensor) -> Tensor:
         label_probs: (M,) probability of each sample's label.
     """
     return squared_norms - 2 * label_probs.to(torch.float64) + 1
+
+
+def brier_total(square_sum: Tensor, label_sum: Tensor, n_samples: int) -> Tensor:
+    """The sum of :func:`brier_terms` over samples, from their totals alone:
+    ``sum_i sum_k p_ik^2 - 2 sum_i p_iy + M``.
+
+    Args:
+        square_sum: 0-dim float64 ``sum_i sum_k p_ik^2`` (see :func:`square_sum`).
+        label_sum: 0-dim float64 ``sum_i p_iy``.
+        n_samples: ``M``.
+    """
+    return square_sum - 2 * label_sum + n_samples
 
 
 # --- reliability-bin sums -------------------------------------------------------------------
@@ -182,12 +210,14 @@ def uniform_bin_index(confidences: Tensor, n_bins: int) -> Tensor:
 def _sums_by_bin(
     index: Tensor, confidences: Tensor, correct: Tensor, n_bins: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-bin count, sum of confidence and sum of correctness of binned samples: one count
-    over (bin, correct) pairs gives the first and last exactly, one weighted count the sum."""
-    pairs = index * 2 + correct.to(torch.int64)
-    tallies = torch.bincount(pairs, minlength=2 * n_bins).view(n_bins, 2)
-    sum_confidence = torch.bincount(index, weights=confidences.to(torch.float64), minlength=n_bins)
-    return tallies.sum(dim=1), sum_confidence, tallies[:, 1].to(torch.float64)
+    """Per-bin count, sum of confidence and sum of correctness of binned samples (``index`` is
+    overwritten): one weighted count gives the sums of confidence, one count of the (correct,
+    bin) pairs the counts and the sums of correctness, exactly."""
+    wide = confidences.to(torch.float64)
+    sum_confidence = torch.bincount(index, weights=wide, minlength=n_bins)
+    pairs = index.add_(correct.to(torch.bool), alpha=n_bins)  # correct samples in [n, 2n)
+    tallies = torch.bincount(pairs, minlength=2 * n_bins).view(2, n_bins)
+    return tallies.sum(dim=0), sum_confidence, tallies[1].to(torch.float64)
 
 
 def bin_sums(confidences: Tensor, correct: Tensor, edges: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -206,7 +236,8 @@ def bin_sums(confidences: Tensor, correct: Tensor, edges: Tensor) -> tuple[Tenso
 def uniform_bin_sums(
     confidences: Tensor, correct: Tensor, n_bins: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`bin_sums` on ``uniform_edges(n_bins)``, binned by :func:`uniform_bin_index`.
+    """:func:`bin_sums` on ``uniform_edges(n_bins)``, binned by :func:`uniform_bin_index`
+    :data:`BIN_BLOCK` samples at a time (their temporaries stay in cache).
 
     Args:
         confidences: (M,) confidences in [0, 1], any floating dtype.
@@ -214,8 +245,19 @@ def uniform_bin_sums(
         n_bins: number of equal-width bins.
     """
     confidences, correct = confidences.reshape(-1), correct.reshape(-1)
-    index = uniform_bin_index(confidences, n_bins)
-    return _sums_by_bin(index, confidences, correct, n_bins)
+    blocks = RowChunks(confidences.numel(), BIN_BLOCK)
+    totals = None
+    for start, stop in blocks:
+        block = confidences[start:stop]
+        index = uniform_bin_index(block, n_bins)
+        sums = _sums_by_bin(index, block, correct[start:stop], n_bins)
+        totals = sums if totals is None else [t.add_(s) for t, s in zip(totals, sums, strict=True)]
+    if totals is None:  # no samples
+        return _sums_by_bin(
+            confidences.new_empty(0, dtype=torch.int64), confidences, correct, n_bins
+        )
+    counts, sum_confidence, sum_correct = totals
+    return counts, sum_confidence, sum_correct
 
 
 def classwise_bin_sums(probs: Tensor, labels: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:

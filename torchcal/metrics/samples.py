@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from torchcal._terms import brier_terms, nll_terms, row_chunks, squared_norms
+from torchcal._terms import brier_terms, nll_terms, row_chunks, square_sum, squared_norms
 from torchcal.metrics._inputs import check_rows, probs_and_labels
 
 __all__ = ["SampleStatistics", "sample_statistics", "statistics_of_rows"]
@@ -37,12 +37,15 @@ class SampleStatistics:
         correct: bool, whether the label's probability equals the maximum.
         label_probs: ``p_y``, in the probabilities' dtype (exact; widened where used).
         squared_norms: ``sum_k p_k^2``, or ``None`` when not asked for.
+        square_total: 0-dim float64 ``sum_i sum_k p_ik^2`` over all rows (Brier totals), or
+            ``None`` when not asked for.
     """
 
     confidences: Tensor
     correct: Tensor
     label_probs: Tensor
     squared_norms: Tensor | None = None
+    square_total: Tensor | None = None
 
     @property
     def n_samples(self) -> int:
@@ -65,15 +68,22 @@ class SampleStatistics:
 _SURE_ROW_SUM_TOLERANCE = 0.999e-3
 
 
-def _row_sums(chunk: Tensor, ones: Tensor) -> Tensor:
-    """Row sums of a chunk, in float32 or wider (a BLAS product reads them fastest)."""
+def _row_sums(chunk: Tensor, ones: Tensor, out: Tensor) -> None:
+    """Row sums of a chunk into ``out``, in float32 or wider (a BLAS product reads them
+    fastest)."""
     if chunk.dtype in (torch.float32, torch.float64):
-        return chunk @ ones
-    return chunk.sum(dim=1, dtype=torch.float32)
+        torch.mv(chunk, ones, out=out)
+    else:
+        torch.sum(chunk, dim=1, dtype=torch.float32, out=out)
 
 
 def statistics_of_rows(
-    rows: Tensor, labels: Tensor, *, squares: bool = False, check: bool = False
+    rows: Tensor,
+    labels: Tensor,
+    *,
+    squares: bool = False,
+    square_total: bool = False,
+    check: bool = False,
 ) -> SampleStatistics:
     """:class:`SampleStatistics` of (M, K) rows and (M,) int64 labels, from one pass over the
     rows a chunk at a time.
@@ -87,15 +97,18 @@ def statistics_of_rows(
         rows: (M, K) probabilities.
         labels: (M,) int64 labels in [0, K), on the rows' device.
         squares: also read ``sum_k p_k^2`` of each row (for the Brier score).
+        square_total: also read the total of ``p_ik^2`` over all rows (a Brier total).
         check: also check the rows' values (when :func:`probs_and_labels` left them unchecked).
     """
     n_rows = rows.shape[0]
     confidences, label_probs = rows.new_empty(n_rows), rows.new_empty(n_rows, 1)
     norms = rows.new_empty(n_rows, dtype=torch.float64) if squares else None
+    total = rows.new_zeros((), dtype=torch.float64) if square_total else None
     chunks = row_chunks(rows)
     if check:
         ones = rows.new_ones(rows.shape[1])
-        sums = _row_sums(rows[:0], ones).new_empty(n_rows)
+        wide_enough = rows.dtype in (torch.float32, torch.float64)
+        sums = rows.new_empty(n_rows, dtype=rows.dtype if wide_enough else torch.float32)
         ranges = rows.new_empty(2, -(-n_rows // chunks.rows))
     for number, (start, stop) in enumerate(chunks):
         chunk = rows[start:stop]
@@ -103,9 +116,11 @@ def statistics_of_rows(
         torch.gather(chunk, 1, labels[start:stop, None], out=label_probs[start:stop])
         if norms is not None:
             norms[start:stop] = squared_norms(chunk)
+        if total is not None:
+            total += square_sum(chunk)
         if check:
             torch.aminmax(chunk, out=(ranges[0, number], ranges[1, number]))
-            sums[start:stop] = _row_sums(chunk, ones)
+            _row_sums(chunk, ones, out=sums[start:stop])
     if check and not _values_are_fine(ranges, sums):
         check_rows(rows)  # raises the detailed message, or finds the sums within tolerance
     return SampleStatistics(
@@ -113,6 +128,7 @@ def statistics_of_rows(
         correct=label_probs.squeeze(1) == confidences,
         label_probs=label_probs.squeeze(1),
         squared_norms=norms,
+        square_total=total,
     )
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from torchcal._inputs import check_choice, check_logits_matrix
-from torchcal._terms import nll_terms_from_logits, uniform_bin_sums, uniform_edges
+from torchcal._terms import brier_total, nll_terms_from_logits, uniform_bin_sums, uniform_edges
 from torchcal.metrics._inputs import as_tensor, check_n_bins, probs_and_labels
 from torchcal.metrics.calibration import NORMS, Norm, ReliabilityBins, bins_from_sums
 from torchcal.metrics.samples import statistics_of_rows
@@ -91,21 +91,23 @@ class CalibrationErrorMeter:
             logits = check_logits_matrix(as_tensor(inputs, "inputs"), "inputs")
             inputs = torch.softmax(logits, dim=1)
         rows, labels, checked = probs_and_labels(inputs, labels)
-        statistics = statistics_of_rows(rows, labels, squares=True, check=not checked)
+        statistics = statistics_of_rows(rows, labels, square_total=True, check=not checked)
         if logits is None:
-            nll_terms = statistics.nll_terms()
+            nll_total = statistics.nll_terms().sum()
         else:
-            nll_terms = nll_terms_from_logits(logits, labels)
+            nll_total = nll_terms_from_logits(logits, labels).sum()
         if self._bin_state is None:
             self._allocate(rows.device)
         sums = uniform_bin_sums(statistics.confidences, statistics.correct, self.n_bins)
         self._bin_state += torch.stack([s.to(torch.float64) for s in sums]).to(self.device)
+        label_total = statistics.label_probs.sum(dtype=torch.float64)
+        n_samples = statistics.n_samples
         totals = torch.stack(
             [
-                nll_terms.sum(),
-                statistics.brier_terms().sum(),
-                statistics.correct.sum().to(torch.float64),
-                nll_terms.new_tensor(float(statistics.n_samples)),
+                nll_total,
+                brier_total(statistics.square_total, label_total, n_samples),
+                sums[2].sum(),
+                nll_total.new_tensor(float(n_samples)),
             ]
         )
         self._totals += totals.to(self.device)
