@@ -43,6 +43,7 @@ __all__ = [
     "floor_bins_are_exact",
     "nll_terms",
     "nll_terms_from_logits",
+    "nll_total",
     "row_chunks",
     "square_sum",
     "squared_norms",
@@ -51,15 +52,16 @@ __all__ = [
     "uniform_edges",
 ]
 
-#: Elements of an (N, K) tensor read (or converted to float64) at a time.
-CHUNK_ELEMENTS = 1 << 20
+#: Elements of an (N, K) tensor read (or converted to float64) at a time; ``None`` for the
+#: device's default (:func:`torchcal._inputs.chunks.default_chunk_elements`: cache-sized on a CPU).
+CHUNK_ELEMENTS: int | None = None
 #: Samples binned at a time by :func:`uniform_bin_sums`: their float64 and int64 temporaries
 #: stay in cache.
 BIN_BLOCK = 1 << 16
 
 
 def row_chunks(rows: Tensor) -> RowChunks:
-    """The ``(start, stop)`` chunks of about :data:`CHUNK_ELEMENTS` elements of (N, K) ``rows``.
+    """The ``(start, stop)`` chunks of :data:`CHUNK_ELEMENTS` elements of (N, K) ``rows``.
 
     Args:
         rows: an (N, K) tensor.
@@ -79,6 +81,15 @@ def nll_terms(label_probs: Tensor) -> Tensor:
         label_probs: (M,) probability of each sample's label, any floating dtype.
     """
     return -label_probs.to(torch.float64).log()
+
+
+def nll_total(label_probs: Tensor) -> Tensor:
+    """The sum of :func:`nll_terms` as a 0-dim float64 tensor, with one float64 temporary.
+
+    Args:
+        label_probs: (M,) probability of each sample's label, any floating dtype.
+    """
+    return -label_probs.to(torch.float64, copy=True).log_().sum()
 
 
 def nll_terms_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
@@ -113,8 +124,8 @@ def square_sum(rows: Tensor) -> Tensor:
     Args:
         rows: (M, K) probabilities.
     """
-    # as in squared_norms: the float64 norm, squared, is within a few ulp of the exact sum
-    return torch.linalg.vector_norm(rows, dtype=torch.float64).square()
+    wide = rows.reshape(-1).to(torch.float64)
+    return torch.dot(wide, wide)
 
 
 def brier_terms(squared_norms: Tensor, label_probs: Tensor) -> Tensor:

@@ -13,7 +13,13 @@ import torch
 from torch import Tensor
 
 from torchcal._inputs import check_choice, check_logits_matrix
-from torchcal._terms import brier_total, nll_terms_from_logits, uniform_bin_sums, uniform_edges
+from torchcal._terms import (
+    brier_total,
+    nll_terms_from_logits,
+    nll_total,
+    uniform_bin_sums,
+    uniform_edges,
+)
 from torchcal.metrics._inputs import as_tensor, check_n_bins, probs_and_labels
 from torchcal.metrics.calibration import NORMS, Norm, ReliabilityBins, bins_from_sums
 from torchcal.metrics.samples import statistics_of_rows
@@ -80,7 +86,8 @@ class CalibrationErrorMeter:
     def update(self, inputs: Tensor, labels: Tensor) -> None:
         """Add a batch of probabilities or logits (N, K) with integer labels (N,).
 
-        Tensors or numpy arrays; the probabilities are read a few times, never copied.
+        Tensors or numpy arrays; the probabilities are read once, a chunk at a time, never
+        copied: the work of one :func:`expected_calibration_error` and O(n_bins) more.
 
         Args:
             inputs: (N, K) probabilities or logits, as given by ``inputs`` at construction.
@@ -93,9 +100,9 @@ class CalibrationErrorMeter:
         rows, labels, checked = probs_and_labels(inputs, labels)
         statistics = statistics_of_rows(rows, labels, square_total=True, check=not checked)
         if logits is None:
-            nll_total = statistics.nll_terms().sum()
+            nll_sum = nll_total(statistics.label_probs)
         else:
-            nll_total = nll_terms_from_logits(logits, labels).sum()
+            nll_sum = nll_terms_from_logits(logits, labels).sum()
         if self._bin_state is None:
             self._allocate(rows.device)
         sums = uniform_bin_sums(statistics.confidences, statistics.correct, self.n_bins)
@@ -104,10 +111,10 @@ class CalibrationErrorMeter:
         n_samples = statistics.n_samples
         totals = torch.stack(
             [
-                nll_total,
+                nll_sum,
                 brier_total(statistics.square_total, label_total, n_samples),
                 sums[2].sum(),
-                nll_total.new_tensor(float(n_samples)),
+                nll_sum.new_tensor(float(n_samples)),
             ]
         )
         self._totals += totals.to(self.device)
