@@ -348,3 +348,13 @@ def test_bfloat16_rounding_of_true_probabilities_is_not_refused():
     value = expected_calibration_error(probs, torch.tensor([1, 1]), n_bins=2)
     reference = (abs(0.50390625 - 1) + abs(0.75 - 1)) / 2  # both in the top bin: |conf - acc|
     assert float(value) == pytest.approx(reference, abs=1e-12)
+
+
+def test_metrics_of_probabilities_that_require_grad_keep_their_graph():
+    probs, labels = probabilities(n=500, k=6, seed=23)
+    leaf = probs.clone().requires_grad_()
+    ece = expected_calibration_error(leaf, labels)
+    assert float(ece) == float(expected_calibration_error(probs, labels))
+    ece.backward()
+    assert leaf.grad is not None and bool(leaf.grad.abs().sum() > 0)
+    assert float(brier_score(leaf, labels)) == pytest.approx(float(brier_score(probs, labels)))

@@ -231,7 +231,10 @@ def _sums_by_bin(
     overwritten): one weighted count gives the sums of confidence, one count of the (correct,
     bin) pairs the counts and the sums of correctness, exactly."""
     wide = confidences.to(torch.float64)
-    sum_confidence = torch.bincount(index, weights=wide, minlength=n_bins)
+    if wide.requires_grad:  # a weighted bincount has no derivative
+        sum_confidence = wide.new_zeros(n_bins).index_add(0, index.clone(), wide)
+    else:
+        sum_confidence = torch.bincount(index, weights=wide, minlength=n_bins)
     pairs = index.add_(correct.to(torch.bool), alpha=n_bins)  # correct samples in [n, 2n)
     tallies = torch.bincount(pairs, minlength=2 * n_bins).view(2, n_bins)
     return tallies.sum(dim=0), sum_confidence, tallies[1].to(torch.float64)

@@ -100,6 +100,8 @@ def statistics_of_rows(
         square_total: also read the total of ``p_ik^2`` over all rows (a Brier total).
         check: also check the rows' values (when :func:`probs_and_labels` left them unchecked).
     """
+    if torch.is_grad_enabled() and rows.requires_grad:  # out= arguments would refuse autograd
+        return _differentiable_statistics(rows, labels, squares, square_total, check)
     n_rows = rows.shape[0]
     confidences, label_probs = rows.new_empty(n_rows), rows.new_empty(n_rows, 1)
     norms = rows.new_empty(n_rows, dtype=torch.float64) if squares else None
@@ -129,6 +131,23 @@ def statistics_of_rows(
         label_probs=label_probs.squeeze(1),
         squared_norms=norms,
         square_total=total,
+    )
+
+
+def _differentiable_statistics(
+    rows: Tensor, labels: Tensor, squares: bool, square_total: bool, check: bool
+) -> SampleStatistics:
+    """:func:`statistics_of_rows` of rows that require grad, by whole-tensor reductions."""
+    if check:
+        check_rows(rows)
+    confidences = rows.amax(dim=1)
+    label_probs = rows.gather(1, labels[:, None]).squeeze(1)
+    return SampleStatistics(
+        confidences=confidences,
+        correct=label_probs == confidences,
+        label_probs=label_probs,
+        squared_norms=squared_norms(rows) if squares else None,
+        square_total=square_sum(rows) if square_total else None,
     )
 
 
