@@ -212,10 +212,16 @@ def uniform_bin_index(confidences: Tensor, n_bins: int) -> Tensor:
         >>> uniform_bin_index(torch.tensor([0.0, 0.2, 1 / 3, 0.99, 1.0]), 3).tolist()
         [0, 0, 1, 2, 2]
     """
-    wide = confidences.to(torch.float64)
+    exact = confidences.dtype != torch.float64 and floor_bins_are_exact(n_bins)
+    return _uniform_bin_index(confidences.to(torch.float64), n_bins, floor_is_exact=exact)
+
+
+def _uniform_bin_index(wide: Tensor, n_bins: int, *, floor_is_exact: bool) -> Tensor:
+    """:func:`uniform_bin_index` of float64 confidences ``wide``; ``floor_is_exact`` where they
+    are float32 (or narrower) values and :func:`floor_bins_are_exact`."""
     # float -> int64 truncates, which is the floor for c >= 0 (anything below 0 goes to bin 0)
     index = wide.mul(n_bins).to(torch.int64).clamp_(0, n_bins - 1)
-    if confidences.dtype != torch.float64 and floor_bins_are_exact(n_bins):
+    if floor_is_exact:
         return index
     bounds = uniform_edges(n_bins, wide.device)
     bounds[0], bounds[-1] = -torch.inf, torch.inf  # the first and last bins are open-ended
@@ -297,12 +303,13 @@ def classwise_bin_sums(probs: Tensor, labels: Tensor, n_bins: int) -> tuple[Tens
     size = n_classes * n_bins
     counts = torch.zeros(size, dtype=torch.int64, device=probs.device)
     sum_probs = torch.zeros(size, dtype=torch.float64, device=probs.device)
+    floor_is_exact = probs.dtype != torch.float64 and floor_bins_are_exact(n_bins)
     for start, stop in row_chunks(probs):
-        chunk = probs[start:stop]
-        index = (uniform_bin_index(chunk, n_bins) + offsets).reshape(-1)
+        wide = probs[start:stop].to(torch.float64)
+        index = _uniform_bin_index(wide, n_bins, floor_is_exact=floor_is_exact)
+        index = index.add_(offsets).reshape(-1)
         counts += torch.bincount(index, minlength=size)
-        weights = chunk.reshape(-1).to(torch.float64)
-        sum_probs += torch.bincount(index, weights=weights, minlength=size)
+        sum_probs += torch.bincount(index, weights=wide.reshape(-1), minlength=size)
     label_probs = probs.gather(1, labels[:, None]).squeeze(1)
     label_index = uniform_bin_index(label_probs, n_bins) + labels * n_bins
     sum_correct = torch.bincount(label_index, minlength=size).to(torch.float64)

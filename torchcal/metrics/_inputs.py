@@ -1,8 +1,10 @@
 """Input checks of the metrics: probabilities and labels as tensors or numpy arrays, and bounds.
 
-The checks read the probabilities a few times without an (N, K) temporary: one ``aminmax`` for
-the range (NaN and infinities fail it too) and one matrix-vector product for the row sums. Only
-when a check fails is the tensor searched again for the message.
+The checks read the probabilities without an (N, K) temporary: one ``aminmax`` for the range (NaN
+and infinities fail it too) and one matrix-vector product for the row sums. Plain (N, K) rows can
+be left to the caller's own chunked pass (:func:`probs_and_labels`), which does the same reads
+while it computes its statistics. Only when a check fails is the tensor searched again for the
+message.
 """
 
 from __future__ import annotations

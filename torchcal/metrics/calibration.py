@@ -12,11 +12,11 @@ Conventions (those of Guo et al. 2017, torchmetrics and netcal):
   ``max_b |acc_b - conf_b|`` over non-empty bins.
 
 Every function takes probabilities and labels (tensors on any device, or numpy arrays) and returns
-a 0-dim float64 tensor on that device. The probabilities are read a few times (their range, their
-row sums, the top-label statistics of :mod:`torchcal.metrics.samples`) and never copied; the bins
-then work on float64 vectors of length N, their sums (:mod:`torchcal._terms`) exact up to float64
-rounding. Class-wise bins
-read the probabilities in row chunks, converting one chunk at a time to float64.
+a 0-dim float64 tensor on that device. The probabilities are read once, a cache-sized row chunk
+at a time, for their checks and the top-label statistics of :mod:`torchcal.metrics.samples`, and
+never copied; the bins then work on length-N vectors, binned exactly against the float64 edges and
+summed in float64 (:mod:`torchcal._terms`), exact up to float64 rounding. Class-wise bins read the
+probabilities in row chunks, converting one chunk at a time to float64.
 
 Shapes are those the scalers take: (N, K) with (N,) labels, dense (N, K, *spatial) with
 (N, *spatial) labels or token sequences (B, L, V) with (B, L) labels (``class_dim`` as in

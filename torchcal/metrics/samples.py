@@ -3,7 +3,8 @@
 Every metric of top-label probabilities is a function of a few numbers per sample: the top-label
 confidence ``max_k p_k``, whether the label has it (a tie for the top counts as correct), the
 label's probability ``p_y`` and, for the Brier score, ``sum_k p_k^2``. They are read from the
-(N, K) probabilities once, into float64 vectors of length N; the metrics, the streaming meter and
+(N, K) probabilities once, a row chunk at a time and together with the checks of the values, into
+vectors of length N; the metrics, the streaming meter and
 the bootstrap (which resamples these vectors instead of the probabilities) all start from here.
 The NLL and Brier terms made of them are those of :mod:`torchcal._terms`.
 
