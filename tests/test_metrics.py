@@ -358,3 +358,10 @@ def test_metrics_of_probabilities_that_require_grad_keep_their_graph():
     ece.backward()
     assert leaf.grad is not None and bool(leaf.grad.abs().sum() > 0)
     assert float(brier_score(leaf, labels)) == pytest.approx(float(brier_score(probs, labels)))
+
+
+def test_half_precision_rows_are_judged_by_their_float32_sums():
+    probs = torch.full((100, 4), 0.25, dtype=torch.float16)
+    probs[7] = torch.tensor([0.5, 0.5, 0.00122, 0.0])  # sums to 1.00122: rounds to 1.00098 in half
+    with pytest.raises(ValueError, match="sum to 1"):
+        expected_calibration_error(probs, torch.zeros(100, dtype=torch.long))

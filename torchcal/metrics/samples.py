@@ -155,10 +155,8 @@ def _differentiable_statistics(
 def _values_are_fine(ranges: Tensor, sums: Tensor) -> bool:
     """Whether chunk ranges (2, chunks) lie in [0, 1] and row sums within
     :data:`_SURE_ROW_SUM_TOLERANCE` of 1 (False for NaN)."""
-    low_sum, high_sum = torch.aminmax(sums)
-    low, high, low_sum, high_sum = torch.stack(
-        [ranges[0].min(), ranges[1].max(), low_sum.to(ranges.dtype), high_sum.to(ranges.dtype)]
-    ).tolist()
+    extremes = [ranges[0].min(), ranges[1].max(), *torch.aminmax(sums)]
+    low, high, low_sum, high_sum = torch.stack([x.to(torch.float64) for x in extremes]).tolist()
     tolerance = _SURE_ROW_SUM_TOLERANCE
     return low >= 0 and high <= 1 and 1 - tolerance <= low_sum and high_sum <= 1 + tolerance
 
