@@ -365,3 +365,15 @@ def test_half_precision_rows_are_judged_by_their_float32_sums():
     probs[7] = torch.tensor([0.5, 0.5, 0.00122, 0.0])  # sums to 1.00122: rounds to 1.00098 in half
     with pytest.raises(ValueError, match="sum to 1"):
         expected_calibration_error(probs, torch.zeros(100, dtype=torch.long))
+
+
+@pytest.mark.parametrize(("total", "refused"), [(1.00095, False), (0.99905, False), (1.0011, True)])
+def test_row_sums_near_the_tolerance_are_judged_as_the_input_layer_does(total, refused):
+    probs, labels = probabilities(n=300, k=5, seed=24, dtype=torch.float32)
+    probs[11] *= total / float(probs[11].sum())
+    if refused:
+        with pytest.raises(ValueError, match="sum to 1"):
+            expected_calibration_error(probs, labels)
+    else:
+        expected = float(expected_calibration_error(probs.double(), labels))
+        assert float(expected_calibration_error(probs, labels)) == pytest.approx(expected)
