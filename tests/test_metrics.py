@@ -348,3 +348,32 @@ def test_bfloat16_rounding_of_true_probabilities_is_not_refused():
     value = expected_calibration_error(probs, torch.tensor([1, 1]), n_bins=2)
     reference = (abs(0.50390625 - 1) + abs(0.75 - 1)) / 2  # both in the top bin: |conf - acc|
     assert float(value) == pytest.approx(reference, abs=1e-12)
+
+
+def test_metrics_of_probabilities_that_require_grad_keep_their_graph():
+    probs, labels = probabilities(n=500, k=6, seed=23)
+    leaf = probs.clone().requires_grad_()
+    ece = expected_calibration_error(leaf, labels)
+    assert float(ece) == float(expected_calibration_error(probs, labels))
+    ece.backward()
+    assert leaf.grad is not None and bool(leaf.grad.abs().sum() > 0)
+    assert float(brier_score(leaf, labels)) == pytest.approx(float(brier_score(probs, labels)))
+
+
+def test_half_precision_rows_are_judged_by_their_float32_sums():
+    probs = torch.full((100, 4), 0.25, dtype=torch.float16)
+    probs[7] = torch.tensor([0.5, 0.5, 0.00122, 0.0])  # sums to 1.00122: rounds to 1.00098 in half
+    with pytest.raises(ValueError, match="sum to 1"):
+        expected_calibration_error(probs, torch.zeros(100, dtype=torch.long))
+
+
+@pytest.mark.parametrize(("total", "refused"), [(1.00095, False), (0.99905, False), (1.0011, True)])
+def test_row_sums_near_the_tolerance_are_judged_as_the_input_layer_does(total, refused):
+    probs, labels = probabilities(n=300, k=5, seed=24, dtype=torch.float32)
+    probs[11] *= total / float(probs[11].sum())
+    if refused:
+        with pytest.raises(ValueError, match="sum to 1"):
+            expected_calibration_error(probs, labels)
+    else:
+        expected = float(expected_calibration_error(probs.double(), labels))
+        assert float(expected_calibration_error(probs, labels)) == pytest.approx(expected)

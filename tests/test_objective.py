@@ -13,11 +13,18 @@ from torchcal._objectives.temperature import (
     SigmoidTemperatureNLL,
     SoftmaxTemperatureNLL,
 )
-from torchcal._terms import bin_sums, floor_bin_sums, floor_bins_are_exact, uniform_edges
+from torchcal._terms import (
+    bin_index,
+    bin_sums,
+    uniform_bin_index,
+    uniform_bin_sums,
+    uniform_edges,
+)
 
 
-@pytest.mark.parametrize("n_bins", [1, 7, 10, 15, 16, 64, 1023, 1024])
-def test_floor_binning_equals_bucketize_on_the_float64_edges(n_bins):
+@pytest.mark.parametrize("n_bins", [1, 7, 10, 15, 16, 64, 1000, 1023, 1024, 4097, 100_000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_uniform_binning_equals_bucketize_on_the_float64_edges(n_bins, dtype):
     edges = uniform_edges(n_bins)
     inner = edges.float()
     confidences = torch.cat(
@@ -27,13 +34,22 @@ def test_floor_binning_equals_bucketize_on_the_float64_edges(n_bins):
             torch.nextafter(inner, torch.tensor(2.0)),
             torch.nextafter(inner, torch.tensor(-1.0)).clamp(0, 1),
         ]
-    )
+    ).to(dtype)
+    if dtype == torch.float64:  # the float64 edges themselves and their neighbours
+        confidences = torch.cat(
+            [
+                confidences,
+                edges,
+                torch.nextafter(edges, torch.tensor(2.0, dtype=dtype)).clamp(0, 1),
+                torch.nextafter(edges, torch.tensor(-1.0, dtype=dtype)).clamp(0, 1),
+            ]
+        )
     correct = torch.rand(len(confidences)) > 0.4
     expected = bin_sums(confidences, correct, edges)
-    if floor_bins_are_exact(n_bins):
-        found = floor_bin_sums(confidences, correct, n_bins)
-        assert torch.equal(found[0], expected[0]) and torch.equal(found[2], expected[2])
-        assert torch.allclose(found[1], expected[1], rtol=1e-12, atol=0)
+    assert torch.equal(uniform_bin_index(confidences, n_bins), bin_index(confidences, edges))
+    found = uniform_bin_sums(confidences, correct, n_bins)
+    assert torch.equal(found[0], expected[0]) and torch.equal(found[2], expected[2])
+    assert torch.allclose(found[1], expected[1], rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -32,33 +32,48 @@ from torchcal._inputs import check_positive_int
 from torchcal._inputs.chunks import RowChunks
 
 __all__ = [
+    "BIN_BLOCK",
     "CHUNK_ELEMENTS",
+    "CPU_CHUNK_ELEMENTS",
     "BinSums",
     "bin_index",
     "bin_sums",
     "brier_terms",
+    "brier_total",
     "classwise_bin_sums",
-    "floor_bin_sums",
     "floor_bins_are_exact",
     "nll_terms",
     "nll_terms_from_logits",
+    "nll_total",
     "row_chunks",
+    "square_sum",
     "squared_norms",
+    "uniform_bin_index",
+    "uniform_bin_sums",
     "uniform_edges",
 ]
 
-#: Elements of an (N, K) tensor converted to float64 at a time (8 MB).
-CHUNK_ELEMENTS = 1 << 20
+#: Elements of an (N, K) tensor read (or converted to float64) at a time; ``None`` for
+#: :data:`CPU_CHUNK_ELEMENTS` on a CPU and the device's default
+#: (:func:`torchcal._inputs.chunks.default_chunk_elements`) elsewhere.
+CHUNK_ELEMENTS: int | None = None
+#: On a CPU: 2 MB of float32, whose few reads per chunk hit the cache, in few enough chunks that
+#: the per-chunk calls cost little.
+CPU_CHUNK_ELEMENTS = 1 << 19
+#: Samples binned at a time by :func:`uniform_bin_sums`: their float64 and int64 temporaries
+#: stay in cache.
+BIN_BLOCK = 1 << 16
 
 
 def row_chunks(rows: Tensor) -> RowChunks:
-    """The ``(start, stop)`` chunks of about :data:`CHUNK_ELEMENTS` elements of (N, K) ``rows``.
+    """The ``(start, stop)`` chunks of :data:`CHUNK_ELEMENTS` elements of (N, K) ``rows``.
 
     Args:
         rows: an (N, K) tensor.
     """
+    elements = CHUNK_ELEMENTS or (CPU_CHUNK_ELEMENTS if rows.device.type == "cpu" else None)
     return RowChunks.fitting(
-        rows.shape[0], row_width=rows.shape[1], device=rows.device, chunk_elements=CHUNK_ELEMENTS
+        rows.shape[0], row_width=rows.shape[1], device=rows.device, chunk_elements=elements
     )
 
 
@@ -72,6 +87,15 @@ def nll_terms(label_probs: Tensor) -> Tensor:
         label_probs: (M,) probability of each sample's label, any floating dtype.
     """
     return -label_probs.to(torch.float64).log()
+
+
+def nll_total(label_probs: Tensor) -> Tensor:
+    """The sum of :func:`nll_terms` as a 0-dim float64 tensor, with one float64 temporary.
+
+    Args:
+        label_probs: (M,) probability of each sample's label, any floating dtype.
+    """
+    return -label_probs.to(torch.float64, copy=True).log_().sum()
 
 
 def nll_terms_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
@@ -100,6 +124,16 @@ def squared_norms(rows: Tensor) -> Tensor:
     return torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64).square()
 
 
+def square_sum(rows: Tensor) -> Tensor:
+    """``sum_i sum_k p_ik^2`` of all of ``rows`` as a 0-dim float64 tensor, in one read.
+
+    Args:
+        rows: (M, K) probabilities.
+    """
+    wide = rows.reshape(-1).to(torch.float64)
+    return torch.dot(wide, wide)
+
+
 def brier_terms(squared_norms: Tensor, label_probs: Tensor) -> Tensor:
     """``sum_k p_k^2 - 2 p_y + 1``: the squared distance of each row from its one-hot label.
 
@@ -108,6 +142,18 @@ def brier_terms(squared_norms: Tensor, label_probs: Tensor) -> Tensor:
         label_probs: (M,) probability of each sample's label.
     """
     return squared_norms - 2 * label_probs.to(torch.float64) + 1
+
+
+def brier_total(square_sum: Tensor, label_sum: Tensor, n_samples: int) -> Tensor:
+    """The sum of :func:`brier_terms` over samples, from their totals alone:
+    ``sum_i sum_k p_ik^2 - 2 sum_i p_iy + M``.
+
+    Args:
+        square_sum: 0-dim float64 ``sum_i sum_k p_ik^2`` (see :func:`square_sum`).
+        label_sum: 0-dim float64 ``sum_i p_iy``.
+        n_samples: ``M``.
+    """
+    return square_sum - 2 * label_sum + n_samples
 
 
 # --- reliability-bin sums -------------------------------------------------------------------
@@ -132,31 +178,12 @@ def bin_index(confidences: Tensor, edges: Tensor) -> Tensor:
         confidences: values in [0, 1], any shape and floating dtype (compared in float64).
         edges: (n_bins + 1,) float64 edges from 0 to 1.
     """
-    return torch.bucketize(confidences.to(torch.float64), edges[1:-1], right=True)
-
-
-def bin_sums(confidences: Tensor, correct: Tensor, edges: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-bin count (int64), sum of confidence and sum of correctness (float64) for ``edges``.
-
-    Args:
-        confidences: (M,) top-label confidences in [0, 1].
-        correct: (M,) 0/1 or bool correctness.
-        edges: (n_bins + 1,) float64 edges from 0 to 1.
-    """
-    confidences = confidences.reshape(-1).to(torch.float64)
-    n_bins = edges.numel() - 1
-    index = bin_index(confidences, edges)
-    counts = torch.zeros(n_bins, dtype=torch.int64, device=index.device)
-    counts.index_add_(0, index, torch.ones_like(index))
-    sums = torch.zeros(2, n_bins, dtype=torch.float64, device=index.device)
-    sums[0].index_add_(0, index, confidences)
-    sums[1].index_add_(0, index, correct.reshape(-1).to(torch.float64))
-    return counts, sums[0], sums[1]
+    return torch.bucketize(confidences.to(torch.float64).contiguous(), edges[1:-1], right=True)
 
 
 def floor_bins_are_exact(n_bins: int) -> bool:
-    """Whether :func:`floor_bin_sums` bins float32 confidences exactly like :func:`bin_sums`
-    on :func:`uniform_edges`.
+    """Whether ``floor(n_bins * c)`` alone bins float32 (or narrower) confidences exactly like
+    :func:`bin_index` on :func:`uniform_edges`.
 
     A float32 confidence ``c`` near an edge ``i / n`` (so ``c >= 1 / (2 n)``) has at most
     ``24 + log2(2 n)`` fractional bits, so unless it equals the edge it lies at least
@@ -170,31 +197,98 @@ def floor_bins_are_exact(n_bins: int) -> bool:
     return n_bins <= 1024 and (n_bins % 2 == 1 or n_bins & (n_bins - 1) == 0)
 
 
-def floor_bin_sums(
-    confidences: Tensor, correct: Tensor, n_bins: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`bin_sums` for equal-width bins of float32 confidences, at a fraction of the cost.
+def uniform_bin_index(confidences: Tensor, n_bins: int) -> Tensor:
+    """:func:`bin_index` on ``uniform_edges(n_bins)``, equal to it, without a search.
 
-    The bin of ``c`` is ``floor(n_bins * c)``, exact in float64 for a float32 ``c``; see
-    :func:`floor_bins_are_exact` for when that matches :func:`bin_sums`.
+    The bin is ``floor(n_bins * c)``, which can be one off only next to an edge; one comparison
+    with each of the bin's true edges puts it right (none is needed where
+    :func:`floor_bins_are_exact`).
 
     Args:
-        confidences: (M,) float32 (or narrower) confidences in [0, 1].
+        confidences: values in [0, 1], any shape and floating dtype.
+        n_bins: number of equal-width bins.
+
+    Example:
+        >>> uniform_bin_index(torch.tensor([0.0, 0.2, 1 / 3, 0.99, 1.0]), 3).tolist()
+        [0, 0, 1, 2, 2]
+    """
+    exact = confidences.dtype != torch.float64 and floor_bins_are_exact(n_bins)
+    return _uniform_bin_index(confidences.to(torch.float64), n_bins, floor_is_exact=exact)
+
+
+def _uniform_bin_index(wide: Tensor, n_bins: int, *, floor_is_exact: bool) -> Tensor:
+    """:func:`uniform_bin_index` of float64 confidences ``wide``; ``floor_is_exact`` where they
+    are float32 (or narrower) values and :func:`floor_bins_are_exact`."""
+    # float -> int64 truncates, which is the floor for c >= 0 (anything below 0 goes to bin 0)
+    index = wide.mul(n_bins).to(torch.int64).clamp_(0, n_bins - 1)
+    if floor_is_exact:
+        return index
+    bounds = uniform_edges(n_bins, wide.device)
+    bounds[0], bounds[-1] = -torch.inf, torch.inf  # the first and last bins are open-ended
+    index -= (wide < bounds[index]).to(torch.int64)
+    index += (wide >= bounds[index + 1]).to(torch.int64)
+    return index
+
+
+def _sums_by_bin(
+    index: Tensor, confidences: Tensor, correct: Tensor, n_bins: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-bin count, sum of confidence and sum of correctness of binned samples (``index`` is
+    overwritten): one weighted count gives the sums of confidence, one count of the (correct,
+    bin) pairs the counts and the sums of correctness, exactly."""
+    wide = confidences.to(torch.float64)
+    if wide.requires_grad:  # a weighted bincount has no derivative
+        sum_confidence = wide.new_zeros(n_bins).index_add(0, index.clone(), wide)
+    else:
+        sum_confidence = torch.bincount(index, weights=wide, minlength=n_bins)
+    pairs = index.add_(correct.to(torch.bool), alpha=n_bins)  # correct samples in [n, 2n)
+    tallies = torch.bincount(pairs, minlength=2 * n_bins).view(2, n_bins)
+    return tallies.sum(dim=0), sum_confidence, tallies[1].to(torch.float64)
+
+
+def bin_sums(confidences: Tensor, correct: Tensor, edges: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-bin count (int64), sum of confidence and sum of correctness (float64) for ``edges``.
+
+    Args:
+        confidences: (M,) top-label confidences in [0, 1].
+        correct: (M,) 0/1 or bool correctness.
+        edges: (n_bins + 1,) float64 edges from 0 to 1.
+    """
+    confidences, correct = confidences.reshape(-1), correct.reshape(-1)
+    index = bin_index(confidences, edges)
+    return _sums_by_bin(index, confidences, correct, edges.numel() - 1)
+
+
+def uniform_bin_sums(
+    confidences: Tensor, correct: Tensor, n_bins: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`bin_sums` on ``uniform_edges(n_bins)``, binned by :func:`uniform_bin_index`
+    :data:`BIN_BLOCK` samples at a time (their temporaries stay in cache).
+
+    Args:
+        confidences: (M,) confidences in [0, 1], any floating dtype.
         correct: (M,) 0/1 or bool correctness.
         n_bins: number of equal-width bins.
     """
-    wide = confidences.to(torch.float64)
-    index = wide.mul(n_bins).floor_().to(torch.int64).clamp_(0, n_bins - 1)
-    counts = torch.bincount(index, minlength=n_bins)
-    sum_confidence = torch.bincount(index, weights=wide, minlength=n_bins)
-    sum_correct = torch.bincount(index, weights=correct.to(torch.float64), minlength=n_bins)
+    confidences, correct = confidences.reshape(-1), correct.reshape(-1)
+    blocks = RowChunks(confidences.numel(), BIN_BLOCK)
+    totals = None
+    for start, stop in blocks:
+        block = confidences[start:stop]
+        index = uniform_bin_index(block, n_bins)
+        sums = _sums_by_bin(index, block, correct[start:stop], n_bins)
+        totals = sums if totals is None else [t.add_(s) for t, s in zip(totals, sums, strict=True)]
+    if totals is None:  # no samples
+        return _sums_by_bin(
+            confidences.new_empty(0, dtype=torch.int64), confidences, correct, n_bins
+        )
+    counts, sum_confidence, sum_correct = totals
     return counts, sum_confidence, sum_correct
 
 
-def classwise_bin_sums(
-    probs: Tensor, labels: Tensor, edges: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One-vs-rest bin sums of every class at once, (K, n_bins) each, read a row chunk at a time.
+def classwise_bin_sums(probs: Tensor, labels: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One-vs-rest equal-width bin sums of every class at once, (K, n_bins) each, read a row
+    chunk at a time.
 
     Class ``k``'s bins hold ``p_k`` of every sample; its correct ones are the samples labelled
     ``k``, one per row, so their sums come from the labels' probabilities alone.
@@ -202,23 +296,23 @@ def classwise_bin_sums(
     Args:
         probs: (M, K) probabilities.
         labels: (M,) int64 labels in [0, K).
-        edges: (n_bins + 1,) float64 edges from 0 to 1.
+        n_bins: number of equal-width bins.
     """
-    n_classes, n_bins = probs.shape[1], edges.numel() - 1
-    device = probs.device
-    offsets = torch.arange(n_classes, device=device) * n_bins
-    counts = torch.zeros(n_classes * n_bins, dtype=torch.int64, device=device)
-    sum_probs = torch.zeros(n_classes * n_bins, dtype=torch.float64, device=device)
-    chunks = row_chunks(probs)
-    for start, stop in chunks:
+    n_classes = probs.shape[1]
+    offsets = torch.arange(n_classes, device=probs.device) * n_bins
+    size = n_classes * n_bins
+    counts = torch.zeros(size, dtype=torch.int64, device=probs.device)
+    sum_probs = torch.zeros(size, dtype=torch.float64, device=probs.device)
+    floor_is_exact = probs.dtype != torch.float64 and floor_bins_are_exact(n_bins)
+    for start, stop in row_chunks(probs):
         wide = probs[start:stop].to(torch.float64)
-        index = (bin_index(wide, edges) + offsets).reshape(-1)
-        counts.index_add_(0, index, torch.ones_like(index))
-        sum_probs.index_add_(0, index, wide.reshape(-1))
-    label_probs = probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
-    label_index = bin_index(label_probs, edges) + labels * n_bins
-    sum_correct = torch.zeros(n_classes * n_bins, dtype=torch.float64, device=device)
-    sum_correct.index_add_(0, label_index, torch.ones_like(label_probs))
+        index = _uniform_bin_index(wide, n_bins, floor_is_exact=floor_is_exact)
+        index = index.add_(offsets).reshape(-1)
+        counts += torch.bincount(index, minlength=size)
+        sum_probs += torch.bincount(index, weights=wide.reshape(-1), minlength=size)
+    label_probs = probs.gather(1, labels[:, None]).squeeze(1)
+    label_index = uniform_bin_index(label_probs, n_bins) + labels * n_bins
+    sum_correct = torch.bincount(label_index, minlength=size).to(torch.float64)
     shape = (n_classes, n_bins)
     return counts.view(shape), sum_probs.view(shape), sum_correct.view(shape)
 
@@ -228,9 +322,8 @@ class BinSums:
 
     Binning every chunk on its own would cost a handful of small operations per chunk, which
     dominates for wide rows (a 1,000-class chunk on a CPU is only 262 rows); buffering up to
-    ``capacity`` confidences keeps that overhead negligible with O(capacity) memory. Float32
-    confidences are binned with :func:`floor_bin_sums` where that is exact, anything else with
-    :func:`bin_sums`.
+    ``capacity`` confidences keeps that overhead negligible with O(capacity) memory. They are
+    binned by :func:`uniform_bin_sums`.
 
     Args:
         edges: (n_bins + 1,) equal-width float64 edges (:func:`uniform_edges`).
@@ -268,11 +361,7 @@ class BinSums:
             self.size = 0
 
     def _bin(self, confidences: Tensor, correct: Tensor) -> None:
-        n_bins = self.sums.shape[1]
-        if confidences.dtype == torch.float64 or not floor_bins_are_exact(n_bins):
-            parts = bin_sums(confidences, correct, self.edges)
-        else:
-            parts = floor_bin_sums(confidences, correct, n_bins)
+        parts = uniform_bin_sums(confidences, correct, self.sums.shape[1])
         for total, part in zip(self.sums, parts, strict=True):
             total += part
 

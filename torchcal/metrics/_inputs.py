@@ -1,8 +1,10 @@
 """Input checks of the metrics: probabilities and labels as tensors or numpy arrays, and bounds.
 
-The checks read the probabilities a few times without an (N, K) temporary: one ``aminmax`` for
-the range (NaN and infinities fail it too) and one matrix-vector product for the row sums. Only
-when a check fails is the tensor searched again for the message.
+The checks read the probabilities without an (N, K) temporary: one ``aminmax`` for the range (NaN
+and infinities fail it too) and one matrix-vector product for the row sums. Plain (N, K) rows can
+be left to the caller's own chunked pass (:func:`probs_and_labels`), which does the same reads
+while it computes its statistics. Only when a check fails is the tensor searched again for the
+message.
 """
 
 from __future__ import annotations
@@ -107,6 +109,39 @@ def _plain_rows(
     return low >= 0 and high < n_classes and not ignorable
 
 
+def check_rows(rows: Tensor) -> None:
+    """(M, K) probability rows finite, in [0, 1] and summing to 1 (the detailed message if not).
+
+    Args:
+        rows: (M, K) probabilities.
+    """
+    check_unit_range(rows, "torch.softmax(logits, dim=1)")
+    check_row_sums(rows)
+
+
+def probs_and_labels(
+    probs: object,
+    labels: object,
+    class_dim: int | None = None,
+    ignore_index: int | None = -100,
+) -> tuple[Tensor, Tensor, bool]:
+    """Probabilities and labels of any supported shape as (M, K) rows and (M,) int64 labels,
+    and whether the rows are checked yet.
+
+    Everything but the values of plain (N, K) rows is checked here; those (finite, in [0, 1],
+    summing to 1) are left to the caller's own pass over the rows, which must end with
+    :func:`check_rows` unless it proves them fine itself.
+
+    Args:
+        probs, labels, class_dim, ignore_index: as in :func:`check_probs_and_labels`.
+    """
+    probs, labels = as_tensor(probs, "probs"), as_tensor(labels, "labels")
+    _check_probs_tensor(probs)
+    if _plain_rows(probs, labels, class_dim, ignore_index):
+        return probs, labels.to(device=probs.device, dtype=torch.int64), False
+    return (*_reshaped_probs_and_labels(probs, labels, class_dim, ignore_index), True)
+
+
 def check_probs_and_labels(
     probs: object,
     labels: object,
@@ -117,17 +152,27 @@ def check_probs_and_labels(
 
     Binary and multi-label sigmoid probabilities become two-column rows ``[1 - p, p]``.
 
+    Args:
+        probs: probabilities (tensor or numpy array) of any shape the metrics take.
+        labels: their labels (or 0/1 targets for sigmoid probabilities).
+        class_dim: the class dimension of dense or sequence probabilities.
+        ignore_index: label value of positions to leave out (``None`` keeps all).
+
     Example:
         >>> rows, labels = check_probs_and_labels(np.array([0.9, 0.2]), np.array([1, 0]))
         >>> rows.tolist(), labels.tolist()
         ([[0.09999999999999998, 0.9], [0.8, 0.2]], [1, 0])
     """
-    probs, labels = as_tensor(probs, "probs"), as_tensor(labels, "labels")
-    _check_probs_tensor(probs)
-    if _plain_rows(probs, labels, class_dim, ignore_index):
-        check_unit_range(probs, "torch.softmax(logits, dim=1)")
-        check_row_sums(probs)
-        return probs, labels.to(device=probs.device, dtype=torch.int64)
+    rows, labels, checked = probs_and_labels(probs, labels, class_dim, ignore_index)
+    if not checked:
+        check_rows(rows)
+    return rows, labels
+
+
+def _reshaped_probs_and_labels(
+    probs: Tensor, labels: Tensor, class_dim: int | None, ignore_index: int | None
+) -> tuple[Tensor, Tensor]:
+    """The input layer's general route, for everything but plain (N, K) rows: checked rows."""
     sigmoid = probs.ndim == 1 or (probs.ndim == 2 and probs.shape[1] == 1)
     sigmoid |= labels.shape == probs.shape and (
         labels.dtype.is_floating_point or labels.dtype == torch.bool
@@ -150,7 +195,6 @@ def check_probs_and_labels(
     probs = rows.logits
     if probs.shape[1] < 2:
         raise ValueError(f"probs must have K >= 2 class columns, got K={probs.shape[1]}")
-    check_unit_range(probs, "torch.softmax(logits, dim=1)")
-    check_row_sums(probs)
+    check_rows(probs)
     labels = check_labels(rows.labels, probs.shape[0], probs.shape[1]).to(probs.device)
     return probs, labels

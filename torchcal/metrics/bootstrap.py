@@ -26,7 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from torchcal._inputs import check_choice, check_positive_int
-from torchcal._terms import bin_index, uniform_edges
+from torchcal._terms import uniform_bin_index, uniform_edges
 from torchcal.metrics._inputs import check_n_bins, check_probs_and_labels
 from torchcal.metrics.calibration import (
     NORMS,
@@ -123,8 +123,8 @@ class _ResampledBinSums:
 
     def __init__(self, statistics: SampleStatistics, n_bins: int) -> None:
         self.edges = uniform_edges(n_bins, statistics.confidences.device)
-        self.index = bin_index(statistics.confidences, self.edges)
-        self.confidences = statistics.confidences[:, None]
+        self.index = uniform_bin_index(statistics.confidences, n_bins)
+        self.confidences = statistics.confidences.to(torch.float64)[:, None]
         self.correct = statistics.correct.nonzero().squeeze(1)
         self._weights: weakref.ref[Tensor] | None = None
         self._sums: tuple[Tensor, Tensor, Tensor] = ()  # type: ignore[assignment]

@@ -12,11 +12,11 @@ Conventions (those of Guo et al. 2017, torchmetrics and netcal):
   ``max_b |acc_b - conf_b|`` over non-empty bins.
 
 Every function takes probabilities and labels (tensors on any device, or numpy arrays) and returns
-a 0-dim float64 tensor on that device. The probabilities are read a few times (their range, their
-row sums, the top-label statistics of :mod:`torchcal.metrics.samples`) and never copied; the bins
-then work on float64 vectors of length N, their sums (:mod:`torchcal._terms`) exact up to float64
-rounding. Class-wise bins
-read the probabilities in row chunks, converting one chunk at a time to float64.
+a 0-dim float64 tensor on that device. The probabilities are read once, a cache-sized row chunk
+at a time, for their checks and the top-label statistics of :mod:`torchcal.metrics.samples`, and
+never copied; the bins then work on length-N vectors, binned exactly against the float64 edges and
+summed in float64 (:mod:`torchcal._terms`), exact up to float64 rounding. Class-wise bins read the
+probabilities in row chunks, converting one chunk at a time to float64.
 
 Shapes are those the scalers take: (N, K) with (N,) labels, dense (N, K, *spatial) with
 (N, *spatial) labels or token sequences (B, L, V) with (B, L) labels (``class_dim`` as in
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from torchcal._inputs import check_choice
-from torchcal._terms import bin_sums, classwise_bin_sums, uniform_edges
+from torchcal._terms import bin_sums, classwise_bin_sums, uniform_bin_sums, uniform_edges
 from torchcal.metrics._inputs import check_n_bins, check_probs_and_labels
 from torchcal.metrics.samples import sample_statistics
 
@@ -132,9 +132,7 @@ def bins_from_sums(
     )
 
 
-def _bin_edges(confidences: Tensor, n_bins: int, strategy: str) -> Tensor:
-    if strategy == "uniform":
-        return uniform_edges(n_bins, confidences.device)
+def _quantile_edges(confidences: Tensor, n_bins: int) -> Tensor:
     ordered = confidences.to(torch.float64).sort().values
     positions = torch.linspace(0, ordered.numel() - 1, n_bins + 1, device=ordered.device)
     below = positions.floor().long()
@@ -150,8 +148,11 @@ def top_label_bins(
 ) -> ReliabilityBins:
     """Reliability bins of (checked) ``n_bins`` and ``strategy`` from per-sample confidences
     and 0/1 correctness."""
-    confidences = confidences.reshape(-1).to(torch.float64).contiguous()
-    edges = _bin_edges(confidences, n_bins, strategy)
+    confidences = confidences.reshape(-1)
+    if strategy == "uniform":
+        edges = uniform_edges(n_bins, confidences.device)
+        return bins_from_sums(edges, *uniform_bin_sums(confidences, correct, n_bins))
+    edges = _quantile_edges(confidences, n_bins)
     return bins_from_sums(edges, *bin_sums(confidences, correct, edges))
 
 
@@ -257,7 +258,7 @@ def classwise_calibration_error(
     probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
     if strategy == "uniform":
         edges = uniform_edges(n_bins, probs.device)
-        bins = bins_from_sums(edges, *classwise_bin_sums(probs, labels, edges))
+        bins = bins_from_sums(edges, *classwise_bin_sums(probs, labels, n_bins))
         return bins.calibration_error(norm).mean()
     errors = [
         top_label_bins(probs[:, k], labels == k, n_bins, strategy).calibration_error(norm)

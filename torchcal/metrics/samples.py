@@ -3,7 +3,8 @@
 Every metric of top-label probabilities is a function of a few numbers per sample: the top-label
 confidence ``max_k p_k``, whether the label has it (a tie for the top counts as correct), the
 label's probability ``p_y`` and, for the Brier score, ``sum_k p_k^2``. They are read from the
-(N, K) probabilities once, into float64 vectors of length N; the metrics, the streaming meter and
+(N, K) probabilities once, a row chunk at a time and together with the checks of the values, into
+vectors of length N; the metrics, the streaming meter and
 the bootstrap (which resamples these vectors instead of the probabilities) all start from here.
 The NLL and Brier terms made of them are those of :mod:`torchcal._terms`.
 
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from torchcal._terms import brier_terms, nll_terms, squared_norms
-from torchcal.metrics._inputs import check_probs_and_labels
+from torchcal._terms import brier_terms, nll_terms, row_chunks, square_sum, squared_norms
+from torchcal.metrics._inputs import check_rows, probs_and_labels
 
 __all__ = ["SampleStatistics", "sample_statistics", "statistics_of_rows"]
 
@@ -32,16 +33,20 @@ class SampleStatistics:
     """Per-sample vectors (M,) of validated probability rows.
 
     Attributes:
-        confidences: the top-label confidence ``max_k p_k``, float64.
+        confidences: the top-label confidence ``max_k p_k``, in the probabilities' dtype (exact;
+            widened where used).
         correct: bool, whether the label's probability equals the maximum.
         label_probs: ``p_y``, in the probabilities' dtype (exact; widened where used).
         squared_norms: ``sum_k p_k^2``, or ``None`` when not asked for.
+        square_total: 0-dim float64 ``sum_i sum_k p_ik^2`` over all rows (Brier totals), or
+            ``None`` when not asked for.
     """
 
     confidences: Tensor
     correct: Tensor
     label_probs: Tensor
     squared_norms: Tensor | None = None
+    square_total: Tensor | None = None
 
     @property
     def n_samples(self) -> int:
@@ -59,25 +64,102 @@ class SampleStatistics:
         return brier_terms(self.squared_norms, self.label_probs)
 
 
-def statistics_of_rows(rows: Tensor, labels: Tensor, *, squares: bool = False) -> SampleStatistics:
-    """:class:`SampleStatistics` of already validated (M, K) rows and (M,) int64 labels.
+#: Row sums this close to 1 pass the input layer's check in every dtype (its tolerance is at least
+#: 1e-3, and 1e-4 is far more than two float32 sums of one row can differ by); rows summing further
+#: off, if any, are judged by that check itself.
+_SURE_ROW_SUM_TOLERANCE = 0.9e-3
 
-    One reduction over the rows (``amax``) and one gather of the labels' column; ``squares``
-    adds one more read for the Brier score.
+
+def _row_sums(chunk: Tensor, ones: Tensor, out: Tensor) -> None:
+    """Row sums of a chunk into ``out``, in float32 or wider (a BLAS product reads them
+    fastest)."""
+    if chunk.dtype in (torch.float32, torch.float64):
+        torch.mv(chunk, ones, out=out)
+    else:
+        torch.sum(chunk, dim=1, dtype=torch.float32, out=out)
+
+
+def statistics_of_rows(
+    rows: Tensor,
+    labels: Tensor,
+    *,
+    squares: bool = False,
+    square_total: bool = False,
+    check: bool = False,
+) -> SampleStatistics:
+    """:class:`SampleStatistics` of (M, K) rows and (M,) int64 labels, from one pass over the
+    rows a chunk at a time.
+
+    Per chunk (while it sits in cache): the largest value of each row, the labels' values and,
+    with ``squares``, ``sum_k p_k^2`` for the Brier score; with ``check`` also the chunk's range
+    and row sums, which must show the rows finite, in [0, 1] and summing to 1 (or the input
+    layer's checks give the detailed message).
 
     Args:
-        rows: (M, K) probabilities, validated.
+        rows: (M, K) probabilities.
         labels: (M,) int64 labels in [0, K), on the rows' device.
         squares: also read ``sum_k p_k^2`` of each row (for the Brier score).
+        square_total: also read the total of ``p_ik^2`` over all rows (a Brier total).
+        check: also check the rows' values (when :func:`probs_and_labels` left them unchecked).
     """
+    if torch.is_grad_enabled() and rows.requires_grad:  # out= arguments would refuse autograd
+        return _differentiable_statistics(rows, labels, squares, square_total, check)
+    n_rows = rows.shape[0]
+    confidences, label_probs = rows.new_empty(n_rows), rows.new_empty(n_rows, 1)
+    norms = rows.new_empty(n_rows, dtype=torch.float64) if squares else None
+    total = rows.new_zeros((), dtype=torch.float64) if square_total else None
+    chunks = row_chunks(rows)
+    if check:
+        ones = rows.new_ones(rows.shape[1])
+        wide_enough = rows.dtype in (torch.float32, torch.float64)
+        sums = rows.new_empty(n_rows, dtype=rows.dtype if wide_enough else torch.float32)
+        ranges = rows.new_empty(2, -(-n_rows // chunks.rows))
+    for number, (start, stop) in enumerate(chunks):
+        chunk = rows[start:stop]
+        torch.amax(chunk, dim=1, out=confidences[start:stop])
+        torch.gather(chunk, 1, labels[start:stop, None], out=label_probs[start:stop])
+        if norms is not None:
+            norms[start:stop] = squared_norms(chunk)
+        if total is not None:
+            total += square_sum(chunk)
+        if check:
+            torch.aminmax(chunk, out=(ranges[0, number], ranges[1, number]))
+            _row_sums(chunk, ones, out=sums[start:stop])
+    if check and not _values_are_fine(ranges, sums):
+        check_rows(rows)  # raises the detailed message, or finds the sums within tolerance
+    return SampleStatistics(
+        confidences=confidences,
+        correct=label_probs.squeeze(1) == confidences,
+        label_probs=label_probs.squeeze(1),
+        squared_norms=norms,
+        square_total=total,
+    )
+
+
+def _differentiable_statistics(
+    rows: Tensor, labels: Tensor, squares: bool, square_total: bool, check: bool
+) -> SampleStatistics:
+    """:func:`statistics_of_rows` of rows that require grad, by whole-tensor reductions."""
+    if check:
+        check_rows(rows)
     confidences = rows.amax(dim=1)
     label_probs = rows.gather(1, labels[:, None]).squeeze(1)
     return SampleStatistics(
-        confidences=confidences.to(torch.float64),
+        confidences=confidences,
         correct=label_probs == confidences,
         label_probs=label_probs,
         squared_norms=squared_norms(rows) if squares else None,
+        square_total=square_sum(rows) if square_total else None,
     )
+
+
+def _values_are_fine(ranges: Tensor, sums: Tensor) -> bool:
+    """Whether chunk ranges (2, chunks) lie in [0, 1] and row sums within
+    :data:`_SURE_ROW_SUM_TOLERANCE` of 1 (False for NaN)."""
+    extremes = [ranges[0].min(), ranges[1].max(), *torch.aminmax(sums)]
+    low, high, low_sum, high_sum = torch.stack([x.to(torch.float64) for x in extremes]).tolist()
+    tolerance = _SURE_ROW_SUM_TOLERANCE
+    return low >= 0 and high <= 1 and 1 - tolerance <= low_sum and high_sum <= 1 + tolerance
 
 
 def sample_statistics(
@@ -95,5 +177,5 @@ def sample_statistics(
             :func:`~torchcal.metrics.expected_calibration_error`.
         squares: also read ``sum_k p_k^2`` of each row (for the Brier score).
     """
-    rows, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
-    return statistics_of_rows(rows, labels, squares=squares)
+    rows, labels, checked = probs_and_labels(probs, labels, class_dim, ignore_index)
+    return statistics_of_rows(rows, labels, squares=squares, check=not checked)

@@ -93,7 +93,7 @@ def smooth_calibration_error(
         0.1316
     """
     statistics = sample_statistics(probs, labels)
-    confidences = statistics.confidences
+    confidences = statistics.confidences.to(torch.float64)
     correct = statistics.correct.to(torch.float64)
     if bandwidth is None:
         bandwidth = _smooth_bandwidth(confidences, correct)

@@ -13,8 +13,14 @@ import torch
 from torch import Tensor
 
 from torchcal._inputs import check_choice, check_logits_matrix
-from torchcal._terms import bin_sums, nll_terms_from_logits, uniform_edges
-from torchcal.metrics._inputs import as_tensor, check_n_bins, check_probs_and_labels
+from torchcal._terms import (
+    brier_total,
+    nll_terms_from_logits,
+    nll_total,
+    uniform_bin_sums,
+    uniform_edges,
+)
+from torchcal.metrics._inputs import as_tensor, check_n_bins, probs_and_labels
 from torchcal.metrics.calibration import NORMS, Norm, ReliabilityBins, bins_from_sums
 from torchcal.metrics.samples import statistics_of_rows
 
@@ -80,33 +86,35 @@ class CalibrationErrorMeter:
     def update(self, inputs: Tensor, labels: Tensor) -> None:
         """Add a batch of probabilities or logits (N, K) with integer labels (N,).
 
-        Tensors or numpy arrays; the probabilities are read a few times, never copied.
+        Tensors or numpy arrays; the probabilities are read once, a chunk at a time, never
+        copied: the work of one :func:`expected_calibration_error` and O(n_bins) more.
 
         Args:
             inputs: (N, K) probabilities or logits, as given by ``inputs`` at construction.
             labels: (N,) integer labels.
         """
+        logits = None
         if self.inputs == "logits":
             logits = check_logits_matrix(as_tensor(inputs, "inputs"), "inputs")
-            rows, labels = check_probs_and_labels(torch.softmax(logits, dim=1), labels)
-            nll_terms = nll_terms_from_logits(logits, labels)
+            inputs = torch.softmax(logits, dim=1)
+        rows, labels, checked = probs_and_labels(inputs, labels)
+        statistics = statistics_of_rows(rows, labels, square_total=True, check=not checked)
+        if logits is None:
+            nll_sum = nll_total(statistics.label_probs)
         else:
-            rows, labels = check_probs_and_labels(inputs, labels)
-            nll_terms = None
-        statistics = statistics_of_rows(rows, labels, squares=True)
-        if nll_terms is None:
-            nll_terms = statistics.nll_terms()
+            nll_sum = nll_terms_from_logits(logits, labels).sum()
         if self._bin_state is None:
             self._allocate(rows.device)
-        edges = uniform_edges(self.n_bins, rows.device)
-        sums = bin_sums(statistics.confidences, statistics.correct, edges)
+        sums = uniform_bin_sums(statistics.confidences, statistics.correct, self.n_bins)
         self._bin_state += torch.stack([s.to(torch.float64) for s in sums]).to(self.device)
+        label_total = statistics.label_probs.sum(dtype=torch.float64)
+        n_samples = statistics.n_samples
         totals = torch.stack(
             [
-                nll_terms.sum(),
-                statistics.brier_terms().sum(),
-                statistics.correct.sum().to(torch.float64),
-                nll_terms.new_tensor(float(statistics.n_samples)),
+                nll_sum,
+                brier_total(statistics.square_total, label_total, n_samples),
+                sums[2].sum(),
+                nll_sum.new_tensor(float(n_samples)),
             ]
         )
         self._totals += totals.to(self.device)
