@@ -19,6 +19,7 @@ from torchcal._inputs.validation import (
     check_probabilities,
     check_row_sums,
     check_unit_interval,
+    row_sum_tolerance,
 )
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "check_unit_interval",
     "prepare",
     "probabilities_to_logits",
+    "row_sum_tolerance",
 ]

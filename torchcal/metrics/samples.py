@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from torchcal._inputs import row_sum_tolerance
 from torchcal._terms import brier_terms, nll_terms, row_chunks, square_sum, squared_norms
 from torchcal.metrics._inputs import check_rows, probs_and_labels
 
@@ -64,10 +65,10 @@ class SampleStatistics:
         return brier_terms(self.squared_norms, self.label_probs)
 
 
-#: Row sums this close to 1 pass the input layer's check in every dtype (its tolerance is at least
-#: 1e-3, and 1e-4 is far more than two float32 sums of one row can differ by); rows summing further
-#: off, if any, are judged by that check itself.
-_SURE_ROW_SUM_TOLERANCE = 0.9e-3
+#: Row sums within the input layer's tolerance less this margin pass its check for sure (1e-4 is
+#: far more than two float32 sums of one row can differ by); rows summing further off, if any, are
+#: judged by that check itself.
+_ROW_SUM_MARGIN = 1e-4
 
 
 def _row_sums(chunk: Tensor, ones: Tensor, out: Tensor) -> None:
@@ -125,7 +126,7 @@ def statistics_of_rows(
         if check:
             torch.aminmax(chunk, out=(ranges[0, number], ranges[1, number]))
             _row_sums(chunk, ones, out=sums[start:stop])
-    if check and not _values_are_fine(ranges, sums):
+    if check and not _values_are_fine(ranges, sums, row_sum_tolerance(rows.dtype)):
         check_rows(rows)  # raises the detailed message, or finds the sums within tolerance
     return SampleStatistics(
         confidences=confidences,
@@ -153,12 +154,12 @@ def _differentiable_statistics(
     )
 
 
-def _values_are_fine(ranges: Tensor, sums: Tensor) -> bool:
-    """Whether chunk ranges (2, chunks) lie in [0, 1] and row sums within
-    :data:`_SURE_ROW_SUM_TOLERANCE` of 1 (False for NaN)."""
+def _values_are_fine(ranges: Tensor, sums: Tensor, tolerance: float) -> bool:
+    """Whether chunk ranges (2, chunks) lie in [0, 1] and row sums within the input layer's
+    ``tolerance`` less :data:`_ROW_SUM_MARGIN` of 1 (False for NaN)."""
     extremes = [ranges[0].min(), ranges[1].max(), *torch.aminmax(sums)]
     low, high, low_sum, high_sum = torch.stack([x.to(torch.float64) for x in extremes]).tolist()
-    tolerance = _SURE_ROW_SUM_TOLERANCE
+    tolerance -= _ROW_SUM_MARGIN
     return low >= 0 and high <= 1 and 1 - tolerance <= low_sum and high_sum <= 1 + tolerance
 
 

@@ -7,12 +7,10 @@ seen, whatever the batching, and ranks combine with one ``all_reduce`` of the su
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 from torch import Tensor
 
-from torchcal._inputs import check_choice, check_logits_matrix
+from torchcal._inputs import INPUTS, Inputs, check_choice, check_logits_matrix
 from torchcal._terms import (
     brier_total,
     nll_terms_from_logits,
@@ -27,8 +25,6 @@ from torchcal.metrics.samples import statistics_of_rows
 __all__ = ["CalibrationErrorMeter", "Inputs"]
 
 #: What a batch holds: probabilities or raw scores (logits).
-Inputs = Literal["probs", "logits"]
-INPUTS: tuple[str, ...] = get_args(Inputs)
 
 
 class CalibrationErrorMeter:
