@@ -27,7 +27,6 @@ from hostile import expect_exact, expect_refused, expect_warned
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import torchcal
 from torchcal import CalibrationWarning, Calibrator, TemperatureScaler
 from torchcal.calibrators import SoftmaxCalibrator
 
@@ -315,8 +314,8 @@ def test_a_refit_that_fails_late_leaves_the_previous_fit_exactly(kind, monkeypat
         raise ValueError("the report failed")
 
     # the last step of every fit, after its values are computed and assigned
-    target = "_result" if kind == "temperature" else "expected_calibration_error"
-    where = TemperatureScaler if kind == "temperature" else torchcal.calibrators.base
+    target = "_result" if kind == "temperature" else "_record"
+    where = TemperatureScaler if kind == "temperature" else Calibrator
     monkeypatch.setattr(where, target, failing_report)
     new_logits, new_labels = problem(120, 5, seed=9)
     expect_refused(lambda: calibrator.fit(new_logits, new_labels), "report failed")

@@ -57,8 +57,8 @@ from torchcal.export import (
     in_compute_dtype,
     takes_keyword_inputs,
 )
-from torchcal.metrics.calibration import bins_from_sums, expected_calibration_error
-from torchcal.metrics.scores import negative_log_likelihood
+from torchcal.metrics.calibration import bins_from_sums, top_label_bins
+from torchcal.metrics.samples import sample_statistics
 
 __all__ = ["Calibrator", "SoftmaxCalibrator"]
 
@@ -84,11 +84,11 @@ class Scores(NamedTuple):
 
 
 def scores_of(probs: Tensor, labels: Tensor, n_bins: int) -> Scores:
-    """:class:`Scores` of (M, K) probabilities held in memory."""
-    return Scores(
-        float(negative_log_likelihood(probs, labels)),
-        float(expected_calibration_error(probs, labels, n_bins=n_bins)),
-    )
+    """:class:`Scores` of (M, K) probabilities held in memory, from one read of their
+    statistics (the NLL and the top-label ECE of :mod:`torchcal.metrics`)."""
+    statistics = sample_statistics(probs, labels)
+    bins = top_label_bins(statistics.confidences, statistics.correct, n_bins, "uniform")
+    return Scores(float(statistics.nll_terms().mean()), float(bins.calibration_error()))
 
 
 def streamed_scores(objective: SoftmaxTemperatureNLL, evaluation: Evaluation) -> Scores:
