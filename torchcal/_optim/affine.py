@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from torchcal._objectives.affine import AffineObjective
+from torchcal._objectives.affine import AffineObjective, canonical
 from torchcal._optim.newton import minimise
 
 __all__ = ["AffineFit", "canonical", "fit_affine"]
@@ -34,21 +34,6 @@ class AffineFit:
     method: str  # "newton" (exact Hessian) or "newton-cg" (Hessian-vector products)
     unbounded: bool  # the objective decreases without bound along the unpenalised parameters
     reason: str  # why the solver stopped (see torchcal._optim.newton)
-
-
-def canonical(weight: Tensor, bias: Tensor, *, diagonal: bool) -> tuple[Tensor, Tensor]:
-    """The representative of ``(W, b)`` whose bias and columns' off-diagonals sum to zero.
-
-    Adding a constant to every score leaves softmax unchanged, so ``b - mean(b)`` and, for a full
-    matrix, ``W + 1 v^T`` with ``v_j = -mean_{i != j} W_ij`` give the same probabilities; neither
-    raises the penalty.
-    """
-    bias = bias - bias.mean()
-    if diagonal:
-        return weight, bias
-    k = weight.shape[0]
-    off_diagonal_sums = weight.sum(dim=0) - torch.diagonal(weight)
-    return weight - off_diagonal_sums / (k - 1), bias
 
 
 def fit_affine(
