@@ -452,12 +452,14 @@ class AffineObjective:
         return precondition
 
     def _correction_directions(self) -> Tensor:
-        """(K, P, 3) unit directions in each class's standardised parameters: its own whitened
-        input's weight, the weight on the inputs' common mode (``sum_j W_ij``: ``A^-1 1`` in
-        the standardised weights), the bias."""
+        """(K, P, 3) unit directions in each class's standardised parameters: the weight on its
+        own input (``W_ii``: ``A^-1 e_i`` in the standardised weights; at K = 1,000 the whitened
+        input ``e_i`` instead needs twice the products), the weight on the inputs' common mode
+        (``sum_j W_ij``: ``A^-1 1``), the bias."""
         k, width = self.n_classes, self.width
         directions = torch.zeros(k, width, 3, dtype=torch.float64, device=self.device)
-        directions[:, :-1, 0] = torch.eye(k, dtype=torch.float64, device=self.device)
+        own = self.unwhitening.T
+        directions[:, :-1, 0] = own / own.norm(dim=1, keepdim=True).clamp_min(1e-300)
         directions[:, :-1, 1] = self._common_mode()
         directions[:, -1, 2] = 1
         return directions
@@ -599,6 +601,7 @@ class AffineObjective:
         products = None
         if corrected:
             products = torch.zeros(k, self.width, 3, dtype=torch.float64, device=self.device)
+            own = self._correction_directions()[:, :-1, 0].T.to(torch.float32)
             mode = self._common_mode().to(torch.float32)
         for x, probs in zip(self._product_rows(), self._probabilities(theta, kept), strict=True):
             spread = probs * (1 - probs)
@@ -609,8 +612,8 @@ class AffineObjective:
             diag[:, -1] += spread.sum(dim=0, dtype=torch.float64)
             if products is not None:
                 # sum_m p_mi (1 - p_mi) f_m (f_m . z_id) for the directions' features f_m . z_id:
-                # x_mi, x_m . mode and 1
-                weighted = torch.cat([spread * x, spread * (x @ mode)[:, None], spread], dim=1)
+                # x_m . own_i, x_m . mode and 1
+                weighted = torch.cat([spread * (x @ own), spread * (x @ mode)[:, None], spread], 1)
                 products[:, :-1] += (weighted.T @ x).view(3, k, k).permute(1, 2, 0)
                 products[:, -1] += weighted.sum(dim=0, dtype=torch.float64).view(3, k).T
         diag /= self.n_samples
