@@ -182,17 +182,27 @@ def test_fit_matches_scipy_on_the_same_objective(kind, k, options):
         assert np.abs(weight.sum(axis=0) - np.diag(weight)).max() <= 1e-5
 
 
+def random_objective(
+    seed: int, n: int, k: int, scale: float, **options
+) -> tuple[torch.Generator, torch.Tensor, torch.Tensor, AffineObjective]:
+    """Random (n, k) logits times ``scale``, random labels, and their objective (``options``
+    passed on); the generator, advanced past them, for further draws."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, k, generator=generator) * scale
+    labels = torch.randint(0, k, (n,), generator=generator)
+    return generator, logits, labels, AffineObjective(logits, labels, **options)
+
+
 @pytest.mark.parametrize("log_probs", [False, True])
 @pytest.mark.parametrize("diagonal", [False, True])
 def test_analytic_derivatives_match_autograd(log_probs, diagonal):
     """The solver's objective, gradient, Hessian and per-class Hessian blocks (standardised
     parameters, ODIR penalty, several row chunks) against torch.func on a direct formula."""
-    generator = torch.Generator().manual_seed(15)
-    logits = torch.randn(300, 4, generator=generator) * 3
-    labels = torch.randint(0, 4, (300,), generator=generator)
-    objective = AffineObjective(
-        logits,
-        labels,
+    generator, logits, labels, objective = random_objective(
+        15,
+        300,
+        4,
+        3.0,
         log_probs=log_probs,
         diagonal=diagonal,
         off_diagonal_penalty=0.3,
@@ -234,12 +244,11 @@ def test_penalty_is_the_least_over_maps_with_the_same_probabilities(diagonal):
     (scipy's least squares on the shifts, float64), and the NLL is unchanged along those
     shifts: the objective is constant along them."""
     optimize = pytest.importorskip("scipy.optimize")
-    generator = torch.Generator().manual_seed(21)
-    logits = torch.randn(200, 5, generator=generator) * 2
-    labels = torch.randint(0, 5, (200,), generator=generator)
-    objective = AffineObjective(
-        logits,
-        labels,
+    generator, _, _, objective = random_objective(
+        21,
+        200,
+        5,
+        2.0,
         log_probs=True,
         diagonal=diagonal,
         off_diagonal_penalty=0.3,
@@ -326,12 +335,11 @@ def test_corrected_diagonal_is_exact_on_its_directions():
     """The large-K preconditioner on log-probabilities is symmetric positive definite and
     inverts each class's block exactly along its correction directions (float32 products:
     about 1e-5 relative)."""
-    generator = torch.Generator().manual_seed(17)
-    logits = torch.randn(400, 6, generator=generator) * 3
-    labels = torch.randint(0, 6, (400,), generator=generator)
-    objective = AffineObjective(
-        logits,
-        labels,
+    generator, _, _, objective = random_objective(
+        17,
+        400,
+        6,
+        3.0,
         log_probs=True,
         diagonal=False,
         off_diagonal_penalty=0.05,
@@ -743,12 +751,11 @@ def test_hessian_products_match_the_formed_hessian(cached, diagonal, monkeypatch
     if not cached:
         monkeypatch.setattr(affine, "CACHE_ELEMENTS", 0)
     monkeypatch.setattr(affine, "PRODUCT_CHUNK_ELEMENTS", 256)  # several chunks
-    generator = torch.Generator().manual_seed(16)
-    logits = torch.randn(300, 4, generator=generator) * 3
-    labels = torch.randint(0, 4, (300,), generator=generator)
-    objective = AffineObjective(
-        logits,
-        labels,
+    generator, _, _, objective = random_objective(
+        16,
+        300,
+        4,
+        3.0,
         log_probs=True,
         diagonal=diagonal,
         off_diagonal_penalty=0.3,
