@@ -327,6 +327,50 @@ def test_chunked_class_wise_and_brier_equal_numpy_float64(monkeypatch, dtype):
     assert float(brier_score(probs, labels)) == pytest.approx(brier, rel=1e-13)
 
 
+@pytest.mark.parametrize(("dtype", "n_bins"), [(torch.float32, 15), (torch.float64, 10)])
+def test_class_wise_bins_of_wide_rows_equal_numpy_float64(monkeypatch, dtype, n_bins):
+    # 1,000 classes: most entries lie in the first bin, whose sums come from the column totals,
+    # and only the few others are binned one by one, over several row chunks.
+    monkeypatch.setattr(_terms, "CHUNK_ELEMENTS", 1 << 16)
+    probs, labels = probabilities(n=700, k=1000, seed=21, dtype=dtype)
+    p, y = probs.numpy().astype(np.float64), labels.numpy()
+    edges = np.linspace(0, 1, n_bins + 1)
+    counts, sums, correct = _terms.classwise_bin_sums(probs, labels, n_bins)
+    errors = {"l1": [], "l2": [], "max": []}
+    for k in range(1000):
+        index = np.clip(np.searchsorted(edges, p[:, k], side="right") - 1, 0, n_bins - 1)
+        assert counts[k].tolist() == np.bincount(index, minlength=n_bins).tolist()
+        expected = np.bincount(index, p[:, k], minlength=n_bins)
+        np.testing.assert_allclose(sums[k].numpy(), expected, rtol=1e-13, atol=1e-13)
+        assert correct[k].tolist() == np.bincount(index, y == k, minlength=n_bins).tolist()
+        n_k, conf, acc = _numpy_bins(p[:, k], (y == k).astype(float), edges)
+        gaps = np.abs(acc - conf)
+        errors["l1"].append(np.sum(gaps * n_k) / n_k.sum())
+        errors["l2"].append(np.sqrt(np.sum(gaps**2 * n_k) / n_k.sum()))
+        errors["max"].append(gaps[n_k > 0].max())
+    for norm, expected in errors.items():
+        found = classwise_calibration_error(probs, labels, n_bins=n_bins, norm=norm)
+        assert float(found) == pytest.approx(np.mean(expected), abs=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 1.0, width=32), min_size=0, max_size=300),
+    st.sampled_from([0.05, 0.5, 0.9]),
+    st.sampled_from([1, 4, 64]),
+)
+def test_entries_at_least_a_threshold_are_all_found(values, threshold, block):
+    values = torch.tensor(values, dtype=torch.float32)
+    found = _terms._entries_at_least(values, threshold, block=block)
+    expected = (values >= threshold).nonzero().squeeze(1)
+    if found is None:  # only where a quarter of the blocks or more hold one
+        whole = values.numel() // block * block
+        hot = values[:whole].view(-1, block).amax(1) >= threshold if whole else torch.ones(0)
+        assert 4 * int(hot.sum()) > hot.numel()
+    else:
+        assert sorted(found.tolist()) == expected.tolist()
+
+
 def test_class_wise_quantile_bins_match_numpy():
     probs, labels = probabilities(n=600, k=3, seed=20)
     p, y = probs.numpy(), labels.numpy()

@@ -25,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -124,13 +126,18 @@ def squared_norms(rows: Tensor) -> Tensor:
     return torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64).square()
 
 
-def square_sum(rows: Tensor) -> Tensor:
+def square_sum(rows: Tensor, buffer: Tensor | None = None) -> Tensor:
     """``sum_i sum_k p_ik^2`` of all of ``rows`` as a 0-dim float64 tensor, in one read.
 
     Args:
         rows: (M, K) probabilities.
+        buffer: float64 storage of at least ``M * K`` elements to widen the rows into (a pass
+            over chunks reuses one instead of allocating one per chunk).
     """
-    wide = rows.reshape(-1).to(torch.float64)
+    if buffer is None:
+        wide = rows.reshape(-1).to(torch.float64)
+    else:
+        wide = buffer[: rows.numel()].copy_(rows.reshape(-1))
     return torch.dot(wide, wide)
 
 
@@ -286,35 +293,92 @@ def uniform_bin_sums(
     return counts, sum_confidence, sum_correct
 
 
-def classwise_bin_sums(probs: Tensor, labels: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
-    """One-vs-rest equal-width bin sums of every class at once, (K, n_bins) each, read a row
-    chunk at a time.
+def _entries_at_least(values: Tensor, threshold: float, block: int = 64) -> Tensor | None:
+    """The indices of the entries of 1-D ``values`` at or above ``threshold`` where they are
+    few, or ``None`` where they may be many (then looking at every entry costs less).
+
+    The maxima of blocks of ``block`` entries find them: only blocks whose maximum reaches the
+    threshold are searched entry by entry (each search costs a host sync on an accelerator).
+
+    Example:
+        >>> values = torch.tensor([0.1, 0.2, 0.1, 0.9, 0.3, 0.1, 0.2, 0.1, 0.0])
+        >>> _entries_at_least(values, 0.5, block=2).tolist()
+        [3]
+        >>> _entries_at_least(values, 0.1, block=2) is None
+        True
+    """
+    whole = values.numel() // block * block
+    blocks = values[:whole].view(-1, block)
+    hot = (blocks.amax(dim=1) >= threshold).nonzero().squeeze(1)
+    if 4 * hot.numel() > blocks.shape[0]:
+        return None
+    found = (blocks[hot] >= threshold).nonzero()
+    tail = (values[whole:] >= threshold).nonzero().squeeze(1)
+    return torch.cat([hot[found[:, 0]] * block + found[:, 1], tail + whole])
+
+
+def classwise_bin_sums(
+    probs: Tensor,
+    labels: Tensor,
+    n_bins: int,
+    *,
+    visit: Callable[[Tensor, int, int], None] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One-vs-rest equal-width bin sums of every class at once, (K, n_bins) each, from one read
+    of the probabilities a row chunk at a time.
 
     Class ``k``'s bins hold ``p_k`` of every sample; its correct ones are the samples labelled
-    ``k``, one per row, so their sums come from the labels' probabilities alone.
+    ``k``, one per row, so their sums come from the labels' probabilities alone. Most entries of
+    wide rows lie in the first bin (a row has at most ``n_bins`` entries of ``1 / n_bins`` or
+    more), so where they are few only the others are binned one by one; the first bin's count
+    and sum are what the class's column total leaves (its sum exact up to float64 rounding of
+    that total).
 
     Args:
         probs: (M, K) probabilities.
         labels: (M,) int64 labels in [0, K).
         n_bins: number of equal-width bins.
+        visit: called with each chunk of rows and its ``(start, stop)`` while it is in cache
+            (the callers' value checks).
     """
-    n_classes = probs.shape[1]
-    offsets = torch.arange(n_classes, device=probs.device) * n_bins
+    n_rows, n_classes = probs.shape
+    device = probs.device
     size = n_classes * n_bins
-    counts = torch.zeros(size, dtype=torch.int64, device=probs.device)
-    sum_probs = torch.zeros(size, dtype=torch.float64, device=probs.device)
+    counts = torch.zeros(size, dtype=torch.int64, device=device)
+    sum_probs = torch.zeros(size, dtype=torch.float64, device=device)
+    column_sums = torch.zeros(n_classes, dtype=torch.float64, device=device)
+    # A little below the first edge: every entry past it is found, and one found below it lands
+    # in the first bin, whose sums are set from the column totals anyway.
+    threshold = 0.99 / n_bins
     floor_is_exact = probs.dtype != torch.float64 and floor_bins_are_exact(n_bins)
-    for start, stop in row_chunks(probs):
-        wide = probs[start:stop].to(torch.float64)
-        index = _uniform_bin_index(wide, n_bins, floor_is_exact=floor_is_exact)
-        index = index.add_(offsets).reshape(-1)
-        counts += torch.bincount(index, minlength=size)
-        sum_probs += torch.bincount(index, weights=wide.reshape(-1), minlength=size)
+    chunks = row_chunks(probs)
+    chunk_rows = min(chunks.rows, n_rows)
+    wide = torch.empty(chunk_rows, n_classes, dtype=torch.float64, device=device)
+    entry_classes = torch.arange(n_classes, device=device).repeat(chunk_rows)
+    for start, stop in chunks:
+        chunk = probs[start:stop]
+        if visit is not None:
+            visit(chunk, start, stop)
+        wide_chunk = wide[: stop - start].copy_(chunk)
+        column_sums += wide_chunk.sum(dim=0)
+        values = wide_chunk.reshape(-1)
+        entries = _entries_at_least(chunk.reshape(-1), threshold)
+        if entries is None:  # bin every entry
+            classes = entry_classes[: values.numel()]
+        else:
+            values, classes = values[entries], entries.remainder_(n_classes)
+        cells = _uniform_bin_index(values, n_bins, floor_is_exact=floor_is_exact)
+        cells += classes * n_bins
+        counts += torch.bincount(cells, minlength=size)
+        sum_probs += torch.bincount(cells, weights=values, minlength=size)
+    shape = (n_classes, n_bins)
+    counts, sum_probs = counts.view(shape), sum_probs.view(shape)
+    counts[:, 0] = n_rows - counts[:, 1:].sum(dim=1)
+    sum_probs[:, 0] = column_sums - sum_probs[:, 1:].sum(dim=1)
     label_probs = probs.gather(1, labels[:, None]).squeeze(1)
     label_index = uniform_bin_index(label_probs, n_bins) + labels * n_bins
     sum_correct = torch.bincount(label_index, minlength=size).to(torch.float64)
-    shape = (n_classes, n_bins)
-    return counts.view(shape), sum_probs.view(shape), sum_correct.view(shape)
+    return counts, sum_probs, sum_correct.view(shape)
 
 
 class BinSums:

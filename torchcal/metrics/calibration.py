@@ -34,9 +34,15 @@ import torch
 from torch import Tensor
 
 from torchcal._inputs import check_choice
-from torchcal._terms import bin_sums, classwise_bin_sums, uniform_bin_sums, uniform_edges
-from torchcal.metrics._inputs import check_n_bins, check_probs_and_labels
-from torchcal.metrics.samples import sample_statistics
+from torchcal._terms import (
+    bin_sums,
+    classwise_bin_sums,
+    row_chunks,
+    uniform_bin_sums,
+    uniform_edges,
+)
+from torchcal.metrics._inputs import check_n_bins, check_probs_and_labels, probs_and_labels
+from torchcal.metrics.samples import RowValueCheck, sample_statistics
 
 __all__ = [
     "Norm",
@@ -255,11 +261,15 @@ def classwise_calibration_error(
         0.3333
     """
     n_bins = _check_bin_options(n_bins, strategy, norm)
-    probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
-    if strategy == "uniform":
-        edges = uniform_edges(n_bins, probs.device)
-        bins = bins_from_sums(edges, *classwise_bin_sums(probs, labels, n_bins))
+    if strategy == "uniform":  # the values are checked in the one read of the bins
+        probs, labels, checked = probs_and_labels(probs, labels, class_dim, ignore_index)
+        checks = None if checked else RowValueCheck(probs, row_chunks(probs).rows)
+        sums = classwise_bin_sums(probs, labels, n_bins, visit=checks and checks.add)
+        if checks is not None:
+            checks.verify()
+        bins = bins_from_sums(uniform_edges(n_bins, probs.device), *sums)
         return bins.calibration_error(norm).mean()
+    probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
     errors = [
         top_label_bins(probs[:, k], labels == k, n_bins, strategy).calibration_error(norm)
         for k in range(probs.shape[1])

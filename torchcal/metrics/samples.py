@@ -26,7 +26,7 @@ from torchcal._inputs import row_sum_tolerance
 from torchcal._terms import brier_terms, nll_terms, row_chunks, square_sum, squared_norms
 from torchcal.metrics._inputs import check_rows, probs_and_labels
 
-__all__ = ["SampleStatistics", "sample_statistics", "statistics_of_rows"]
+__all__ = ["RowValueCheck", "SampleStatistics", "sample_statistics", "statistics_of_rows"]
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,57 @@ class SampleStatistics:
 _ROW_SUM_MARGIN = 1e-4
 
 
-def _row_sums(chunk: Tensor, ones: Tensor, out: Tensor) -> None:
-    """Row sums of a chunk into ``out``, in float32 or wider (a BLAS product reads them
-    fastest)."""
-    if chunk.dtype in (torch.float32, torch.float64):
-        torch.mv(chunk, ones, out=out)
-    else:
-        torch.sum(chunk, dim=1, dtype=torch.float32, out=out)
+class RowValueCheck:
+    """The checks of (M, K) probability rows' values, made chunk by chunk while a pass reads them.
+
+    Each chunk adds its range and row sums (:meth:`add`); :meth:`verify` then asks whether all
+    values are finite, in [0, 1] and every row sums to 1, and only if not searches the rows again
+    for the detailed message (:func:`~torchcal.metrics._inputs.check_rows`).
+
+    Args:
+        rows: the (M, K) rows the chunks come from.
+        chunk_rows: rows per chunk of the pass (every chunk but the last).
+
+    Example:
+        >>> rows = torch.tensor([[0.9, 0.1], [0.6, 0.4]])
+        >>> check = RowValueCheck(rows, chunk_rows=1)
+        >>> for start in range(2):
+        ...     check.add(rows[start : start + 1], start, start + 1)
+        >>> check.verify()
+    """
+
+    def __init__(self, rows: Tensor, chunk_rows: int) -> None:
+        self.rows, self.chunk_rows = rows, chunk_rows
+        n_rows = rows.shape[0]
+        self.blas = rows.dtype in (torch.float32, torch.float64)  # a BLAS product reads fastest
+        self.ones = rows.new_ones(rows.shape[1])
+        self.sums = rows.new_empty(n_rows, dtype=rows.dtype if self.blas else torch.float32)
+        self.ranges = rows.new_empty(2, -(-n_rows // chunk_rows))
+
+    def add(self, chunk: Tensor, start: int, stop: int) -> None:
+        """Add the range and row sums of a chunk of the rows.
+
+        Args:
+            chunk: ``rows[start:stop]``.
+            start: its first row.
+            stop: the row after its last.
+        """
+        number = start // self.chunk_rows
+        torch.aminmax(chunk, out=(self.ranges[0, number], self.ranges[1, number]))
+        if self.blas:
+            torch.mv(chunk, self.ones, out=self.sums[start:stop])
+        else:  # in float32: float16 and bfloat16 cannot hold a sum to 1e-3
+            torch.sum(chunk, dim=1, dtype=torch.float32, out=self.sums[start:stop])
+
+    def verify(self) -> None:
+        """Raise the detailed message unless every value added is fine."""
+        tolerance = row_sum_tolerance(self.rows.dtype) - _ROW_SUM_MARGIN
+        extremes = [self.ranges[0].min(), self.ranges[1].max(), *torch.aminmax(self.sums)]
+        low, high, low_sum, high_sum = torch.stack(
+            [x.to(torch.float64) for x in extremes]
+        ).tolist()  # one host read; False below for NaN
+        if not (low >= 0 and high <= 1 and 1 - tolerance <= low_sum and high_sum <= 1 + tolerance):
+            check_rows(self.rows)  # raises the detailed message, or finds the sums within tolerance
 
 
 def statistics_of_rows(
@@ -110,24 +154,21 @@ def statistics_of_rows(
     norms = rows.new_empty(n_rows, dtype=torch.float64) if squares else None
     total = rows.new_zeros((), dtype=torch.float64) if square_total else None
     chunks = row_chunks(rows)
-    if check:
-        ones = rows.new_ones(rows.shape[1])
-        wide_enough = rows.dtype in (torch.float32, torch.float64)
-        sums = rows.new_empty(n_rows, dtype=rows.dtype if wide_enough else torch.float32)
-        ranges = rows.new_empty(2, -(-n_rows // chunks.rows))
-    for number, (start, stop) in enumerate(chunks):
+    if total is not None:
+        wide = rows.new_empty(min(chunks.rows, n_rows) * rows.shape[1], dtype=torch.float64)
+    checks = RowValueCheck(rows, chunks.rows) if check else None
+    for start, stop in chunks:
         chunk = rows[start:stop]
         torch.amax(chunk, dim=1, out=confidences[start:stop])
         torch.gather(chunk, 1, labels[start:stop, None], out=label_probs[start:stop])
         if norms is not None:
             norms[start:stop] = squared_norms(chunk)
         if total is not None:
-            total += square_sum(chunk)
-        if check:
-            torch.aminmax(chunk, out=(ranges[0, number], ranges[1, number]))
-            _row_sums(chunk, ones, out=sums[start:stop])
-    if check and not _values_are_fine(ranges, sums, row_sum_tolerance(rows.dtype)):
-        check_rows(rows)  # raises the detailed message, or finds the sums within tolerance
+            total += square_sum(chunk, wide)
+        if checks is not None:
+            checks.add(chunk, start, stop)
+    if checks is not None:
+        checks.verify()
     return SampleStatistics(
         confidences=confidences,
         correct=label_probs.squeeze(1) == confidences,
@@ -152,15 +193,6 @@ def _differentiable_statistics(
         squared_norms=squared_norms(rows) if squares else None,
         square_total=square_sum(rows) if square_total else None,
     )
-
-
-def _values_are_fine(ranges: Tensor, sums: Tensor, tolerance: float) -> bool:
-    """Whether chunk ranges (2, chunks) lie in [0, 1] and row sums within the input layer's
-    ``tolerance`` less :data:`_ROW_SUM_MARGIN` of 1 (False for NaN)."""
-    extremes = [ranges[0].min(), ranges[1].max(), *torch.aminmax(sums)]
-    low, high, low_sum, high_sum = torch.stack([x.to(torch.float64) for x in extremes]).tolist()
-    tolerance -= _ROW_SUM_MARGIN
-    return low >= 0 and high <= 1 and 1 - tolerance <= low_sum and high_sum <= 1 + tolerance
 
 
 def sample_statistics(
