@@ -676,6 +676,103 @@ def test_separable_classes_stop_early_with_a_warning_and_finite_parameters(kind)
     assert (calibrator.predict_proba(logits).argmax(dim=1) == labels).all()
 
 
+def _separated_by_brute_force(x: np.ndarray, labels: np.ndarray, bias_penalty: bool) -> list:
+    """Classes whose own column puts every one of their samples above every other sample."""
+    found = []
+    for k in range(x.shape[1]):
+        own, other = x[labels == k, k], x[labels != k, k]
+        low = own.min() if own.size else np.inf
+        high = other.max() if other.size else -np.inf
+        if low > high and (not bias_penalty or low >= 0 >= high):
+            found.append(k)
+    return found
+
+
+@pytest.mark.parametrize("log_probs", [False, True])
+@pytest.mark.parametrize("bias_penalty", [0.0, 0.1])
+def test_separated_classes_are_those_their_own_input_separates(log_probs, bias_penalty):
+    generator = torch.Generator().manual_seed(40)
+    labels = torch.randint(0, 6, (400,), generator=generator)
+    labels[labels == 5] = 4  # class 5 has no samples
+    logits = torch.randn(400, 6, generator=generator, dtype=torch.float64)
+    logits[labels == 0, 0] += 20  # class 0 above everyone else on its own logit
+    logits[:, 1] -= 3  # class 1: a shift of its own column alone separates nothing
+    logits[labels == 2, 2] += 20  # class 2 too, but for one sample of another class
+    logits[labels != 2, 2][0] += 40
+    logits[labels.nonzero()[0], 2] = 100.0
+    kept = logits.clone()
+    objective = AffineObjective(
+        logits,
+        labels,
+        log_probs=log_probs,
+        diagonal=True,
+        off_diagonal_penalty=0.0,
+        bias_penalty=bias_penalty,
+        chunk_elements=60,  # several chunks
+    )
+    x = torch.log_softmax(logits, dim=1) if log_probs else logits
+    expected = _separated_by_brute_force(x.numpy(), labels.numpy(), bias_penalty > 0)
+    found = objective.separated_classes().nonzero().squeeze(1).tolist()
+    assert found == expected
+    assert torch.equal(logits, kept)  # the caller's float64 rows are read, never written
+    if not bias_penalty:
+        assert 0 in found and 5 in found and 1 not in found
+        mask = objective.receding_parameters()
+        assert mask.shape == (6, 2) and mask[0].all() and not mask[1].any()
+
+
+def test_one_separated_class_among_others_is_named_and_the_rest_fitted():
+    """A rare class above every other sample on its own logit has no finite vector-scaling
+    optimum: the fit names it and stops once the other classes' derivatives are within tol."""
+    generator = torch.Generator().manual_seed(41)
+    labels = torch.randint(0, 8, (3000,), generator=generator)
+    logits = torch.randn(3000, 8, generator=generator) + 2 * torch.eye(8)[labels]
+    rare = (labels == 3).nonzero().squeeze(1)[:5]
+    labels[labels == 3] = 4
+    labels[rare] = 3
+    logits[rare, 3] = 9.0  # far above every other sample's logit 3
+    with pytest.warns(CalibrationWarning, match=r"1 of the 8 \(3\) are each separated"):
+        calibrator = fit("vector", logits, labels)
+    result = calibrator.fit_result
+    assert not result.converged and result.iterations <= 30
+    assert torch.isfinite(calibrator.weight).all() and torch.isfinite(calibrator.bias).all()
+    # Every other class's parameters are at their optimum: the gradient there is within tol,
+    # up to the rounding of the parameters to the calibrator's float32 buffers.
+    assert calibrator.weight.dtype == torch.float32
+    objective = AffineObjective(
+        logits, labels, log_probs=False, diagonal=True, off_diagonal_penalty=0.0, bias_penalty=0.0
+    )
+    theta = objective.to_standardised(calibrator.weight.double(), calibrator.bias.double())
+    _, grad = objective.value_and_gradient(theta)
+    others = torch.ones(8, dtype=torch.bool)
+    others[3] = False
+    assert float(grad[others].abs().max()) <= 1e-6
+
+
+def test_newton_stops_with_recession_once_all_but_the_receding_parameters_converged():
+    from torchcal._optim.newton import Curvature, minimise
+
+    class HalfExponential:  # f = (theta_0 - 3)^2 + exp(-theta_1): theta_1 has no minimiser
+        def value_and_gradient(self, theta):
+            value = float((theta[0] - 3) ** 2 + torch.exp(-theta[1]))
+            return value, torch.stack([2 * (theta[0] - 3), -torch.exp(-theta[1])])
+
+        def curvature(self, theta):
+            diagonal = torch.stack([torch.full_like(theta[0], 2.0), torch.exp(-theta[1])])
+            return Curvature(matrix=torch.diag(diagonal))
+
+        def recedes(self, direction):
+            return False
+
+    start = torch.zeros(2, dtype=torch.float64)
+    receding = torch.tensor([False, True])
+    result = minimise(HalfExponential(), start, tol=1e-10, max_iter=100, receding=receding)
+    assert result.reason == "recession" and result.iterations <= 3
+    assert float(result.theta[0]) == pytest.approx(3.0, abs=1e-10)
+    plain = minimise(HalfExponential(), start, tol=1e-10, max_iter=100)
+    assert plain.reason == "converged" and plain.iterations > 10
+
+
 # ------------------------------------------------------------------ the Newton routine itself
 class _Quadratic:
     """f = |theta - 3|^2 with a Hessian that may be replaced by a broken one."""

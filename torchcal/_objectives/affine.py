@@ -49,7 +49,7 @@ goes to 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -168,16 +168,19 @@ class AffineObjective:
         for _, _, chunk in self._raw_chunks():
             total += chunk.sum(dim=0)
         mean = total / self.n_samples
+        floor = 1e-24 * (1 + mean.abs().max()) ** 2
+        if self.diagonal:  # the variances alone
+            squares = torch.zeros(k, dtype=dtype, device=self.device)
+            for _, _, chunk in self._raw_chunks():
+                squares += (chunk - mean).square_().sum(dim=0)
+            variance = squares / self.n_samples
+            scale = torch.where(variance > floor, variance, torch.ones_like(variance)).rsqrt()
+            return mean, scale, torch.empty(0), torch.empty(0)
         covariance = torch.zeros(k, k, dtype=dtype, device=self.device)
         for _, _, chunk in self._raw_chunks():
             centred = chunk - mean
             covariance.addmm_(centred.T, centred)
         covariance /= self.n_samples
-        variance = covariance.diagonal().clone()
-        floor = 1e-24 * (1 + mean.abs().max()) ** 2
-        if self.diagonal:
-            scale = torch.where(variance > floor, variance, torch.ones_like(variance)).rsqrt()
-            return mean, scale, torch.empty(0), torch.empty(0)
         eigenvalues, vectors = torch.linalg.eigh(covariance)
         if float(eigenvalues.max()) <= floor:
             eye = torch.eye(k, dtype=dtype, device=self.device)
@@ -186,6 +189,37 @@ class AffineObjective:
         whitening = (vectors * eigenvalues.rsqrt()) @ vectors.T
         unwhitening = (vectors * eigenvalues.sqrt()) @ vectors.T
         return mean, torch.ones_like(mean), whitening, unwhitening
+
+    def separated_classes(self) -> Tensor:
+        """(K,) bool: for a diagonal map, the classes whose own input separates them from the
+        rest, so that their parameters have no finite optimum (all False for a full matrix).
+
+        Class ``i`` is separated when its samples' own input ``x_i`` exceeds every other
+        sample's: raising its weight while moving its bias to keep the score at a threshold
+        between the two groups narrows no margin and widens some, so the NLL falls forever along
+        its own two parameters. With a bias penalty only the threshold 0 is free, so the groups
+        must then lie on either side of 0. A class with no samples is separated too (its score
+        can sink forever); so is one that all samples have.
+        """
+        k = self.n_classes
+        if not self.diagonal:
+            return torch.zeros(k, dtype=torch.bool, device=self.device)
+        lowest_own = torch.full((k,), torch.inf, dtype=torch.float64, device=self.device)
+        highest_other = torch.full((k,), -torch.inf, dtype=torch.float64, device=self.device)
+        for start, stop, x in self._raw_chunks():
+            labels = self.labels[start:stop, None]
+            lowest_own.scatter_reduce_(0, labels[:, 0], x.gather(1, labels)[:, 0], "amin")
+            others = x.scatter(1, labels, -torch.inf)
+            torch.maximum(highest_other, others.amax(dim=0), out=highest_other)
+        separated = lowest_own > highest_other
+        if self.bias_penalty:
+            separated &= (lowest_own >= 0) & (highest_other <= 0)
+        return separated
+
+    def receding_parameters(self) -> Tensor:
+        """(K, P) bool: the parameters of :meth:`separated_classes`, along which alone the
+        objective falls forever (see :func:`torchcal._optim.newton.minimise`)."""
+        return self.separated_classes()[:, None].expand(self.n_classes, self.width)
 
     def _standardised_chunks(self) -> Iterator[tuple[int, int, Tensor]]:
         if self._cache is not None:
@@ -224,8 +258,8 @@ class AffineObjective:
     # ------------------------------------------------------------------ objective
     def _scores(self, x: Tensor, theta: Tensor) -> Tensor:
         if self.diagonal:
-            return x * theta[:, 0] + theta[:, 1]
-        return x @ theta[:, :-1].T + theta[:, -1]
+            return torch.addcmul(theta[:, 1], x, theta[:, 0])
+        return torch.addmm(theta[:, -1], x, theta[:, :-1].T)
 
     def value(self, theta: Tensor) -> float:
         """The objective at ``theta`` (one pass, no derivatives)."""
@@ -253,20 +287,22 @@ class AffineObjective:
         for start, stop, x in self._standardised_chunks():
             labels = self.labels[start:stop, None]
             scores = self._scores(x, theta)
-            lse = torch.logsumexp(scores, dim=1, keepdim=True)
-            nll += (lse - scores.gather(1, labels)).sum()
-            probs = torch.exp(scores - lse)
+            label_scores = scores.gather(1, labels)
+            top = scores.amax(dim=1, keepdim=True)
+            probs = scores.sub_(top).exp_()  # in place: one (M, K) temporary per chunk
+            total = probs.sum(dim=1, keepdim=True)
+            nll += (top + total.log() - label_scores).sum()  # logsumexp - score of the label
+            probs /= total
             if kept is not None:
                 kept[start:stop] = probs
-            residual = probs.scatter_add(1, labels, torch.full_like(probs[:, :1], -1.0))
-            if self.diagonal:
-                grad[:, 0] += (residual * x).sum(dim=0)
-                grad[:, 1] += residual.sum(dim=0)
-            else:
-                grad[:, :-1] += residual.T @ x
-                grad[:, -1] += residual.sum(dim=0)
             if hess is not None:
                 self._add_hessian(hess, blocks, x, probs)
+            residual = probs.scatter_add_(1, labels, torch.full_like(probs[:, :1], -1.0))
+            grad[:, -1] += residual.sum(dim=0)
+            if self.diagonal:
+                grad[:, 0] += residual.mul_(x).sum(dim=0)
+            else:
+                grad[:, :-1] += residual.T @ x
         n = self.n_samples
         grad /= n
         penalty, penalty_grad = self._penalty(theta)
@@ -376,13 +412,15 @@ class AffineObjective:
             for x, probs in zip(
                 self._product_rows(), self._probabilities(theta, kept), strict=True
             ):
-                weighted = probs * self._scores(x, v32)
-                weighted -= probs * weighted.sum(dim=1, keepdim=True)
+                # (diag(p) - p p^T) applied to each row's change of scores, in place
+                weighted = self._scores(x, v32).mul_(probs)
+                weighted.addcmul_(probs, weighted.sum(dim=1, keepdim=True), value=-1)
+                # float32 column sums (cascaded, so within a few ulp), summed in float64
+                out[:, -1] += weighted.sum(dim=0)
                 if self.diagonal:
-                    out[:, 0] += (weighted * x).sum(dim=0, dtype=torch.float64)
+                    out[:, 0] += weighted.mul_(x).sum(dim=0)
                 else:
-                    out[:, :-1] += (weighted.T @ x).to(torch.float64)
-                out[:, -1] += weighted.sum(dim=0, dtype=torch.float64)
+                    out[:, :-1] += weighted.T @ x
             return out / self.n_samples + self._penalty_gradient(v)
 
         return product
@@ -402,7 +440,7 @@ class AffineObjective:
         k, width = self.n_classes, self.width
         size = k * width * width
         if size <= BLOCK_MAX_ELEMENTS and self.n_samples * size <= BLOCK_MAX_WORK:
-            blocks = self.hessian_blocks(theta)
+            blocks = self.hessian_blocks(theta, self._probabilities(theta, kept))
             eye = torch.eye(width, dtype=blocks.dtype, device=blocks.device)
             largest = blocks.diagonal(dim1=1, dim2=2).abs().amax(dim=1).clamp_min(1e-300)
             factors, info = torch.linalg.cholesky_ex(
@@ -496,10 +534,10 @@ class AffineObjective:
         (1, 0) once the sums are complete.
         """
         if self.diagonal:
-            wx = weights * x
-            blocks[:, 0, 0] += (wx * x).sum(dim=0)
-            blocks[:, 0, 1] += wx.sum(dim=0)
             blocks[:, 1, 1] += weights.sum(dim=0)
+            weighted = weights * x
+            blocks[:, 0, 1] += weighted.sum(dim=0)
+            blocks[:, 0, 0] += weighted.mul_(x).sum(dim=0)
         else:
             features = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
             outer = (features[:, :, None] * features[:, None, :]).reshape(x.shape[0], -1)
@@ -566,20 +604,28 @@ class AffineObjective:
             blocks[:, :k, :k] += 2 * self.off_diagonal_penalty * weight_factor * off
         return blocks
 
-    def hessian_blocks(self, theta: Tensor) -> Tensor:
+    def hessian_blocks(self, theta: Tensor, kept: Iterable[Tensor] | None = None) -> Tensor:
         """The Hessian's (P, P) blocks of each class's own parameters, (K, P, P), in one pass.
 
         The diag(p) - p p^T coupling between classes is left out; within a class the block is
-        ``sum_m p_mi (1 - p_mi) f_mi f_mi^T`` plus the penalty's block.
+        ``sum_m p_mi (1 - p_mi) f_mi f_mi^T`` plus the penalty's block. Exact in float64, or
+        with ``kept`` (the float32 probabilities at ``theta`` per chunk of the float32 rows,
+        :meth:`_probabilities`) from float32 products summed in float64, for preconditioning.
         """
         k, width = self.n_classes, self.width
         blocks = torch.zeros(k, width, width, dtype=torch.float64, device=self.device)
         step = max(1, HESSIAN_CHUNK_ELEMENTS // (width * width))
-        for _, _, chunk in self._standardised_chunks():
+        if kept is None:
+            pairs = (
+                (chunk, torch.softmax(self._scores(chunk, theta), dim=1))
+                for _, _, chunk in self._standardised_chunks()
+            )
+        else:
+            pairs = zip(self._product_rows(), kept, strict=True)
+        for chunk, chunk_probs in pairs:
             for start in range(0, chunk.shape[0], step):
-                x = chunk[start : start + step]
-                probs = torch.softmax(self._scores(x, theta), dim=1)
-                self._add_blocks(blocks, x, probs * (1 - probs))
+                x, probs = chunk[start : start + step], chunk_probs[start : start + step]
+                self._add_blocks(blocks, x, torch.addcmul(probs, probs, probs, value=-1))
         if self.diagonal:
             blocks[:, 1, 0] = blocks[:, 0, 1]
         blocks /= self.n_samples

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from torchcal._objectives.affine import AffineObjective, canonical
-from torchcal._optim.newton import minimise
+from torchcal._optim.newton import RECESSION, minimise
 
 __all__ = ["AffineFit", "canonical", "fit_affine"]
 
@@ -34,6 +34,7 @@ class AffineFit:
     method: str  # "newton" (exact Hessian) or "newton-cg" (Hessian-vector products)
     unbounded: bool  # the objective decreases without bound along the unpenalised parameters
     reason: str  # why the solver stopped (see torchcal._optim.newton)
+    separated_classes: list[int]  # classes their own input separates (no finite optimum)
 
 
 def fit_affine(
@@ -59,7 +60,8 @@ def fit_affine(
         cheap = n <= NEWTON_MAX_PARAMETERS and objective.n_samples * n * n <= NEWTON_MAX_WORK
         method = "newton" if cheap else "newton-cg"
     objective.method = method
-    result = minimise(objective, theta, tol=tol, max_iter=max_iter)
+    receding = objective.receding_parameters()
+    result = minimise(objective, theta, tol=tol, max_iter=max_iter, receding=receding)
     weight, bias = canonical(*objective.to_original(result.theta), diagonal=objective.diagonal)
     return AffineFit(
         weight=weight,
@@ -68,6 +70,7 @@ def fit_affine(
         iterations=result.iterations,
         converged=result.converged,
         method=method,
-        unbounded=result.reason == "recession" or objective.recedes(result.theta),
+        unbounded=result.reason == RECESSION or objective.recedes(result.theta),
         reason=result.reason,
+        separated_classes=receding[:, 0].nonzero().squeeze(1).tolist(),
     )

@@ -19,7 +19,9 @@ the largest partial derivative (or the constraint's measure), plus one rule of i
   last check, and the problem reports that the direction travelled, restricted to its
   unpenalised part, narrows no margin and widens some (``recedes``): the objective then keeps
   falling along it forever, so no minimiser exists and further iterations only inflate the
-  parameters.
+  parameters. Also where the caller names ``receding`` parameters, along which alone the
+  objective falls forever (known from the data beforehand), once every other partial derivative
+  is within ``tol``: what is left is their slow run towards infinity.
 
 :func:`bracketed_newton` is the one-parameter case used on ``beta = 1/T``: Newton steps kept
 inside a bracket of the optimum (bisection when a step leaves it), stopping by the same rule
@@ -63,7 +65,15 @@ from torchcal._optim.stopping import (
     Stopping,
 )
 
-__all__ = ["PATIENCE", "Constraint", "Curvature", "NewtonResult", "bracketed_newton", "minimise"]
+__all__ = [
+    "PATIENCE",
+    "RECESSION",
+    "Constraint",
+    "Curvature",
+    "NewtonResult",
+    "bracketed_newton",
+    "minimise",
+]
 
 #: Cholesky adds CHOLESKY_RCOND times the largest diagonal entry to the Hessian's diagonal,
 #: growing 100-fold per failed attempt, for at most CHOLESKY_ATTEMPTS attempts.
@@ -76,6 +86,8 @@ ARMIJO = 1e-4
 #: Line-search trials per Newton step at most.
 MAX_LINE_SEARCH = 40
 EPSILON = torch.finfo(torch.float64).eps
+#: The stopping reason where no minimiser exists (see the module docstring).
+RECESSION = "recession"
 
 
 class NewtonProblem(Protocol):
@@ -133,6 +145,7 @@ def minimise(
     tol: float,
     max_iter: int,
     constraint: Constraint | None = None,
+    receding: Tensor | None = None,
 ) -> NewtonResult:
     """Minimise ``problem`` from ``theta`` by a line-search Newton method (see the module
     docstring for the stopping rules).
@@ -144,6 +157,9 @@ def minimise(
             or the constraint's measure.
         max_iter: Newton iterations at most.
         constraint: a feasible set to stay in; ``None`` for an unconstrained problem.
+        receding: a bool mask shaped like ``theta`` of parameters along which alone the
+            objective falls forever (unconstrained problems); their partial derivatives do not
+            count towards ``tol``, and reaching it then stops with ``"recession"``.
     """
     stopping = Stopping(tol, max_iter)
     value, grad = problem.value_and_gradient(theta)
@@ -152,12 +168,16 @@ def minimise(
     reference = theta
     reason = ITERATION_LIMIT
     iteration = 0
+    receding = None if receding is None or not bool(receding.any()) else receding
     while True:
-        distance = (
-            float(grad.abs().max()) if constraint is None else constraint.distance(theta, grad)
-        )
+        if constraint is not None:
+            distance = constraint.distance(theta, grad)
+        elif receding is not None:
+            distance = float(grad.masked_fill(receding, 0.0).abs().max())
+        else:
+            distance = float(grad.abs().max())
         if stopping.converged(distance):
-            reason = CONVERGED
+            reason = CONVERGED if receding is None else RECESSION
             break
         if iteration >= max_iter:
             break
@@ -180,7 +200,7 @@ def minimise(
         travelled = theta - reference
         if float(travelled.norm()) >= max(1.0, float(reference.norm())):
             if problem.recedes(travelled):
-                reason = "recession"
+                reason = RECESSION
                 break
             reference = theta
     return NewtonResult(theta, value, grad, iteration, reason, evaluations, products)

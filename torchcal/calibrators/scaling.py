@@ -218,13 +218,27 @@ class _AffineCalibrator(SoftmaxCalibrator):
         largest = float(result.weight.abs().max())
         explained = True
         if result.unbounded or largest > DIVERGENCE_FACTOR * beta:
-            why = (
-                "the classes are separable: scaling up its unpenalised parameters narrows no "
-                "sample's margin and widens some, so the scales run off to infinity"
-                if result.unbounded
-                else f"its weights reached {largest:.3g}, over {DIVERGENCE_FACTOR:g} times 1/T = "
-                f"{beta:.3g}"
-            )
+            separated = result.separated_classes
+            if separated:
+                shown = ", ".join(str(i) for i in separated[:10])
+                more = f" and {len(separated) - 10} more" if len(separated) > 10 else ""
+                why = (
+                    f"the classes are separable: {len(separated)} of the {n_classes} "
+                    f"({shown}{more}) are each separated from the others by their own score "
+                    "(every sample of the class "
+                    "above every other sample): scaling it up narrows no sample's margin and "
+                    "widens some, so their scales run off to infinity"
+                )
+            elif result.unbounded:
+                why = (
+                    "the classes are separable: scaling up its unpenalised parameters narrows no "
+                    "sample's margin and widens some, so the scales run off to infinity"
+                )
+            else:
+                why = (
+                    f"its weights reached {largest:.3g}, over {DIVERGENCE_FACTOR:g} times "
+                    f"1/T = {beta:.3g}"
+                )
             stopped = " (stopped early)" if result.reason == "recession" else ""
             warn(
                 f"the {self.kind} fit ran towards infinity{stopped}: {why}. On these samples the "
