@@ -650,18 +650,19 @@ class AffineObjective:
             own = self._correction_directions()[:, :-1, 0].T.to(torch.float32)
             mode = self._common_mode().to(torch.float32)
         for x, probs in zip(self._product_rows(), self._probabilities(theta, kept), strict=True):
-            spread = probs * (1 - probs)
+            spread = torch.addcmul(probs, probs, probs, value=-1)  # p (1 - p)
+            # float32 column sums (cascaded, so within a few ulp), summed in float64
+            diag[:, -1] += spread.sum(dim=0)
             if self.diagonal:
-                diag[:, 0] += (spread * x.square()).sum(dim=0, dtype=torch.float64)
+                diag[:, 0] += (spread * x).mul_(x).sum(dim=0)
             else:
-                diag[:, :-1] += (spread.T @ x.square()).to(torch.float64)
-            diag[:, -1] += spread.sum(dim=0, dtype=torch.float64)
+                diag[:, :-1] += spread.T @ x.square()
             if products is not None:
                 # sum_m p_mi (1 - p_mi) f_m (f_m . z_id) for the directions' features f_m . z_id:
                 # x_m . own_i, x_m . mode and 1
                 weighted = torch.cat([spread * (x @ own), spread * (x @ mode)[:, None], spread], 1)
                 products[:, :-1] += (weighted.T @ x).view(3, k, k).permute(1, 2, 0)
-                products[:, -1] += weighted.sum(dim=0, dtype=torch.float64).view(3, k).T
+                products[:, -1] += weighted.sum(dim=0).view(3, k).T
         diag /= self.n_samples
         diag += self._penalty_diagonal()
         if products is not None:
