@@ -10,6 +10,7 @@ from torchcal import TemperatureScaler
 from torchcal._inputs.chunks import CPU_CHUNK_ELEMENTS
 from torchcal._inputs.sources import TensorSource
 from torchcal._objectives.temperature import (
+    CLASSES_FIRST_MAX_CLASSES,
     SigmoidTemperatureNLL,
     SoftmaxTemperatureNLL,
 )
@@ -126,17 +127,24 @@ def _float64_derivatives(nll, beta: float) -> list[float]:
     return values
 
 
+@pytest.mark.parametrize("n_classes", [12, CLASSES_FIRST_MAX_CLASSES + 1, 40])
 @pytest.mark.parametrize("beta", [0.3, 1.0, 2.5])
-def test_softmax_taylor_derivatives_match_float64_autograd(beta):
-    logits, labels = tempered_logits(3_000, 12, seed=12)
-    z = logits.double()
-    z_label = z.gather(1, labels[:, None]).squeeze(1)
+def test_softmax_taylor_derivatives_match_float64_autograd(beta, n_classes):
+    # few classes are computed classes-first, more row by row: both agree with the reference,
+    # over several chunks and with ignored rows dropped from each
+    logits, labels = tempered_logits(3_000, n_classes, seed=12)
+    labels[::7] = -100
+    kept = labels != -100
+    z = logits[kept].double()
+    z_label = z.gather(1, labels[kept][:, None]).squeeze(1)
 
     def nll(b):
         return (torch.logsumexp(z * b, dim=1) - b * z_label).mean()
 
     expected = _float64_derivatives(nll, beta)
-    objective = SoftmaxTemperatureNLL(logits, labels, chunk_elements=12 * 500)
+    objective = SoftmaxTemperatureNLL(
+        logits, labels, ignore_index=-100, chunk_elements=n_classes * 500
+    )
     found = objective.evaluate(beta, taylor=True)
     assert [found.grad, found.hess, found.third, found.fourth] == pytest.approx(
         expected, rel=1e-4, abs=1e-6 * abs(expected[1])

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -71,6 +72,8 @@ FLOAT64_SMALLEST_RANGE = 2.0**-480
 #: derivatives at beta = 1 in their validating pass: the warm start takes its first Taylor step
 #: from there on all the rows (larger data start from a subsample's optimum instead).
 START_MOMENTS_MAX_ELEMENTS = 1 << 20
+#: Softmax passes over rows of at most this many classes work on classes-first chunks.
+CLASSES_FIRST_MAX_CLASSES = 16
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ class _StreamedNLL:
         self.n_rows = source.shape[0]  # this process's rows, ignored ones included
         self.compute_dtype = _compute_dtype(source.dtype)
         row_width = source.shape[1] if len(source.shape) > 1 else 1
+        self.row_width = row_width
         self.chunks = RowChunks.fitting(
             self.n_rows, row_width=row_width, device=self.device, chunk_elements=chunk_elements
         )
@@ -218,7 +222,7 @@ class _StreamedNLL:
         buffer = buffers.get(index)
         if buffer is None or buffer.numel() < size or buffer.dtype != self.compute_dtype:
             buffers[index] = torch.empty(
-                max(size, self.chunks.rows * max(1, shape[-1])), dtype=self.compute_dtype
+                max(size, self.chunks.rows * self.row_width), dtype=self.compute_dtype
             )
         return buffers[index][:size].view(shape)
 
@@ -321,15 +325,15 @@ class _StreamedNLL:
         initial_dtype = self.compute_dtype
         n_sums = N_MOMENTS + 3 * self.n_bins
         totals = sum_in_rank_order(parts)
-        counts = parts[:, n_sums + 2]
-        self.row_offset = int(counts[: self.reducer.rank].sum())
-        self.n_samples = int(totals[n_sums])
-        self.n_correct = int(totals[n_sums + 1])
+        total, per_rank = totals[n_sums:].tolist(), parts[:, n_sums:].T.tolist()
+        self.row_offset = int(sum(per_rank[2][: self.reducer.rank]))
+        self.n_samples = int(total[0])
+        self.n_correct = int(total[1])
         # Softmax: the smallest and largest label over all ranks (stored negated and as is).
-        self.label_range = (-int(parts[:, n_sums + 3].max()), int(parts[:, n_sums + 4].max()))
-        self.n_top = int(totals[n_sums + 5])
-        self.slope_at_zero = float(totals[n_sums + 6])  # has the sign of dNLL/dbeta at 0
-        self.largest_range = float(parts[:, n_sums + 7].max())
+        self.label_range = (-int(max(per_rank[3])), int(max(per_rank[4])))
+        self.n_top = int(total[5])
+        self.slope_at_zero = total[6]  # has the sign of dNLL/dbeta at 0
+        self.largest_range = max(per_rank[7])
         if 0 < self.largest_range < FLOAT32_SMALLEST_RANGE:
             if self.largest_range < FLOAT64_SMALLEST_RANGE:
                 raise ValueError(
@@ -337,7 +341,7 @@ class _StreamedNLL:
                     "too small for their differences to be computed; check the model's outputs"
                 )
             self.compute_dtype = torch.float64
-        moments = int(totals[n_sums + 8]) == parts.shape[0]  # every rank added them
+        moments = int(total[8]) == parts.shape[0]  # every rank added them
         self.initial = self._finish(1.0, totals[:n_sums], moments, True, moments)
         # The warm start and the solvers may reuse it, unless later passes need float64.
         reusable = _reported_sums_finite(totals[:n_sums]) and self.compute_dtype == initial_dtype
@@ -444,6 +448,9 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
         n_samples, n_classes = logits.shape
         labels = check_labels(labels, n_samples, n_classes, ignore_index=ignore_index)
         self.n_classes = n_classes
+        #: Few classes are laid out classes-first in each pass: reductions over a short row are
+        #: several times slower than over the classes of a (K, rows) chunk.
+        self.classes_first = n_classes <= CLASSES_FIRST_MAX_CLASSES
         super().__init__(
             logits,
             labels.to(logits.device),
@@ -468,8 +475,15 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
         label_high = torch.tensor(extremes.min, dtype=self.labels.dtype, device=self.device)
         for chunk in self._chunks(keep_all=True):
             rows = slice(chunk.start, chunk.stop)
-            self.row_max[rows] = chunk.logits.amax(dim=1)
-            row_min[rows] = chunk.logits.amin(dim=1)
+            # Few classes: one classes-first copy serves the row statistics and the shift.
+            by_class = self._by_class(chunk.logits) if self.classes_first else None
+            view, dim = (chunk.logits, 1) if by_class is None else (by_class, 0)
+            self.row_max[rows] = view.amax(dim=dim)
+            row_min[rows] = view.amin(dim=dim)
+            # K (dNLL/dbeta at beta = 0) per row: sum_j z_j - K z_y, exact in float64 for
+            # logits of one magnitude (all-equal rows give exactly 0).
+            row_sums = view.sum(dim=dim, dtype=torch.float64)
+            row_sums = row_sums if chunk.keep is None else row_sums[chunk.keep]
             labels = self.labels[rows]
             if chunk.keep is None:
                 chunk_low, chunk_high = labels.amin(), labels.amax()
@@ -480,13 +494,12 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
             label_low = torch.minimum(label_low, chunk_low)
             label_high = torch.maximum(label_high, chunk_high)
             self.label_logit[rows] = chunk.logits.gather(1, labels[:, None]).squeeze(1)
-            kept = chunk.compacted()
+            shifted = None
+            if by_class is not None and chunk.keep is None:
+                shifted = by_class.sub_(self.row_max[rows].to(self.compute_dtype))
             moments = self.start_moments
-            self._add_chunk_sums(sums, kept, 1.0, moments, bins, moments)
-            # K (dNLL/dbeta at beta = 0) per row: sum_j z_j - K z_y, exact in float64 for
-            # logits of one magnitude (all-equal rows give exactly 0).
+            self._add_chunk_sums(sums, chunk.compacted(), 1.0, moments, bins, moments, shifted)
             label_logits = self._rows(self.label_logit, chunk).to(torch.float64)
-            row_sums = kept.logits.sum(dim=1, dtype=torch.float64)
             slope += (row_sums - self.n_classes * label_logits).sum()
         finite = torch.isfinite(self.row_max) & torch.isfinite(row_min)
         if keep is not None:
@@ -559,28 +572,57 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
         hessian: bool,
         bins: _BinSums | None,
         taylor: bool = False,
+        shifted: Tensor | None = None,
     ) -> None:
+        """See :meth:`_StreamedNLL._add_chunk_sums`; ``shifted`` is the chunk's
+        :meth:`_shifted` logits where the caller has them already."""
         row_max = self._rows(self.row_max, chunk).to(self.compute_dtype)
         gap = self._rows(self.label_logit, chunk).to(self.compute_dtype) - row_max  # <= 0
-        shape = chunk.logits.shape
-        shifted = torch.sub(chunk.logits, row_max[:, None], out=self._scratch(0, shape))  # <= 0
-        weights = torch.mul(shifted, beta, out=self._scratch(1, shape)).exp_()  # top entry 1
-        total = weights.sum(dim=1)
-        mean = torch.linalg.vecdot(weights, shifted).div_(total)  # E_p[z] - max(z)
-        terms = [total.log().sub_(gap, alpha=beta), mean - gap]
+        if shifted is None:
+            shifted = self._shifted(chunk.logits, row_max)  # <= 0
+        dim = 0 if self.classes_first else 1
+        weights = torch.mul(shifted, beta, out=self._scratch(1, shifted.shape)).exp_()  # max 1
+        total = weights.sum(dim=dim)
+        # raw moments E_p[s^k] of s = z - max(z)
+        count = 4 if taylor else 2 if hessian else 1
+        mean, *higher = (sum_.div_(total) for sum_ in _power_sums(weights, shifted, dim, count))
+        terms = [total.log().sub_(gap, alpha=beta), mean - gap]  # NLL, E_p[z] - z_y
         if hessian or taylor:
-            # raw moments E_p[s^k] of s = z - max(z), with the powers multiplied into the weights
-            power = weights.mul_(shifted)
-            second = torch.linalg.vecdot(power, shifted).div_(total)
-            variance = second - mean.square()
-            terms.append(variance)
+            second, mean_square = higher[0], mean.square()
+            terms.append(second - mean_square)  # the variance
             if taylor:
-                third = torch.linalg.vecdot(power.mul_(shifted), shifted).div_(total)
-                fourth = torch.linalg.vecdot(power.mul_(shifted), shifted).div_(total)
-                terms += _third_and_fourth_cumulants(mean, second, third, fourth, variance)
+                third, fourth = higher[1:]
+                terms += _third_and_fourth_cumulants(mean, second, third, fourth, mean_square)
         sums[: len(terms)] += torch.stack(terms).sum(dim=1, dtype=torch.float64)
         if bins is not None:
             bins.add(total.reciprocal(), gap == 0)
+
+    def _shifted(self, logits: Tensor, row_max: Tensor) -> Tensor:
+        """``logits - row_max`` per row in a scratch buffer: classes-first, (K, rows), when
+        :attr:`classes_first`, else (rows, K)."""
+        if self.classes_first:
+            out = self._scratch(0, torch.Size((logits.shape[1], logits.shape[0])))
+            return torch.sub(logits.t(), row_max, out=out)
+        return torch.sub(logits, row_max[:, None], out=self._scratch(0, logits.shape))
+
+    def _by_class(self, logits: Tensor) -> Tensor:
+        """A classes-first (K, rows) copy of a chunk's logits, in the scratch buffer of
+        :meth:`_shifted` (shifting it in place gives what that would)."""
+        out = self._scratch(0, torch.Size((logits.shape[1], logits.shape[0])))
+        return torch.add(logits.t(), 0.0, out=out)  # a transposing copy, faster than copy_
+
+
+def _power_sums(weights: Tensor, shifted: Tensor, dim: int, count: int) -> list[Tensor]:
+    """``sum(weights * shifted**k, dim)`` for k = 1..count, overwriting ``weights``.
+
+    Rows (``dim=1``) take dot products along each row; classes-first chunks (``dim=0``), whose
+    rows are columns, multiply in place and sum over the classes.
+    """
+    if dim == 1:
+        sums = [torch.linalg.vecdot(weights, shifted)]
+        sums += [torch.linalg.vecdot(weights.mul_(shifted), shifted) for _ in range(count - 1)]
+        return sums
+    return [weights.mul_(shifted).sum(dim=0) for _ in range(count)]
 
 
 def _reported_sums_finite(sums: Tensor) -> bool:
@@ -589,20 +631,33 @@ def _reported_sums_finite(sums: Tensor) -> bool:
     The third and fourth derivatives only shape warm-start steps: where they overflow (huge
     logits raised to the fourth power) the step falls back to Newton's, so they do not count.
     """
-    return bool(torch.isfinite(sums[:3]).all()) and bool(torch.isfinite(sums[N_MOMENTS:]).all())
+    values = sums.tolist()  # one read of a few dozen numbers
+    return all(map(math.isfinite, values[:3])) and all(map(math.isfinite, values[N_MOMENTS:]))
 
 
 def _third_and_fourth_cumulants(
-    mean: Tensor, second: Tensor, third: Tensor, fourth: Tensor, variance: Tensor
+    mean: Tensor, second: Tensor, third: Tensor, fourth: Tensor, mean_square: Tensor
 ) -> list[Tensor]:
-    """Per-row third and fourth cumulants from the raw moments ``E[s^k]`` (k = 1..4).
+    """Per-row third and fourth cumulants from the raw moments ``E[s^k]`` (k = 1..4) and the
+    squared mean.
 
-    They are the third and fourth derivatives in beta of ``logsumexp(beta * z)``. Computed in
-    the chunk's precision (they only shape warm-start steps, never the reported optimum).
+    They are the third and fourth derivatives in beta of ``logsumexp(beta * z)``:
+    ``k3 = E[s^3] - m (3 E[s^2] - 2 m^2)`` and
+    ``k4 = E[s^4] - 4 m E[s^3] - 3 E[s^2]^2 - 6 m^2 (m^2 - 2 E[s^2])``, in fused multiply-adds.
+    Computed in the chunk's precision (they only shape warm-start steps, never the reported
+    optimum).
+
+    Example:
+        >>> moments = [torch.tensor([v]) for v in (1.0, 2.0, 4.0, 8.0)]  # s = 0 or 2, p = 1/2
+        >>> [float(k) for k in _third_and_fourth_cumulants(*moments, moments[0].square())]
+        [0.0, -2.0]
     """
-    third_central = third - mean * (3 * second - 2 * mean.square())
-    fourth_central = fourth - mean * (4 * third - mean * (6 * second - 3 * mean.square()))
-    return [third_central, fourth_central - 3 * variance.square()]
+    inner = torch.mul(second, 3).sub_(mean_square, alpha=2)
+    third_cumulant = torch.addcmul(third, mean, inner, value=-1)
+    fourth_cumulant = torch.addcmul(fourth, mean, third, value=-4)
+    fourth_cumulant.addcmul_(second, second, value=-3)
+    inner = torch.add(mean_square, second, alpha=-2)
+    return [third_cumulant, fourth_cumulant.addcmul_(mean_square, inner, value=-6)]
 
 
 class SigmoidTemperatureNLL(_StreamedNLL):

@@ -122,6 +122,8 @@ def _refuse_constructor_options(fit: _Fit) -> _Fit:
     @functools.wraps(fit)
     def checked_fit(self: Calibrator, *args: Any, **kwargs: Any) -> Any:
         misplaced = sorted(set(kwargs) - accepted)
+        if not misplaced:
+            return fit(self, *args, **kwargs)
         constructor = inspect.signature(type(self).__init__).parameters
         options = [name for name in misplaced if name in constructor]
         if options:
