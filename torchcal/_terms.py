@@ -282,8 +282,10 @@ def uniform_bin_sums(
     totals = None
     for start, stop in blocks:
         block = confidences[start:stop]
-        index = uniform_bin_index(block, n_bins)
-        sums = _sums_by_bin(index, block, correct[start:stop], n_bins)
+        wide = block.to(torch.float64)  # binned and summed in float64
+        exact = block.dtype != torch.float64 and floor_bins_are_exact(n_bins)
+        index = _uniform_bin_index(wide, n_bins, floor_is_exact=exact)
+        sums = _sums_by_bin(index, wide, correct[start:stop], n_bins)
         totals = sums if totals is None else [t.add_(s) for t, s in zip(totals, sums, strict=True)]
     if totals is None:  # no samples
         return _sums_by_bin(
@@ -385,20 +387,22 @@ class BinSums:
     """Reliability-bin sums of confidences given chunk by chunk, binned a batch at a time.
 
     Binning every chunk on its own would cost a handful of small operations per chunk, which
-    dominates for wide rows (a 1,000-class chunk on a CPU is only 262 rows); buffering up to
+    dominates for wide rows (a 1,000-class chunk on a CPU is only 262 rows); holding up to
     ``capacity`` confidences keeps that overhead negligible with O(capacity) memory. They are
-    binned by :func:`uniform_bin_sums`.
+    held by reference (the caller must not change them) and binned by :func:`uniform_bin_sums`,
+    concatenated only when more than one chunk waits.
 
     Args:
         edges: (n_bins + 1,) equal-width float64 edges (:func:`uniform_edges`).
-        capacity: confidences buffered before they are binned.
+        capacity: confidences held before they are binned.
         dtype: the confidences' dtype.
     """
 
     def __init__(self, edges: Tensor, capacity: int, dtype: torch.dtype) -> None:
         self.edges = edges
-        self.confidences = torch.empty(capacity, dtype=dtype, device=edges.device)
-        self.correct = torch.empty(capacity, dtype=torch.bool, device=edges.device)
+        self.capacity = capacity
+        self.dtype = dtype
+        self.waiting: list[tuple[Tensor, Tensor]] = []
         self.size = 0
         self.sums = torch.zeros(3, edges.numel() - 1, dtype=torch.float64, device=edges.device)
 
@@ -409,20 +413,23 @@ class BinSums:
             confidences: (M,) confidences in the dtype given at construction.
             correct: (M,) bool correctness.
         """
-        count, capacity = confidences.numel(), self.confidences.numel()
-        if self.size + count > capacity:
+        count = confidences.numel()
+        if self.size + count > self.capacity:
             self._flush()
-        if count > capacity:
+        if count > self.capacity:
             self._bin(confidences, correct)
             return
-        self.confidences[self.size : self.size + count] = confidences
-        self.correct[self.size : self.size + count] = correct
+        self.waiting.append((confidences, correct))
         self.size += count
 
     def _flush(self) -> None:
-        if self.size:
-            self._bin(self.confidences[: self.size], self.correct[: self.size])
-            self.size = 0
+        if len(self.waiting) == 1:
+            self._bin(*self.waiting[0])
+        elif self.waiting:
+            confidences, correct = zip(*self.waiting, strict=True)
+            self._bin(torch.cat(confidences), torch.cat(correct))
+        self.waiting.clear()
+        self.size = 0
 
     def _bin(self, confidences: Tensor, correct: Tensor) -> None:
         parts = uniform_bin_sums(confidences, correct, self.sums.shape[1])
