@@ -222,7 +222,8 @@ class _StreamedNLL:
         buffer = buffers.get(index)
         if buffer is None or buffer.numel() < size or buffer.dtype != self.compute_dtype:
             buffers[index] = torch.empty(
-                max(size, self.chunks.rows * self.row_width), dtype=self.compute_dtype
+                max(size, min(self.chunks.rows, self.n_rows) * self.row_width),
+                dtype=self.compute_dtype,
             )
         return buffers[index][:size].view(shape)
 
