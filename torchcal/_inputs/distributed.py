@@ -166,6 +166,11 @@ class ProcessGroupReducer(LocalReducer):
         dist.all_gather(parts, local, group=self.group)
         return torch.stack(parts).to(values.device)
 
+    def sum(self, values: Tensor) -> Tensor:
+        """The sum over ranks of a float64 vector, added in rank order: identical on every rank
+        (an all-reduce may add in any order)."""
+        return sum_in_rank_order(self.gather(values))
+
     def gather_objects(self, value: Any) -> list[Any]:
         import torch.distributed as dist
 
