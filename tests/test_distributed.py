@@ -163,12 +163,16 @@ def test_every_rank_gets_the_single_process_fit_of_all_shards(two_ranks, name):
     for rank in range(WORLD_SIZE):
         found = two_ranks[(name, rank)]
         assert "error" not in found, found
-        assert found["temperatures"] == pytest.approx(reference["temperatures"], rel=1e-9)
+        # The shards' chunks end elsewhere than the whole data's, so a few rows' float32 terms
+        # differ by a rounding (the tails of vectorised loops) and the float64 sums by about
+        # 1e-11; the fits take the same steps and stop within about 1e-9 of each other (both
+        # within tol of the optimum): a float32 rounding of T, 1e-8 of the scores.
+        assert found["temperatures"] == pytest.approx(reference["temperatures"], rel=2e-7)
         for result, expected in zip(found["results"], reference["results"], strict=True):
             assert result["n_samples"] == expected["n_samples"]
             assert result["data_passes"] == expected["data_passes"]
             for key in ("nll_before", "nll_after", "ece_before", "ece_after"):
-                assert result[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-12), key
+                assert result[key] == pytest.approx(expected[key], rel=1e-8, abs=1e-12), key
     assert two_ranks[(name, 0)] == two_ranks[(name, 1)]  # bit for bit
 
 

@@ -97,7 +97,7 @@ def test_fit_counts_its_passes_over_the_data():
 @pytest.mark.parametrize("method", ["lbfgs", "newton"])
 @pytest.mark.parametrize(
     ("n", "k", "temperature", "data_passes"),
-    [(3_000, 10, 2.0, 4), (10_000, 10, 0.7, 4), (20_000, 100, 2.0, 3), (40_000, 40, 5.0, 3)],
+    [(3_000, 10, 2.0, 3), (10_000, 10, 0.7, 4), (20_000, 100, 2.0, 3), (40_000, 40, 5.0, 3)],
 )
 def test_the_warm_start_lands_so_close_that_the_solver_only_verifies(
     n, k, temperature, data_passes, method
@@ -109,9 +109,10 @@ def test_the_warm_start_lands_so_close_that_the_solver_only_verifies(
     assert result.converged and result.function_evaluations == 1
     assert result.iterations == (0 if method == "lbfgs" else 1)
     # without a subsample (fewer than 2**20 logits) the Taylor steps on all rows start from the
-    # validating pass's derivatives at T = 1, and three more evaluations reach the optimum; with
-    # one, an evaluation at the subsample's optimum and one where its Taylor step leads. The
-    # solver reuses the last of them.
+    # validating pass's derivatives at T = 1, and two or three more evaluations reach the
+    # optimum (two where the first step crosses it: the Hermite step across lands within 1e-7);
+    # with one, an evaluation at the subsample's optimum and one where its Taylor step leads.
+    # The solver reuses the last of them.
     assert result.data_passes == data_passes
 
 

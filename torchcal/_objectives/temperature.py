@@ -191,6 +191,10 @@ class _StreamedNLL:
     def _strided_row_state(self, step: int, offset: int) -> None:
         """Slice the per-row state of a :meth:`subsample` view (its rows are already strided)."""
 
+    def _slope_at_zero_scale(self) -> float:
+        """``slope_at_zero`` over ``n_samples * dNLL/dbeta`` at beta = 0."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------- passes
     def _chunks(self, keep_all: bool = False) -> Iterator[_Chunk]:
         """Chunks of the kept rows, or with ``keep_all`` of every row (``keep`` marks the kept)."""
@@ -334,6 +338,8 @@ class _StreamedNLL:
         self.label_range = (-int(max(per_rank[3])), int(max(per_rank[4])))
         self.n_top = int(total[5])
         self.slope_at_zero = total[6]  # has the sign of dNLL/dbeta at 0
+        #: dNLL/dbeta at beta = 0 itself (subsamples keep the full data's)
+        self.grad_at_zero = self.slope_at_zero / (self._slope_at_zero_scale() * self.n_samples)
         self.largest_range = max(per_rank[7])
         if 0 < self.largest_range < FLOAT32_SMALLEST_RANGE:
             if self.largest_range < FLOAT64_SMALLEST_RANGE:
@@ -561,6 +567,9 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
             bool(((chunk.logits.sum(dim=1) - 1).abs() <= 1e-3).all()) for chunk in self._chunks()
         )
 
+    def _slope_at_zero_scale(self) -> float:
+        return float(self.n_classes)
+
     def _strided_row_state(self, step: int, offset: int) -> None:
         self.row_max = self.row_max[offset::step]
         self.label_logit = self.label_logit[offset::step]
@@ -704,6 +713,9 @@ class SigmoidTemperatureNLL(_StreamedNLL):
             n_bins=n_bins,
             reducer=reducer,
         )
+
+    def _slope_at_zero_scale(self) -> float:
+        return 2.0  # the sum of the margins is -2 M dNLL/dbeta at beta = 0
 
     def _prepare(self) -> Tensor:
         n_kept, _ = self._kept_rows()
