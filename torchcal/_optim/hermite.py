@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-#: Bisection-safeguarded Newton iterations on the interpolant at most.
+#: Bisection-safeguarded Newton iterations on the interpolant at most, and the step, relative
+#: to the root, at which they stop.
 ROOT_ITERATIONS = 100
+ROOT_RTOL = 1e-14
 
 #: A node: a point and the function's value and derivatives there, ``[f, f', f'', ...]``.
 Node = tuple[float, Sequence[float]]
@@ -64,15 +66,16 @@ def evaluate(
     return value, slope
 
 
-def root_between(nodes: Sequence[Node], low: float, high: float) -> float:
+def root_between(nodes: Sequence[Node], low: float, high: float, start: float = math.nan) -> float:
     """A root of the Hermite interpolant of ``nodes`` in ``(low, high)``, where it rises from
-    negative to positive, by Newton steps kept inside a shrinking bracket; NaN if the
-    interpolant does not change sign that way there.
+    negative to positive, by Newton steps from ``start`` kept inside a shrinking bracket; NaN
+    if the interpolant does not change sign that way there.
 
     Args:
         nodes: the points, values and derivatives (see :func:`hermite_form`).
         low: where the interpolant is negative.
         high: where it is positive.
+        start: a guess of the root (the bracket's middle if it lies outside).
 
     Example:
         >>> # the slope of (x - 1)^2 / 2 + (x - 1)^4 / 4 from its derivatives at 0 and 3
@@ -83,7 +86,7 @@ def root_between(nodes: Sequence[Node], low: float, high: float) -> float:
     points, coefficients = hermite_form(nodes)
     if not (evaluate(points, coefficients, low)[0] < 0 < evaluate(points, coefficients, high)[0]):
         return math.nan
-    x = 0.5 * (low + high)
+    x = start if low < start < high else 0.5 * (low + high)
     for _ in range(ROOT_ITERATIONS):
         value, slope = evaluate(points, coefficients, x)
         if value < 0:
@@ -93,10 +96,9 @@ def root_between(nodes: Sequence[Node], low: float, high: float) -> float:
         else:
             return x
         step = -value / slope if slope > 0 else math.nan
-        following = x + step
-        if not low < following < high:  # also a NaN step
-            following = 0.5 * (low + high)
-        if abs(following - x) <= 4 * math.ulp(x):
-            return following
-        x = following
+        if abs(step) <= ROOT_RTOL * abs(x):  # a NaN step is not
+            return x + step
+        x = x + step
+        if not low < x < high:  # also a NaN step
+            x = 0.5 * (low + high)
     return x

@@ -217,7 +217,7 @@ def _taylor_search(
             partner = min(across, key=lambda node: abs(node[0] - at))
             nodes = sorted([partner, (at, derivatives)])
             bracket = (partner[0], at) if evaluation.grad > 0 else (at, partner[0])
-            root = root_between(nodes, *bracket)
+            root = root_between(nodes, *bracket, start=at + step)  # from Taylor's guess
             if abs(root - at) > rtol * at:  # NaN fails: no root, keep Taylor's step
                 agree = abs(root - (at + step)) <= FINAL_AGREEMENT * at  # NaN step fails too
                 final_next[0] = agree or abs(step) <= FINAL_STEP_RTOL * at
