@@ -773,6 +773,40 @@ def test_newton_stops_with_recession_once_all_but_the_receding_parameters_conver
     assert plain.reason == "converged" and plain.iterations > 10
 
 
+def test_parameters_coupled_to_receding_ones_converge_at_newtons_rate_once_those_are_held():
+    from torchcal._optim.newton import Curvature, minimise
+
+    class Coupled:  # f = (a - 3 - e^-b)^2 + e^-b: b runs off, a's optimum moves with e^-b
+        def value_and_gradient(self, theta):
+            a, fade = theta[0], torch.exp(-theta[1])
+            gap = a - 3 - fade
+            value = float(gap**2 + fade)
+            return value, torch.stack([2 * gap, fade * (2 * gap - 1)])
+
+        def curvature(self, theta):
+            a, fade = theta[0], torch.exp(-theta[1])
+            gap = a - 3 - fade
+            coupling = 2 * fade
+            matrix = torch.stack(
+                [
+                    torch.stack([torch.full_like(a, 2.0), coupling]),
+                    torch.stack([coupling, fade * (1 - 2 * gap + 2 * fade)]),
+                ]
+            )
+            return Curvature(matrix=matrix)
+
+        def recedes(self, direction):
+            return False
+
+    start = torch.zeros(2, dtype=torch.float64)
+    receding = torch.tensor([False, True])
+    result = minimise(Coupled(), start, tol=1e-12, max_iter=100, receding=receding)
+    # following b, a's derivative shrinks by 1/e per iteration: 17 iterations reach sqrt(tol)
+    # and 28 would reach tol; with b held from there, one Newton step finishes it
+    assert result.reason == "recession" and result.iterations <= 19
+    assert abs(float(result.gradient[0])) <= 1e-12
+
+
 # ------------------------------------------------------------------ the Newton routine itself
 class _Quadratic:
     """f = |theta - 3|^2 with a Hessian that may be replaced by a broken one."""

@@ -21,7 +21,10 @@ the largest partial derivative (or the constraint's measure), plus one rule of i
   falling along it forever, so no minimiser exists and further iterations only inflate the
   parameters. Also where the caller names ``receding`` parameters, along which alone the
   objective falls forever (known from the data beforehand), once every other partial derivative
-  is within ``tol``: what is left is their slow run towards infinity.
+  is within ``tol``: what is left is their slow run towards infinity. Once the others' partial
+  derivatives are within ``sqrt(tol)`` the receding parameters are held where they are (each
+  Newton system restricted to the others): otherwise the others converge only as fast as the
+  receding ones run off, a constant factor per iteration.
 
 :func:`bracketed_newton` is the one-parameter case used on ``beta = 1/T``: Newton steps kept
 inside a bracket of the optimum (bisection when a step leaves it), stopping by the same rule
@@ -181,9 +184,13 @@ def minimise(
             break
         if iteration >= max_iter:
             break
-        curvature = problem.curvature(theta)
+        curvature, moving = problem.curvature(theta), grad
+        if receding is not None and distance <= math.sqrt(tol):
+            # what is left of the others' gradient comes from their coupling with the receding
+            # parameters' slow run: hold those, and the others converge at Newton's rate
+            curvature, moving = curvature.restricted(receding), grad.masked_fill(receding, 0.0)
         if constraint is None:
-            direction, used = _newton_direction(curvature, grad)
+            direction, used = _newton_direction(curvature, moving)
             products += used
         else:
             direction = constraint.direction(theta, grad, curvature)
