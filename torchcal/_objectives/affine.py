@@ -131,6 +131,7 @@ class AffineObjective:
         #: Newton systems: "newton" forms the Hessian, "newton-cg" uses products with it.
         self.method = "newton"
         self._float32_rows: list[Tensor] | None = None
+        self._correction_inputs: list[tuple[Tensor, Tensor]] = []
         self._penalty_matrix: Tensor | None = None
         self._penalty_products: Tensor | None = None
         #: Newton-CG with the rows kept: the float32 probabilities at the last point evaluated,
@@ -647,9 +648,9 @@ class AffineObjective:
         products = None
         if corrected:
             products = torch.zeros(k, self.width, 3, dtype=torch.float64, device=self.device)
-            own = self._correction_directions()[:, :-1, 0].T.to(torch.float32)
-            mode = self._common_mode().to(torch.float32)
-        for x, probs in zip(self._product_rows(), self._probabilities(theta, kept), strict=True):
+        weighted = None
+        chunks = zip(self._product_rows(), self._probabilities(theta, kept), strict=True)
+        for index, (x, probs) in enumerate(chunks):
             spread = torch.addcmul(probs, probs, probs, value=-1)  # p (1 - p)
             # float32 column sums (cascaded, so within a few ulp), summed in float64
             diag[:, -1] += spread.sum(dim=0)
@@ -659,8 +660,13 @@ class AffineObjective:
                 diag[:, :-1] += spread.T @ x.square()
             if products is not None:
                 # sum_m p_mi (1 - p_mi) f_m (f_m . z_id) for the directions' features f_m . z_id:
-                # x_m . own_i, x_m . mode and 1
-                weighted = torch.cat([spread * (x @ own), spread * (x @ mode)[:, None], spread], 1)
+                # x_m . own_i, x_m . mode and 1, side by side in one reused buffer
+                own, mode = self._correction_features(index, x)
+                if weighted is None or weighted.shape[0] != x.shape[0]:
+                    weighted = torch.empty(x.shape[0], 3 * k, dtype=x.dtype, device=x.device)
+                torch.mul(spread, own, out=weighted[:, :k])
+                torch.mul(spread, mode, out=weighted[:, k : 2 * k])
+                weighted[:, 2 * k :] = spread
                 products[:, :-1] += (weighted.T @ x).view(3, k, k).permute(1, 2, 0)
                 products[:, -1] += weighted.sum(dim=0).view(3, k).T
         diag /= self.n_samples
@@ -669,6 +675,22 @@ class AffineObjective:
             products /= self.n_samples
             products += self._penalty_block_products()
         return diag, products
+
+    def _correction_features(self, index: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """For the ``index``-th chunk ``x`` of :meth:`_product_rows`, the float32 features of
+        the correction directions' weights (:meth:`_correction_directions`): ``x_m . own_i``
+        (M, K) and ``x_m . mode`` (M, 1). They do not depend on the parameters, so they are
+        kept where the float32 rows are."""
+        kept = self._correction_inputs
+        if index < len(kept):
+            return kept[index]
+        directions = self._correction_directions()
+        own = directions[:, :-1, 0].T.to(torch.float32)
+        mode = self._common_mode().to(torch.float32)[:, None]
+        features = (x @ own, x @ mode)
+        if self._cache is not None:  # the float32 rows are kept too
+            kept.append(features)
+        return features
 
     def _penalty_block_products(self) -> Tensor:
         """Each class's block of the penalty's Hessian times its correction directions (see
