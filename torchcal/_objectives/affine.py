@@ -131,6 +131,7 @@ class AffineObjective:
         #: Newton systems: "newton" forms the Hessian, "newton-cg" uses products with it.
         self.method = "newton"
         self._float32_rows: list[Tensor] | None = None
+        self._float32_maps: tuple[Tensor, ...] | None = None
         self._correction_inputs: list[tuple[Tensor, Tensor]] = []
         self._penalty_matrix: Tensor | None = None
         self._penalty_products: Tensor | None = None
@@ -239,10 +240,20 @@ class AffineObjective:
 
     # ------------------------------------------------------------------ parameters
     def to_original(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        """(W, b) acting on the transformed inputs, from the standardised (..., K, P) ``theta``."""
-        diagonal = self.diagonal
-        weight = theta[..., 0] * self.scale if diagonal else theta[..., :-1] @ self.whitening.T
-        return weight, (theta * self.bias_map).sum(dim=-1)
+        """(W, b) acting on the transformed inputs, from the standardised (..., K, P) ``theta``
+        (float64, or float32 for the penalty's part of Hessian-vector products)."""
+        scale, whitening, bias_map = self._maps(theta.dtype)
+        weight = theta[..., 0] * scale if self.diagonal else theta[..., :-1] @ whitening.T
+        return weight, (theta * bias_map).sum(dim=-1)
+
+    def _maps(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """``scale``, ``whitening`` and ``bias_map`` in ``dtype`` (float32 copies made once)."""
+        if dtype == torch.float64:
+            return self.scale, self.whitening, self.bias_map
+        if self._float32_maps is None:
+            maps = (self.scale, self.whitening, self.bias_map)
+            self._float32_maps = tuple(m.to(torch.float32) for m in maps)
+        return self._float32_maps
 
     def to_standardised(self, weight: Tensor, bias: Tensor) -> Tensor:
         """Inverse of :meth:`to_original`: the (K, P) standardised parameters."""
@@ -404,8 +415,8 @@ class AffineObjective:
         self, theta: Tensor, kept: list[Tensor] | None = None
     ) -> Callable[[Tensor], Tensor]:
         """``v -> H v`` at ``theta``: the NLL's part from float32 products summed in float64,
-        the penalty's exactly (it is quadratic, so its Hessian times ``v`` is its gradient at
-        ``v``). ``kept``: the probabilities at ``theta`` per chunk, if known."""
+        the penalty's as its gradient at ``v`` (it is quadratic), also in float32. ``kept``: the
+        probabilities at ``theta`` per chunk, if known."""
 
         def product(v: Tensor) -> Tensor:
             v32 = v.to(torch.float32)
@@ -422,7 +433,8 @@ class AffineObjective:
                     out[:, 0] += weighted.mul_(x).sum(dim=0)
                 else:
                     out[:, :-1] += weighted.T @ x
-            return out / self.n_samples + self._penalty_gradient(v)
+            # the penalty's part (its gradient at v, two K x K products) in float32 as well
+            return out / self.n_samples + self._penalty_gradient(v32).to(torch.float64)
 
         return product
 
@@ -566,11 +578,12 @@ class AffineObjective:
         """The penalty's gradient at the (..., K, P) ``theta``: the plain ODIR penalty's at the
         canonical representative (the minimum over the representatives is attained there)."""
         weight, bias = canonical(*self.to_original(theta), diagonal=self.diagonal)
-        grad = 2 * self.bias_penalty * bias[..., None] * self.bias_map
+        _, whitening, bias_map = self._maps(theta.dtype)
+        grad = 2 * self.bias_penalty * bias[..., None] * bias_map
         if self.off_diagonal_penalty:
             off_diagonal = weight - torch.diag_embed(torch.diagonal(weight, dim1=-2, dim2=-1))
             grad = grad.clone()
-            grad[..., :-1] += 2 * self.off_diagonal_penalty * off_diagonal @ self.whitening
+            grad[..., :-1] += 2 * self.off_diagonal_penalty * off_diagonal @ whitening
         return grad
 
     def _penalty_hessian(self) -> Tensor:
