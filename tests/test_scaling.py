@@ -764,17 +764,25 @@ def test_newton_stops_with_recession_once_all_but_the_receding_parameters_conver
         def recedes(self, direction):
             return False
 
-    start = torch.zeros(2, dtype=torch.float64)
-    receding = torch.tensor([False, True])
-    result = minimise(HalfExponential(), start, tol=1e-10, max_iter=100, receding=receding)
+    result = _minimise_with_the_second_receding(HalfExponential(), tol=1e-10)
     assert result.reason == "recession" and result.iterations <= 3
     assert float(result.theta[0]) == pytest.approx(3.0, abs=1e-10)
-    plain = minimise(HalfExponential(), start, tol=1e-10, max_iter=100)
+    plain = minimise(
+        HalfExponential(), torch.zeros(2, dtype=torch.float64), tol=1e-10, max_iter=100
+    )
     assert plain.reason == "converged" and plain.iterations > 10
 
 
+def _minimise_with_the_second_receding(problem, tol: float):
+    """Newton from 0 on a two-parameter toy problem whose second parameter runs off."""
+    from torchcal._optim.newton import minimise
+
+    start = torch.zeros(2, dtype=torch.float64)
+    return minimise(problem, start, tol=tol, max_iter=100, receding=torch.tensor([False, True]))
+
+
 def test_parameters_coupled_to_receding_ones_converge_at_newtons_rate_once_those_are_held():
-    from torchcal._optim.newton import Curvature, minimise
+    from torchcal._optim.newton import Curvature
 
     class Coupled:  # f = (a - 3 - e^-b)^2 + e^-b: b runs off, a's optimum moves with e^-b
         def value_and_gradient(self, theta):
@@ -798,9 +806,7 @@ def test_parameters_coupled_to_receding_ones_converge_at_newtons_rate_once_those
         def recedes(self, direction):
             return False
 
-    start = torch.zeros(2, dtype=torch.float64)
-    receding = torch.tensor([False, True])
-    result = minimise(Coupled(), start, tol=1e-12, max_iter=100, receding=receding)
+    result = _minimise_with_the_second_receding(Coupled(), tol=1e-12)
     # following b, a's derivative shrinks by 1/e per iteration: 17 iterations reach sqrt(tol)
     # and 28 would reach tol; with b held from there, one Newton step finishes it
     assert result.reason == "recession" and result.iterations <= 19
