@@ -15,6 +15,7 @@ from torchcal._objectives.temperature import (
     SoftmaxTemperatureNLL,
 )
 from torchcal._terms import (
+    BinSums,
     bin_index,
     bin_sums,
     uniform_bin_index,
@@ -168,3 +169,20 @@ def test_sigmoid_taylor_derivatives_match_float64_autograd(beta):
     assert [found.grad, found.hess, found.third, found.fourth] == pytest.approx(
         expected, rel=1e-4, abs=1e-6 * abs(expected[1])
     )
+
+
+@pytest.mark.parametrize("sizes", [[700], [300, 300], [90] * 9, [50, 700, 20], [2_000]])
+def test_bin_sums_of_chunks_equal_those_of_all_the_confidences_at_once(sizes):
+    # one chunk is binned as given; more are buffered (capacity 400 here), flushed when full,
+    # and a chunk larger than the buffer is binned on its own
+    generator = torch.Generator().manual_seed(len(sizes))
+    parts = [torch.rand(n, generator=generator) for n in sizes]
+    right = [torch.rand(n, generator=generator) < 0.6 for n in sizes]
+    sums = BinSums(uniform_edges(15, torch.device("cpu")), 400, torch.float32)
+    for confidences, correct in zip(parts, right, strict=True):
+        sums.add(confidences, correct)
+    expected = uniform_bin_sums(torch.cat(parts), torch.cat(right), 15)
+    found = sums.result()
+    assert torch.equal(found[0], expected[0].to(torch.float64))
+    assert torch.equal(found[2], expected[2])
+    torch.testing.assert_close(found[1], expected[1], rtol=1e-14, atol=1e-12)

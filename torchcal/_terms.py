@@ -387,14 +387,16 @@ class BinSums:
     """Reliability-bin sums of confidences given chunk by chunk, binned a batch at a time.
 
     Binning every chunk on its own would cost a handful of small operations per chunk, which
-    dominates for wide rows (a 1,000-class chunk on a CPU is only 262 rows); holding up to
+    dominates for wide rows (a 1,000-class chunk on a CPU is only 262 rows); buffering up to
     ``capacity`` confidences keeps that overhead negligible with O(capacity) memory. They are
-    held by reference (the caller must not change them) and binned by :func:`uniform_bin_sums`,
-    concatenated only when more than one chunk waits.
+    binned by :func:`uniform_bin_sums`. A pass of one chunk (small data) is binned as given,
+    without the buffer; the buffer is made when a second chunk comes (holding many small chunks
+    instead would leave small allocations scattered among the chunks' large ones, and the heap
+    grows: 100 MB more over a 1.6 GB file).
 
     Args:
         edges: (n_bins + 1,) equal-width float64 edges (:func:`uniform_edges`).
-        capacity: confidences held before they are binned.
+        capacity: confidences buffered before they are binned.
         dtype: the confidences' dtype.
     """
 
@@ -402,12 +404,14 @@ class BinSums:
         self.edges = edges
         self.capacity = capacity
         self.dtype = dtype
-        self.waiting: list[tuple[Tensor, Tensor]] = []
+        self.first: tuple[Tensor, Tensor] | None = None  # a lone chunk, held as given
+        self.confidences: Tensor | None = None
+        self.correct: Tensor | None = None
         self.size = 0
         self.sums = torch.zeros(3, edges.numel() - 1, dtype=torch.float64, device=edges.device)
 
     def add(self, confidences: Tensor, correct: Tensor) -> None:
-        """Add confidences and their correctness.
+        """Add confidences and their correctness (not changed until :meth:`result`).
 
         Args:
             confidences: (M,) confidences in the dtype given at construction.
@@ -419,16 +423,31 @@ class BinSums:
         if count > self.capacity:
             self._bin(confidences, correct)
             return
-        self.waiting.append((confidences, correct))
+        if self.size == 0:
+            self.first, self.size = (confidences, correct), count
+            return
+        if self.first is not None:  # a second chunk: buffer both
+            held, self.first = self.first, None
+            self.size = 0
+            self._buffer(*held)
+        self._buffer(confidences, correct)
+
+    def _buffer(self, confidences: Tensor, correct: Tensor) -> None:
+        if self.confidences is None or self.correct is None:
+            device = self.edges.device
+            self.confidences = torch.empty(self.capacity, dtype=self.dtype, device=device)
+            self.correct = torch.empty(self.capacity, dtype=torch.bool, device=device)
+        count = confidences.numel()
+        self.confidences[self.size : self.size + count] = confidences
+        self.correct[self.size : self.size + count] = correct
         self.size += count
 
     def _flush(self) -> None:
-        if len(self.waiting) == 1:
-            self._bin(*self.waiting[0])
-        elif self.waiting:
-            confidences, correct = zip(*self.waiting, strict=True)
-            self._bin(torch.cat(confidences), torch.cat(correct))
-        self.waiting.clear()
+        if self.first is not None:
+            self._bin(*self.first)
+            self.first = None
+        elif self.size and self.confidences is not None and self.correct is not None:
+            self._bin(self.confidences[: self.size], self.correct[: self.size])
         self.size = 0
 
     def _bin(self, confidences: Tensor, correct: Tensor) -> None:
