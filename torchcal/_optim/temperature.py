@@ -18,7 +18,9 @@ runs :func:`solve_temperature`.
 Both start from the same warm start (:func:`warm_start`): the optimum on an evenly strided
 subsample of the rows (for small data: the validating pass's derivatives at T = 1), then steps on
 all of them that use the NLL's first four derivatives (Taylor steps, whose error shrinks like the
-fourth power of their length) until the step at an evaluated point meets ``rtol``. That last
+fourth power of their length; once two points bracket the optimum, steps to the root of the
+Hermite interpolant of the derivatives at both) until the step at an evaluated point meets
+``rtol``. That last
 evaluation carries what the fit's report needs, and the objective hands it to the solver again
 without a pass (see ``evaluate``): the solver then only verifies, and LBFGS, which would stop at
 that first evaluation too, is never built (building a ``torch.optim`` optimiser imports
