@@ -186,3 +186,18 @@ def test_bin_sums_of_chunks_equal_those_of_all_the_confidences_at_once(sizes):
     assert torch.equal(found[0], expected[0].to(torch.float64))
     assert torch.equal(found[2], expected[2])
     torch.testing.assert_close(found[1], expected[1], rtol=1e-14, atol=1e-12)
+
+
+def test_bin_sums_keep_no_chunk_once_a_second_comes():
+    # holding many small chunks scattered small allocations among a pass's large ones and grew
+    # the heap by 100 MB over a file; only a lone chunk may be held as given
+    import weakref
+
+    sums = BinSums(uniform_edges(15, torch.device("cpu")), 1_000, torch.float32)
+    chunks = [(torch.rand(10), torch.rand(10) < 0.5) for _ in range(3)]
+    held = [weakref.ref(confidences) for confidences, _ in chunks]
+    for confidences, correct in chunks:
+        sums.add(confidences, correct)
+    del chunks, confidences, correct
+    assert all(reference() is None for reference in held)
+    assert int(sums.result()[0].sum()) == 30
