@@ -280,10 +280,10 @@ def uniform_bin_sums(
     confidences, correct = confidences.reshape(-1), correct.reshape(-1)
     blocks = RowChunks(confidences.numel(), BIN_BLOCK)
     totals = None
+    exact = confidences.dtype != torch.float64 and floor_bins_are_exact(n_bins)
     for start, stop in blocks:
         block = confidences[start:stop]
         wide = block.to(torch.float64)  # binned and summed in float64
-        exact = block.dtype != torch.float64 and floor_bins_are_exact(n_bins)
         index = _uniform_bin_index(wide, n_bins, floor_is_exact=exact)
         sums = _sums_by_bin(index, wide, correct[start:stop], n_bins)
         totals = sums if totals is None else [t.add_(s) for t, s in zip(totals, sums, strict=True)]

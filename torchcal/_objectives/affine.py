@@ -133,6 +133,7 @@ class AffineObjective:
         self._float32_rows: list[Tensor] | None = None
         self._float32_maps: tuple[Tensor, ...] | None = None
         self._correction_inputs: list[tuple[Tensor, Tensor]] = []
+        self._correction_weights: tuple[Tensor, Tensor] | None = None
         self._penalty_matrix: Tensor | None = None
         self._penalty_products: Tensor | None = None
         #: Newton-CG with the rows kept: the float32 probabilities at the last point evaluated,
@@ -697,9 +698,11 @@ class AffineObjective:
         kept = self._correction_inputs
         if index < len(kept):
             return kept[index]
-        directions = self._correction_directions()
-        own = directions[:, :-1, 0].T.to(torch.float32)
-        mode = self._common_mode().to(torch.float32)[:, None]
+        if self._correction_weights is None:  # (K, K) own_i by column and (K, 1) mode, float32
+            own = self._correction_directions()[:, :-1, 0].T
+            mode = self._common_mode()[:, None]
+            self._correction_weights = (own.to(torch.float32), mode.to(torch.float32))
+        own, mode = self._correction_weights
         features = (x @ own, x @ mode)
         if self._cache is not None:  # the float32 rows are kept too
             kept.append(features)

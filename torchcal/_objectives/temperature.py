@@ -152,16 +152,15 @@ class _StreamedNLL:
         self.device = source.device
         self.n_rows = source.shape[0]  # this process's rows, ignored ones included
         self.compute_dtype = _compute_dtype(source.dtype)
-        row_width = source.shape[1] if len(source.shape) > 1 else 1
-        self.row_width = row_width
+        self.row_width = source.shape[1] if len(source.shape) > 1 else 1
         self.chunks = RowChunks.fitting(
-            self.n_rows, row_width=row_width, device=self.device, chunk_elements=chunk_elements
+            self.n_rows, row_width=self.row_width, device=self.device, chunk_elements=chunk_elements
         )
         self.n_bins = n_bins
         self.edges = uniform_edges(n_bins, self.device)
         self.reducer = reducer or LocalReducer()
         # This rank's choice; the reported moments need every rank's (see synchronise).
-        self.start_moments = self.n_rows * row_width < START_MOMENTS_MAX_ELEMENTS
+        self.start_moments = self.n_rows * self.row_width < START_MOMENTS_MAX_ELEMENTS
         self.latest: Evaluation | None = None  # the last full-data evaluation, reused if asked
         self.row_offset = 0  # rows held by the ranks before this one
         self.passes = 0
@@ -611,15 +610,18 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
         """``logits - row_max`` per row in a scratch buffer: classes-first, (K, rows), when
         :attr:`classes_first`, else (rows, K)."""
         if self.classes_first:
-            out = self._scratch(0, torch.Size((logits.shape[1], logits.shape[0])))
-            return torch.sub(logits.t(), row_max, out=out)
+            return torch.sub(logits.t(), row_max, out=self._classes_first_scratch(logits))
         return torch.sub(logits, row_max[:, None], out=self._scratch(0, logits.shape))
 
     def _by_class(self, logits: Tensor) -> Tensor:
         """A classes-first (K, rows) copy of a chunk's logits, in the scratch buffer of
         :meth:`_shifted` (shifting it in place gives what that would)."""
-        out = self._scratch(0, torch.Size((logits.shape[1], logits.shape[0])))
+        out = self._classes_first_scratch(logits)
         return torch.add(logits.t(), 0.0, out=out)  # a transposing copy, faster than copy_
+
+    def _classes_first_scratch(self, logits: Tensor) -> Tensor:
+        """The (K, rows) scratch buffer for a (rows, K) chunk laid out classes-first."""
+        return self._scratch(0, torch.Size((logits.shape[1], logits.shape[0])))
 
 
 def _power_sums(weights: Tensor, shifted: Tensor, dim: int, count: int) -> list[Tensor]:

@@ -215,16 +215,16 @@ def _taylor_search(
         derivatives = list(itertools.takewhile(_is_finite, known))
         across = [node for node in seen if (node[1][0] > 0) != (evaluation.grad > 0)]
         seen.append((at, derivatives))
+        final_next[0] = abs(step) <= FINAL_STEP_RTOL * at
         if across and len(derivatives) > 1 and not abs(step) <= rtol * at:
             partner = min(across, key=lambda node: abs(node[0] - at))
             nodes = sorted([partner, (at, derivatives)])
             bracket = (partner[0], at) if evaluation.grad > 0 else (at, partner[0])
             root = root_between(nodes, *bracket, start=at + step)  # from Taylor's guess
             if abs(root - at) > rtol * at:  # NaN fails: no root, keep Taylor's step
-                agree = abs(root - (at + step)) <= FINAL_AGREEMENT * at  # NaN step fails too
-                final_next[0] = agree or abs(step) <= FINAL_STEP_RTOL * at
+                # NaN step fails the agreement too
+                final_next[0] |= abs(root - (at + step)) <= FINAL_AGREEMENT * at
                 return evaluation.grad, root - at
-        final_next[0] = abs(step) <= FINAL_STEP_RTOL * at
         return evaluation.grad, step
 
     stopping = Stopping(rtol, max_iter)
