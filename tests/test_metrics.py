@@ -353,6 +353,41 @@ def test_class_wise_bins_of_wide_rows_equal_numpy_float64(monkeypatch, dtype, n_
         assert float(found) == pytest.approx(np.mean(expected), abs=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_class_wise_bins_of_sparse_then_dense_chunks_equal_numpy_float64(monkeypatch, dtype):
+    # 300 classes, 15 bins. The first rows are nearly one-hot: few entries past the first edge,
+    # so those chunks are sparse (first bins from the column totals). The later rows spread
+    # their mass over 15 classes at 1/15 each, past the first edge: those chunks are dense.
+    monkeypatch.setattr(_terms, "CHUNK_ELEMENTS", 3000)  # 10 rows per chunk
+    generator = torch.Generator().manual_seed(22)
+    n_classes, n_bins = 300, 15
+    peaked = torch.softmax(torch.randn(40, n_classes, generator=generator) * 0.5, 1)
+    peaked[:, 7] += 1.0
+    spread = torch.rand(35, n_classes, generator=generator) * 1e-3
+    spread[:, ::20] += 1.0
+    probs = torch.cat([peaked, spread]).to(dtype)
+    probs /= probs.sum(dim=1, keepdim=True)
+    labels = torch.randint(0, n_classes, (75,), generator=generator)
+    p, y = probs.numpy().astype(np.float64), labels.numpy()
+    assert _terms._entries_at_least(probs[:10].reshape(-1), 0.99 / n_bins) is not None
+    assert _terms._entries_at_least(probs[40:50].reshape(-1), 0.99 / n_bins) is None
+    edges = np.linspace(0, 1, n_bins + 1)
+    counts, sums, correct = _terms.classwise_bin_sums(probs, labels, n_bins)
+    _, sums_alone, _ = _terms.classwise_bin_sums(probs, labels, n_bins, counts=False)
+    assert torch.equal(sums_alone, sums)
+    l1 = []
+    for k in range(n_classes):
+        index = np.clip(np.searchsorted(edges, p[:, k], side="right") - 1, 0, n_bins - 1)
+        assert counts[k].tolist() == np.bincount(index, minlength=n_bins).tolist()
+        expected = np.bincount(index, p[:, k], minlength=n_bins)
+        np.testing.assert_allclose(sums[k].numpy(), expected, rtol=1e-13, atol=1e-13)
+        assert correct[k].tolist() == np.bincount(index, y == k, minlength=n_bins).tolist()
+        n_k, conf, acc = _numpy_bins(p[:, k], (y == k).astype(float), edges)
+        l1.append(np.sum(np.abs(acc - conf) * n_k) / n_k.sum())
+    found = classwise_calibration_error(probs, labels, n_bins=n_bins)
+    assert float(found) == pytest.approx(np.mean(l1), abs=1e-12)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.floats(0.0, 1.0, width=32), min_size=0, max_size=300),

@@ -48,6 +48,7 @@ __all__ = [
     "nll_terms_from_logits",
     "nll_total",
     "row_chunks",
+    "row_maxima",
     "square_sum",
     "squared_norms",
     "uniform_bin_index",
@@ -295,9 +296,44 @@ def uniform_bin_sums(
     return counts, sum_confidence, sum_correct
 
 
+#: The integer dtype of each floating dtype's width.
+_BITS_OF = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
+
+
+def row_maxima(rows: Tensor, out: Tensor | None = None) -> Tensor:
+    """The largest value of each row of (M, K) non-negative ``rows`` (into (M,) ``out`` if given).
+
+    The bits of non-negative floats, read as integers, order as the values do, and an integer
+    maximum is faster (on a CPU, twice as fast for 10 columns, and never slower from 2 to 1,000
+    columns). A row with a negative entry may get another maximum than ``amax`` gives, but
+    such rows fail the value checks that every caller makes; a NaN stays a NaN.
+
+    Args:
+        rows: (M, K) non-negative values.
+        out: (M,) tensor of their dtype to write into.
+
+    Example:
+        >>> row_maxima(torch.tensor([[0.2, 0.8], [0.5, 0.5]]), out=torch.empty(2)).tolist()
+        [0.800000011920929, 0.5]
+    """
+    bits = _BITS_OF.get(rows.dtype)
+    if bits is None:
+        return torch.amax(rows, dim=1) if out is None else torch.amax(rows, dim=1, out=out)
+    if out is None:
+        return torch.amax(rows.view(bits), dim=1).view(rows.dtype)
+    torch.amax(rows.view(bits), dim=1, out=out.view(bits))
+    return out
+
+
 def _entries_at_least(values: Tensor, threshold: float, block: int = 64) -> Tensor | None:
-    """The indices of the entries of 1-D ``values`` at or above ``threshold`` where they are
-    few, or ``None`` where they may be many (then looking at every entry costs less).
+    """The indices of the entries of 1-D non-negative ``values`` at or above ``threshold > 0``
+    where they are few, or ``None`` where they may be many (then looking at every entry costs
+    less).
 
     The maxima of blocks of ``block`` entries find them: only blocks whose maximum reaches the
     threshold are searched entry by entry (each search costs a host sync on an accelerator).
@@ -311,7 +347,7 @@ def _entries_at_least(values: Tensor, threshold: float, block: int = 64) -> Tens
     """
     whole = values.numel() // block * block
     blocks = values[:whole].view(-1, block)
-    hot = (blocks.amax(dim=1) >= threshold).nonzero().squeeze(1)
+    hot = (row_maxima(blocks) >= threshold).nonzero().squeeze(1)
     if 4 * hot.numel() > blocks.shape[0]:
         return None
     found = (blocks[hot] >= threshold).nonzero()
@@ -325,7 +361,8 @@ def classwise_bin_sums(
     n_bins: int,
     *,
     visit: Callable[[Tensor, int, int], None] | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+    counts: bool = True,
+) -> tuple[Tensor | None, Tensor, Tensor]:
     """One-vs-rest equal-width bin sums of every class at once, (K, n_bins) each, from one read
     of the probabilities a row chunk at a time.
 
@@ -334,7 +371,8 @@ def classwise_bin_sums(
     wide rows lie in the first bin (a row has at most ``n_bins`` entries of ``1 / n_bins`` or
     more), so where they are few only the others are binned one by one; the first bin's count
     and sum are what the class's column total leaves (its sum exact up to float64 rounding of
-    that total).
+    that total). Where they are many (narrow rows), every entry is binned by ``floor(n_bins * p)``
+    and summed as ``n_bins * p`` in float64 (both exact from float32), then divided by ``n_bins``.
 
     Args:
         probs: (M, K) probabilities.
@@ -342,13 +380,22 @@ def classwise_bin_sums(
         n_bins: number of equal-width bins.
         visit: called with each chunk of rows and its ``(start, stop)`` while it is in cache
             (the callers' value checks).
+        counts: also count the entries of each bin (an L1 error needs only the sums); ``None``
+            in their place if not.
+
+    Returns:
+        Per (class, bin): the count (int64, or ``None``), the sum of the probabilities and the
+        number of samples labelled with the class (float64).
     """
     n_rows, n_classes = probs.shape
     device = probs.device
     size = n_classes * n_bins
-    counts = torch.zeros(size, dtype=torch.int64, device=device)
-    sum_probs = torch.zeros(size, dtype=torch.float64, device=device)
-    column_sums = torch.zeros(n_classes, dtype=torch.float64, device=device)
+    # Per (class, bin) cell: counts and sums of n_bins * p of dense chunks, counts and sums of p
+    # of sparse chunks (whose first bins are filled in at the end).
+    dense_counts = torch.zeros(size, dtype=torch.int64, device=device)
+    dense_sums = torch.zeros(size, dtype=torch.float64, device=device)
+    sparse_counts, sparse_sums = torch.zeros_like(dense_counts), torch.zeros_like(dense_sums)
+    sparse_rows, column_sums = 0, torch.zeros(n_classes, dtype=torch.float64, device=device)
     # A little below the first edge: every entry past it is found, and one found below it lands
     # in the first bin, whose sums are set from the column totals anyway.
     threshold = 0.99 / n_bins
@@ -356,31 +403,48 @@ def classwise_bin_sums(
     chunks = row_chunks(probs)
     chunk_rows = min(chunks.rows, n_rows)
     wide = torch.empty(chunk_rows, n_classes, dtype=torch.float64, device=device)
-    entry_classes = torch.arange(n_classes, device=device).repeat(chunk_rows)
+    cells = torch.empty(chunk_rows, n_classes, dtype=torch.int32, device=device)
+    class_cells = torch.arange(0, size, n_bins, dtype=torch.int32, device=device)
+    scale = torch.tensor([float(n_bins)], dtype=torch.float64, device=device)
+    dense = False  # once a chunk is dense (narrow rows), the rest are taken as dense too
     for start, stop in chunks:
         chunk = probs[start:stop]
         if visit is not None:
             visit(chunk, start, stop)
+        entries = None if dense else _entries_at_least(chunk.reshape(-1), threshold)
+        if entries is None:  # bin every entry
+            dense = True
+            scaled = torch.mul(chunk, scale, out=wide[: stop - start])  # exact from float32
+            index = cells[: stop - start]
+            if floor_is_exact:
+                index.copy_(scaled)  # float -> int truncates: the floor
+            else:
+                wide_chunk = chunk.to(torch.float64)
+                index.copy_(_uniform_bin_index(wide_chunk, n_bins, floor_is_exact=False))
+            index = index.clamp_(0, n_bins - 1).add_(class_cells).view(-1)
+            dense_sums += torch.bincount(index, scaled.view(-1), minlength=size)
+            if counts:
+                dense_counts += torch.bincount(index, minlength=size)
+            continue
         wide_chunk = wide[: stop - start].copy_(chunk)
         column_sums += wide_chunk.sum(dim=0)
-        values = wide_chunk.reshape(-1)
-        entries = _entries_at_least(chunk.reshape(-1), threshold)
-        if entries is None:  # bin every entry
-            classes = entry_classes[: values.numel()]
-        else:
-            values, classes = values[entries], entries.remainder_(n_classes)
-        cells = _uniform_bin_index(values, n_bins, floor_is_exact=floor_is_exact)
-        cells += classes * n_bins
-        counts += torch.bincount(cells, minlength=size)
-        sum_probs += torch.bincount(cells, weights=values, minlength=size)
+        sparse_rows += stop - start
+        values, classes = wide_chunk.reshape(-1)[entries], entries.remainder_(n_classes)
+        index = _uniform_bin_index(values, n_bins, floor_is_exact=floor_is_exact)
+        index += classes * n_bins
+        if counts:
+            sparse_counts += torch.bincount(index, minlength=size)
+        sparse_sums += torch.bincount(index, weights=values, minlength=size)
     shape = (n_classes, n_bins)
-    counts, sum_probs = counts.view(shape), sum_probs.view(shape)
-    counts[:, 0] = n_rows - counts[:, 1:].sum(dim=1)
-    sum_probs[:, 0] = column_sums - sum_probs[:, 1:].sum(dim=1)
+    sparse_counts, sparse_sums = sparse_counts.view(shape), sparse_sums.view(shape)
+    sparse_counts[:, 0] = sparse_rows - sparse_counts[:, 1:].sum(dim=1)
+    sparse_sums[:, 0] = column_sums - sparse_sums[:, 1:].sum(dim=1)
+    sum_probs = dense_sums.view(shape).div_(n_bins).add_(sparse_sums)
+    tallies = dense_counts.view(shape).add_(sparse_counts) if counts else None
     label_probs = probs.gather(1, labels[:, None]).squeeze(1)
     label_index = uniform_bin_index(label_probs, n_bins) + labels * n_bins
     sum_correct = torch.bincount(label_index, minlength=size).to(torch.float64)
-    return counts, sum_probs, sum_correct.view(shape)
+    return tallies, sum_probs, sum_correct.view(shape)
 
 
 class BinSums:

@@ -264,10 +264,14 @@ def classwise_calibration_error(
     if strategy == "uniform":  # the values are checked in the one read of the bins
         probs, labels, checked = probs_and_labels(probs, labels, class_dim, ignore_index)
         checks = None if checked else RowValueCheck(probs, row_chunks(probs).rows)
-        sums = classwise_bin_sums(probs, labels, n_bins, visit=checks and checks.add)
+        counts, sum_probs, sum_correct = classwise_bin_sums(
+            probs, labels, n_bins, visit=checks and checks.add, counts=norm != "l1"
+        )
         if checks is not None:
             checks.verify()
-        bins = bins_from_sums(uniform_edges(n_bins, probs.device), *sums)
+        if counts is None:  # the L1 error needs no counts: sum_b |n_b (acc_b - conf_b)| / M
+            return (sum_correct - sum_probs).abs_().sum() / (probs.shape[0] * probs.shape[1])
+        bins = bins_from_sums(uniform_edges(n_bins, probs.device), counts, sum_probs, sum_correct)
         return bins.calibration_error(norm).mean()
     probs, labels = check_probs_and_labels(probs, labels, class_dim, ignore_index)
     errors = [

@@ -23,10 +23,22 @@ import torch
 from torch import Tensor
 
 from torchcal._inputs import row_sum_tolerance
-from torchcal._terms import brier_terms, nll_terms, row_chunks, square_sum, squared_norms
+from torchcal._terms import (
+    brier_terms,
+    nll_terms,
+    row_chunks,
+    row_maxima,
+    square_sum,
+    squared_norms,
+)
 from torchcal.metrics._inputs import check_rows, probs_and_labels
 
-__all__ = ["RowValueCheck", "SampleStatistics", "sample_statistics", "statistics_of_rows"]
+__all__ = [
+    "RowValueCheck",
+    "SampleStatistics",
+    "sample_statistics",
+    "statistics_of_rows",
+]
 
 
 @dataclass(frozen=True)
@@ -159,7 +171,7 @@ def statistics_of_rows(
     checks = RowValueCheck(rows, chunks.rows) if check else None
     for start, stop in chunks:
         chunk = rows[start:stop]
-        torch.amax(chunk, dim=1, out=confidences[start:stop])
+        row_maxima(chunk, out=confidences[start:stop])
         torch.gather(chunk, 1, labels[start:stop, None], out=label_probs[start:stop])
         if norms is not None:
             norms[start:stop] = squared_norms(chunk)
