@@ -406,6 +406,25 @@ def test_entries_at_least_a_threshold_are_all_found(values, threshold, block):
         assert sorted(found.tolist()) == expected.tolist()
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.floats(0.0, allow_nan=False, width=32) | st.just(-0.0), min_size=1, max_size=12
+        ),
+        min_size=1,
+        max_size=20,
+    ).filter(lambda rows: len({len(row) for row in rows}) == 1),
+    st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+)
+def test_row_maxima_read_as_integers_equal_amax_on_non_negative_values(rows, dtype):
+    values = torch.tensor(rows, dtype=torch.float32).to(dtype)  # +inf and -0.0 included
+    expected = values.amax(dim=1)
+    assert torch.equal(_terms.row_maxima(values), expected)
+    out = torch.empty(len(rows), dtype=dtype)
+    assert _terms.row_maxima(values, out=out) is out and torch.equal(out, expected)
+
+
 def test_class_wise_quantile_bins_match_numpy():
     probs, labels = probabilities(n=600, k=3, seed=20)
     p, y = probs.numpy(), labels.numpy()
