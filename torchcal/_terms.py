@@ -273,27 +273,60 @@ def uniform_bin_sums(
     """:func:`bin_sums` on ``uniform_edges(n_bins)``, binned by :func:`uniform_bin_index`
     :data:`BIN_BLOCK` samples at a time (their temporaries stay in cache).
 
+    Each block is scaled to ``n_bins * c`` in float64 (exact for float32 and narrower values,
+    whose bin is then its floor) and binned in cells that also say whether the sample is
+    correct (bytes for up to 128 bins: the counting loops run fastest on them): one count and
+    one weighted count per block give all three sums, the confidences' as the sum of
+    ``n_bins * c`` over ``n_bins``.
+
     Args:
         confidences: (M,) confidences in [0, 1], any floating dtype.
         correct: (M,) 0/1 or bool correctness.
         n_bins: number of equal-width bins.
     """
     confidences, correct = confidences.reshape(-1), correct.reshape(-1)
-    blocks = RowChunks(confidences.numel(), BIN_BLOCK)
-    totals = None
+    if confidences.requires_grad:
+        counts, scaled_sums = _differentiable_cell_sums(confidences, correct, n_bins)
+    else:
+        counts, scaled_sums = _cell_sums(confidences, correct, n_bins)
+    tallies = counts.view(2, n_bins)
+    sum_confidence = scaled_sums.view(2, n_bins).sum(dim=0) / n_bins
+    return tallies.sum(dim=0), sum_confidence, tallies[1].to(torch.float64)
+
+
+def _cell_sums(confidences: Tensor, correct: Tensor, n_bins: int) -> tuple[Tensor, Tensor]:
+    """Per (correctness, bin) cell of :func:`uniform_bin_sums`, (2 * n_bins,) each: the count
+    and the float64 sum of ``n_bins * c``, a block at a time."""
     exact = confidences.dtype != torch.float64 and floor_bins_are_exact(n_bins)
-    for start, stop in blocks:
+    cell_dtype = torch.uint8 if 2 * n_bins <= 256 else torch.int64
+    n_cells = 2 * n_bins
+    counts = torch.zeros(n_cells, dtype=torch.int64, device=confidences.device)
+    scaled_sums = torch.zeros(n_cells, dtype=torch.float64, device=confidences.device)
+    for start, stop in RowChunks(confidences.numel(), BIN_BLOCK):
         block = confidences[start:stop]
-        wide = block.to(torch.float64)  # binned and summed in float64
-        index = _uniform_bin_index(wide, n_bins, floor_is_exact=exact)
-        sums = _sums_by_bin(index, wide, correct[start:stop], n_bins)
-        totals = sums if totals is None else [t.add_(s) for t, s in zip(totals, sums, strict=True)]
-    if totals is None:  # no samples
-        return _sums_by_bin(
-            confidences.new_empty(0, dtype=torch.int64), confidences, correct, n_bins
-        )
-    counts, sum_confidence, sum_correct = totals
-    return counts, sum_confidence, sum_correct
+        scaled = block.to(torch.float64, copy=True).mul_(n_bins)
+        if exact:
+            cells = scaled.to(cell_dtype)  # float -> int truncates: the floor
+        else:
+            cells = _uniform_bin_index(block.to(torch.float64), n_bins, floor_is_exact=False)
+        cells = cells.clamp_(0, n_bins - 1).add_(correct[start:stop].to(torch.bool), alpha=n_bins)
+        counts += torch.bincount(cells, minlength=n_cells)
+        scaled_sums += torch.bincount(cells, scaled, minlength=n_cells)
+    return counts, scaled_sums
+
+
+def _differentiable_cell_sums(
+    confidences: Tensor, correct: Tensor, n_bins: int
+) -> tuple[Tensor, Tensor]:
+    """:func:`_cell_sums` of confidences that require grad (a weighted bincount has no
+    derivative): the same sums by ``index_add``, in the same order for up to
+    :data:`BIN_BLOCK` samples."""
+    scaled = confidences.to(torch.float64) * n_bins
+    wide = confidences.detach().to(torch.float64)
+    cells = _uniform_bin_index(wide, n_bins, floor_is_exact=False)
+    cells.add_(correct.to(torch.bool), alpha=n_bins)
+    counts = torch.bincount(cells, minlength=2 * n_bins)
+    return counts, scaled.new_zeros(2 * n_bins).index_add(0, cells, scaled)
 
 
 #: The integer dtype of each floating dtype's width.
