@@ -298,8 +298,8 @@ def _cell_sums(confidences: Tensor, correct: Tensor, n_bins: int) -> tuple[Tenso
     """Per (correctness, bin) cell of :func:`uniform_bin_sums`, (2 * n_bins,) each: the count
     and the float64 sum of ``n_bins * c``, a block at a time."""
     exact = confidences.dtype != torch.float64 and floor_bins_are_exact(n_bins)
-    cell_dtype = torch.uint8 if 2 * n_bins <= 256 else torch.int64
     n_cells = 2 * n_bins
+    cell_dtype = torch.uint8 if n_cells <= 1 << 8 else torch.int32  # bytes count fastest
     counts = torch.zeros(n_cells, dtype=torch.int64, device=confidences.device)
     scaled_sums = torch.zeros(n_cells, dtype=torch.float64, device=confidences.device)
     for start, stop in RowChunks(confidences.numel(), BIN_BLOCK):
@@ -436,8 +436,11 @@ def classwise_bin_sums(
     chunks = row_chunks(probs)
     chunk_rows = min(chunks.rows, n_rows)
     wide = torch.empty(chunk_rows, n_classes, dtype=torch.float64, device=device)
-    cells = torch.empty(chunk_rows, n_classes, dtype=torch.int32, device=device)
-    class_cells = torch.arange(0, size, n_bins, dtype=torch.int32, device=device)
+    # int16 and int32 convert from float and add fastest (uint8 and int64 several times slower)
+    cell_dtype = torch.int16 if size <= 1 << 15 else torch.int32
+    cells = torch.empty(chunk_rows, n_classes, dtype=cell_dtype, device=device)
+    labelled = torch.zeros(size, dtype=torch.int64, device=device)  # dense rows' label cells
+    class_cells = torch.arange(0, size, n_bins, dtype=cell_dtype, device=device)
     scale = torch.tensor([float(n_bins)], dtype=torch.float64, device=device)
     dense = False  # once a chunk is dense (narrow rows), the rest are taken as dense too
     for start, stop in chunks:
@@ -454,7 +457,10 @@ def classwise_bin_sums(
             else:
                 wide_chunk = chunk.to(torch.float64)
                 index.copy_(_uniform_bin_index(wide_chunk, n_bins, floor_is_exact=False))
-            index = index.clamp_(0, n_bins - 1).add_(class_cells).view(-1)
+            index = index.clamp_(0, n_bins - 1).add_(class_cells)
+            label_cells = index.gather(1, labels[start:stop, None]).view(-1)
+            labelled += torch.bincount(label_cells, minlength=size)
+            index = index.view(-1)
             dense_sums += torch.bincount(index, scaled.view(-1), minlength=size)
             if counts:
                 dense_counts += torch.bincount(index, minlength=size)
@@ -474,10 +480,12 @@ def classwise_bin_sums(
     sparse_sums[:, 0] = column_sums - sparse_sums[:, 1:].sum(dim=1)
     sum_probs = dense_sums.view(shape).div_(n_bins).add_(sparse_sums)
     tallies = dense_counts.view(shape).add_(sparse_counts) if counts else None
-    label_probs = probs.gather(1, labels[:, None]).squeeze(1)
-    label_index = uniform_bin_index(label_probs, n_bins) + labels * n_bins
-    sum_correct = torch.bincount(label_index, minlength=size).to(torch.float64)
-    return tallies, sum_probs, sum_correct.view(shape)
+    if sparse_rows:  # the sparse chunks come first: their labels' cells
+        sparse_labels = labels[:sparse_rows]
+        label_probs = probs[:sparse_rows].gather(1, sparse_labels[:, None]).squeeze(1)
+        label_cells = uniform_bin_index(label_probs, n_bins) + sparse_labels * n_bins
+        labelled += torch.bincount(label_cells, minlength=size)
+    return tallies, sum_probs, labelled.view(shape).to(torch.float64)
 
 
 class BinSums:
