@@ -441,7 +441,6 @@ def classwise_bin_sums(
     cells = torch.empty(chunk_rows, n_classes, dtype=cell_dtype, device=device)
     labelled = torch.zeros(size, dtype=torch.int64, device=device)  # dense rows' label cells
     class_cells = torch.arange(0, size, n_bins, dtype=cell_dtype, device=device)
-    scale = torch.tensor([float(n_bins)], dtype=torch.float64, device=device)
     dense = False  # once a chunk is dense (narrow rows), the rest are taken as dense too
     for start, stop in chunks:
         chunk = probs[start:stop]
@@ -450,7 +449,7 @@ def classwise_bin_sums(
         entries = None if dense else _entries_at_least(chunk.reshape(-1), threshold)
         if entries is None:  # bin every entry
             dense = True
-            scaled = torch.mul(chunk, scale, out=wide[: stop - start])  # exact from float32
+            scaled = wide[: stop - start].copy_(chunk).mul_(n_bins)  # exact from float32
             index = cells[: stop - start]
             if floor_is_exact:
                 index.copy_(scaled)  # float -> int truncates: the floor
