@@ -437,7 +437,7 @@ def classwise_bin_sums(
     chunk_rows = min(chunks.rows, n_rows)
     wide = torch.empty(chunk_rows, n_classes, dtype=torch.float64, device=device)
     # int16 and int32 convert from float and add fastest (uint8 and int64 several times slower)
-    cell_dtype = torch.int16 if size <= 1 << 15 else torch.int32
+    cell_dtype = torch.int16 if size <= 1 << 15 else torch.int32 if size < 1 << 31 else torch.int64
     cells = torch.empty(chunk_rows, n_classes, dtype=cell_dtype, device=device)
     labelled = torch.zeros(size, dtype=torch.int64, device=device)  # dense rows' label cells
     class_cells = torch.arange(0, size, n_bins, dtype=cell_dtype, device=device)
