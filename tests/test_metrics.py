@@ -327,24 +327,32 @@ def test_chunked_class_wise_and_brier_equal_numpy_float64(monkeypatch, dtype):
     assert float(brier_score(probs, labels)) == pytest.approx(brier, rel=1e-13)
 
 
-@pytest.mark.parametrize(("dtype", "n_bins"), [(torch.float32, 15), (torch.float64, 10)])
-def test_class_wise_bins_of_wide_rows_equal_numpy_float64(monkeypatch, dtype, n_bins):
-    # 1,000 classes: most entries lie in the first bin, whose sums come from the column totals,
-    # and only the few others are binned one by one, over several row chunks.
-    monkeypatch.setattr(_terms, "CHUNK_ELEMENTS", 1 << 16)
-    probs, labels = probabilities(n=700, k=1000, seed=21, dtype=dtype)
+def _class_bins_checked_against_numpy(probs, labels, n_bins):
+    """Check every class's bin counts, sums and correct counts from ``classwise_bin_sums``
+    against numpy float64; return each class's numpy (|accuracy - confidence|, counts)."""
     p, y = probs.numpy().astype(np.float64), labels.numpy()
     edges = np.linspace(0, 1, n_bins + 1)
     counts, sums, correct = _terms.classwise_bin_sums(probs, labels, n_bins)
-    errors = {"l1": [], "l2": [], "max": []}
-    for k in range(1000):
+    per_class = []
+    for k in range(p.shape[1]):
         index = np.clip(np.searchsorted(edges, p[:, k], side="right") - 1, 0, n_bins - 1)
         assert counts[k].tolist() == np.bincount(index, minlength=n_bins).tolist()
         expected = np.bincount(index, p[:, k], minlength=n_bins)
         np.testing.assert_allclose(sums[k].numpy(), expected, rtol=1e-13, atol=1e-13)
         assert correct[k].tolist() == np.bincount(index, y == k, minlength=n_bins).tolist()
         n_k, conf, acc = _numpy_bins(p[:, k], (y == k).astype(float), edges)
-        gaps = np.abs(acc - conf)
+        per_class.append((np.abs(acc - conf), n_k))
+    return per_class
+
+
+@pytest.mark.parametrize(("dtype", "n_bins"), [(torch.float32, 15), (torch.float64, 10)])
+def test_class_wise_bins_of_wide_rows_equal_numpy_float64(monkeypatch, dtype, n_bins):
+    # 1,000 classes: most entries lie in the first bin, whose sums come from the column totals,
+    # and only the few others are binned one by one, over several row chunks.
+    monkeypatch.setattr(_terms, "CHUNK_ELEMENTS", 1 << 16)
+    probs, labels = probabilities(n=700, k=1000, seed=21, dtype=dtype)
+    errors = {"l1": [], "l2": [], "max": []}
+    for gaps, n_k in _class_bins_checked_against_numpy(probs, labels, n_bins):
         errors["l1"].append(np.sum(gaps * n_k) / n_k.sum())
         errors["l2"].append(np.sqrt(np.sum(gaps**2 * n_k) / n_k.sum()))
         errors["max"].append(gaps[n_k > 0].max())
@@ -368,22 +376,15 @@ def test_class_wise_bins_of_sparse_then_dense_chunks_equal_numpy_float64(monkeyp
     probs = torch.cat([peaked, spread]).to(dtype)
     probs /= probs.sum(dim=1, keepdim=True)
     labels = torch.randint(0, n_classes, (75,), generator=generator)
-    p, y = probs.numpy().astype(np.float64), labels.numpy()
     assert _terms._entries_at_least(probs[:10].reshape(-1), 0.99 / n_bins) is not None
     assert _terms._entries_at_least(probs[40:50].reshape(-1), 0.99 / n_bins) is None
-    edges = np.linspace(0, 1, n_bins + 1)
-    counts, sums, correct = _terms.classwise_bin_sums(probs, labels, n_bins)
+    l1 = [
+        np.sum(gaps * n_k) / n_k.sum()
+        for gaps, n_k in _class_bins_checked_against_numpy(probs, labels, n_bins)
+    ]
+    _, sums, _ = _terms.classwise_bin_sums(probs, labels, n_bins)
     _, sums_alone, _ = _terms.classwise_bin_sums(probs, labels, n_bins, counts=False)
     assert torch.equal(sums_alone, sums)
-    l1 = []
-    for k in range(n_classes):
-        index = np.clip(np.searchsorted(edges, p[:, k], side="right") - 1, 0, n_bins - 1)
-        assert counts[k].tolist() == np.bincount(index, minlength=n_bins).tolist()
-        expected = np.bincount(index, p[:, k], minlength=n_bins)
-        np.testing.assert_allclose(sums[k].numpy(), expected, rtol=1e-13, atol=1e-13)
-        assert correct[k].tolist() == np.bincount(index, y == k, minlength=n_bins).tolist()
-        n_k, conf, acc = _numpy_bins(p[:, k], (y == k).astype(float), edges)
-        l1.append(np.sum(np.abs(acc - conf) * n_k) / n_k.sum())
     found = classwise_calibration_error(probs, labels, n_bins=n_bins)
     assert float(found) == pytest.approx(np.mean(l1), abs=1e-12)
 
