@@ -73,3 +73,7 @@ class RowChunks:
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for start in range(0, self.n_rows, self.rows):
             yield start, min(start + self.rows, self.n_rows)
+
+    def __len__(self) -> int:
+        """The number of chunks."""
+        return -(-self.n_rows // self.rows)

@@ -475,11 +475,10 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
         row_min = torch.empty(self.n_rows, **storage)
         sums, bins = self._new_sums(), self._new_bins()
         slope = torch.zeros((), dtype=torch.float64, device=self.device)
-        # The smallest and largest kept label, gathered on the device chunk by chunk.
+        # The smallest and largest kept label of each chunk, gathered on the device.
         extremes = torch.iinfo(self.labels.dtype)
-        label_low = torch.tensor(extremes.max, dtype=self.labels.dtype, device=self.device)
-        label_high = torch.tensor(extremes.min, dtype=self.labels.dtype, device=self.device)
-        for chunk in self._chunks(keep_all=True):
+        label_ranges = self.labels.new_empty(2, len(self.chunks))
+        for number, chunk in enumerate(self._chunks(keep_all=True)):
             rows = slice(chunk.start, chunk.stop)
             # Few classes: one classes-first copy serves the row statistics and the shift.
             by_class = self._by_class(chunk.logits) if self.classes_first else None
@@ -492,13 +491,11 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
             row_sums = row_sums if chunk.keep is None else row_sums[chunk.keep]
             labels = self.labels[rows]
             if chunk.keep is None:
-                chunk_low, chunk_high = labels.amin(), labels.amax()
+                torch.aminmax(labels, out=(label_ranges[0, number], label_ranges[1, number]))
             else:
-                chunk_low = labels.where(chunk.keep, extremes.max).amin()
-                chunk_high = labels.where(chunk.keep, extremes.min).amax()
+                label_ranges[0, number] = labels.where(chunk.keep, extremes.max).amin()
+                label_ranges[1, number] = labels.where(chunk.keep, extremes.min).amax()
                 labels = labels.where(chunk.keep, 0)
-            label_low = torch.minimum(label_low, chunk_low)
-            label_high = torch.maximum(label_high, chunk_high)
             self.label_logit[rows] = chunk.logits.gather(1, labels[:, None]).squeeze(1)
             shifted = None
             if by_class is not None and chunk.keep is None:
@@ -506,60 +503,68 @@ class SoftmaxTemperatureNLL(_StreamedNLL):
             moments = self.start_moments
             self._add_chunk_sums(sums, chunk.compacted(), 1.0, moments, bins, moments, shifted)
             label_logits = self._rows(self.label_logit, chunk).to(torch.float64)
-            slope += (row_sums - self.n_classes * label_logits).sum()
-        finite = torch.isfinite(self.row_max) & torch.isfinite(row_min)
-        if keep is not None:
-            finite |= ~keep
-        if not bool(finite.all()):
-            bad = (~finite).nonzero()
-            self._raise_if_not_finite(bad.numel(), int(bad[0]), "row", "rows")
+            slope += torch.sub(row_sums, label_logits, alpha=self.n_classes).sum()
+        # A row's range is NaN or infinite where the row is not finite or its range overflows.
         span = self.row_max.to(torch.float64) - row_min.to(torch.float64)
+        maxima, minima = self.row_max, row_min
+        # The label's score is the row's maximum: a tie for the top counts as correct.
+        correct = self.label_logit == self.row_max
         if keep is not None:
             span = span.where(keep, 0.0)
-        self._refuse_overflowing_rows(span)
-        maxima, minima = (
-            (self.row_max, row_min) if keep is None else (self.row_max[keep], row_min[keep])
-        )
+            maxima, minima, correct = maxima[keep], minima[keep], correct & keep
+        largest_range, low, high, n_correct, label_low, label_high, slope_sum = torch.stack(
+            [
+                span.max(),
+                minima.min().to(torch.float64),
+                maxima.max().to(torch.float64),
+                correct.sum().to(torch.float64),
+                label_ranges[0].min().to(torch.float64),
+                label_ranges[1].max().to(torch.float64),
+                slope,
+            ]
+        ).tolist()  # one host read
+        if not math.isfinite(largest_range):
+            self._refuse_rows_beyond_float64(row_min, keep, span)
+        # The first row whose range float32 cannot hold, or None: calibrators that cannot
+        # represent such rows refuse them by it.
+        self.first_wide_row = None
+        if largest_range > torch.finfo(torch.float32).max:
+            self.first_wide_row = int((span > torch.finfo(torch.float32).max).nonzero()[0])
         del row_min
-        if float(minima.min()) >= 0 and float(maxima.max()) <= 1 and self._rows_sum_to_one():
+        if low >= 0 and high <= 1 and self._rows_sum_to_one():
             raise ValueError(
                 "logits look like probabilities: every row lies in [0, 1] and sums to 1. "
                 "Temperature scaling needs the raw scores before softmax; pass the model's logits, "
                 "or inputs='probs' if only probabilities are available"
             )
-        # The label's score is the row's maximum: a tie for the top counts as correct.
-        correct = self.label_logit == self.row_max
-        if keep is not None:
-            correct &= keep
-        n_correct = int(correct.sum())
         initial = self._initial_sums(sums, bins)
         extras = self._extras(
             n_kept,
-            n_correct,
+            int(n_correct),
             int(label_low),
             int(label_high),
-            n_correct,
-            float(slope),
-            float(span.max()),
+            int(n_correct),
+            slope_sum,
+            largest_range,
         )
         return torch.cat([initial, extras])
 
-    def _refuse_overflowing_rows(self, span: Tensor) -> None:
-        """Refuse rows whose range max - min overflows float64; note those beyond float32.
-
-        ``first_wide_row`` is the first row whose range float32 cannot hold (computed here in
-        float64), or None: calibrators that cannot represent such rows refuse them by it.
-        """
-        overflowing = ~torch.isfinite(span)
-        if bool(overflowing.any()):
-            row = int(overflowing.nonzero()[0])
-            raise ValueError(
-                f"logits row {row} spans from {float(self.row_max[row]):.4g} down past "
-                f"-{torch.finfo(torch.float64).max:.4g}: its range max - min overflows float64, "
-                "too wide to calibrate; check the model's outputs"
-            )
-        wide = span > torch.finfo(torch.float32).max
-        self.first_wide_row = int(wide.nonzero()[0]) if bool(wide.any()) else None
+    def _refuse_rows_beyond_float64(
+        self, row_min: Tensor, keep: Tensor | None, span: Tensor
+    ) -> None:
+        """Raise for the first kind of row found whose range is not finite: a row holding NaN or
+        an infinity, else a finite row whose range max - min overflows float64."""
+        finite = torch.isfinite(self.row_max) & torch.isfinite(row_min)
+        if keep is not None:
+            finite |= ~keep
+        bad = (~finite).nonzero()
+        self._raise_if_not_finite(bad.numel(), int(bad[0]) if bad.numel() else -1, "row", "rows")
+        row = int((~torch.isfinite(span)).nonzero()[0])
+        raise ValueError(
+            f"logits row {row} spans from {float(self.row_max[row]):.4g} down past "
+            f"-{torch.finfo(torch.float64).max:.4g}: its range max - min overflows float64, "
+            "too wide to calibrate; check the model's outputs"
+        )
 
     def _rows_sum_to_one(self) -> bool:
         return all(
