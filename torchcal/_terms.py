@@ -238,19 +238,24 @@ def _uniform_bin_index(wide: Tensor, n_bins: int, *, floor_is_exact: bool) -> Te
     return index
 
 
-def _sums_by_bin(
-    index: Tensor, confidences: Tensor, correct: Tensor, n_bins: int
+def _cell_tallies(cells: Tensor, weights: Tensor, n_bins: int) -> tuple[Tensor, Tensor]:
+    """The count and the float64 sum of ``weights`` in each (correctness, bin) cell, ``bin +
+    n_bins * correct``, (2 * n_bins,) each; by ``index_add`` where the weights require grad (a
+    weighted bincount has no derivative), in the same order."""
+    n_cells = 2 * n_bins
+    counts = torch.bincount(cells, minlength=n_cells)
+    if weights.requires_grad:
+        return counts, weights.new_zeros(n_cells).index_add(0, cells, weights)
+    return counts, torch.bincount(cells, weights, minlength=n_cells)
+
+
+def _bin_totals(
+    counts: Tensor, weighted: Tensor, n_bins: int, scale: float = 1.0
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-bin count, sum of confidence and sum of correctness of binned samples (``index`` is
-    overwritten): one weighted count gives the sums of confidence, one count of the (correct,
-    bin) pairs the counts and the sums of correctness, exactly."""
-    wide = confidences.to(torch.float64)
-    if wide.requires_grad:  # a weighted bincount has no derivative
-        sum_confidence = wide.new_zeros(n_bins).index_add(0, index.clone(), wide)
-    else:
-        sum_confidence = torch.bincount(index, weights=wide, minlength=n_bins)
-    pairs = index.add_(correct.to(torch.bool), alpha=n_bins)  # correct samples in [n, 2n)
-    tallies = torch.bincount(pairs, minlength=2 * n_bins).view(2, n_bins)
+    """Per-bin count, sum of confidence and sum of correctness from :func:`_cell_tallies`'
+    cells, the weights being ``scale`` times the confidences."""
+    tallies = counts.view(2, n_bins)
+    sum_confidence = weighted.view(2, n_bins).sum(dim=0) / scale
     return tallies.sum(dim=0), sum_confidence, tallies[1].to(torch.float64)
 
 
@@ -263,8 +268,9 @@ def bin_sums(confidences: Tensor, correct: Tensor, edges: Tensor) -> tuple[Tenso
         edges: (n_bins + 1,) float64 edges from 0 to 1.
     """
     confidences, correct = confidences.reshape(-1), correct.reshape(-1)
-    index = bin_index(confidences, edges)
-    return _sums_by_bin(index, confidences, correct, edges.numel() - 1)
+    n_bins = edges.numel() - 1
+    cells = bin_index(confidences, edges).add_(correct.to(torch.bool), alpha=n_bins)
+    return _bin_totals(*_cell_tallies(cells, confidences.to(torch.float64), n_bins), n_bins)
 
 
 def uniform_bin_sums(
@@ -285,23 +291,23 @@ def uniform_bin_sums(
         n_bins: number of equal-width bins.
     """
     confidences, correct = confidences.reshape(-1), correct.reshape(-1)
-    if confidences.requires_grad:
-        counts, scaled_sums = _differentiable_cell_sums(confidences, correct, n_bins)
+    if confidences.requires_grad:  # all at once, as one block would be
+        wide = confidences.to(torch.float64)
+        cells = _uniform_bin_index(wide.detach(), n_bins, floor_is_exact=False)
+        cells.add_(correct.to(torch.bool), alpha=n_bins)
+        tallies = _cell_tallies(cells, wide * n_bins, n_bins)
     else:
-        counts, scaled_sums = _cell_sums(confidences, correct, n_bins)
-    tallies = counts.view(2, n_bins)
-    sum_confidence = scaled_sums.view(2, n_bins).sum(dim=0) / n_bins
-    return tallies.sum(dim=0), sum_confidence, tallies[1].to(torch.float64)
+        tallies = _cell_sums(confidences, correct, n_bins)
+    return _bin_totals(*tallies, n_bins, scale=n_bins)
 
 
 def _cell_sums(confidences: Tensor, correct: Tensor, n_bins: int) -> tuple[Tensor, Tensor]:
-    """Per (correctness, bin) cell of :func:`uniform_bin_sums`, (2 * n_bins,) each: the count
-    and the float64 sum of ``n_bins * c``, a block at a time."""
+    """:func:`_cell_tallies` of :func:`uniform_bin_sums`, the weights ``n_bins * c``, a block
+    at a time."""
     exact = confidences.dtype != torch.float64 and floor_bins_are_exact(n_bins)
     n_cells = 2 * n_bins
     cell_dtype = torch.uint8 if n_cells <= 1 << 8 else torch.int32  # bytes count fastest
-    counts = torch.zeros(n_cells, dtype=torch.int64, device=confidences.device)
-    scaled_sums = torch.zeros(n_cells, dtype=torch.float64, device=confidences.device)
+    totals = None  # a lone block's tallies as they come (small data: no accumulators)
     for start, stop in RowChunks(confidences.numel(), BIN_BLOCK):
         block = confidences[start:stop]
         scaled = block.to(torch.float64, copy=True).mul_(n_bins)
@@ -310,23 +316,12 @@ def _cell_sums(confidences: Tensor, correct: Tensor, n_bins: int) -> tuple[Tenso
         else:
             cells = _uniform_bin_index(block.to(torch.float64), n_bins, floor_is_exact=False)
         cells = cells.clamp_(0, n_bins - 1).add_(correct[start:stop].to(torch.bool), alpha=n_bins)
-        counts += torch.bincount(cells, minlength=n_cells)
-        scaled_sums += torch.bincount(cells, scaled, minlength=n_cells)
-    return counts, scaled_sums
-
-
-def _differentiable_cell_sums(
-    confidences: Tensor, correct: Tensor, n_bins: int
-) -> tuple[Tensor, Tensor]:
-    """:func:`_cell_sums` of confidences that require grad (a weighted bincount has no
-    derivative): the same sums by ``index_add``, in the same order for up to
-    :data:`BIN_BLOCK` samples."""
-    scaled = confidences.to(torch.float64) * n_bins
-    wide = confidences.detach().to(torch.float64)
-    cells = _uniform_bin_index(wide, n_bins, floor_is_exact=False)
-    cells.add_(correct.to(torch.bool), alpha=n_bins)
-    counts = torch.bincount(cells, minlength=2 * n_bins)
-    return counts, scaled.new_zeros(2 * n_bins).index_add(0, cells, scaled)
+        tallies = _cell_tallies(cells, scaled, n_bins)
+        totals = tallies if totals is None else (totals[0] + tallies[0], totals[1] + tallies[1])
+    if totals is None:  # no samples
+        counts = torch.zeros(n_cells, dtype=torch.int64, device=confidences.device)
+        return counts, counts.to(torch.float64)
+    return totals
 
 
 #: The integer dtype of each floating dtype's width.

@@ -33,12 +33,7 @@ from torchcal._terms import (
 )
 from torchcal.metrics._inputs import check_rows, probs_and_labels
 
-__all__ = [
-    "RowValueCheck",
-    "SampleStatistics",
-    "sample_statistics",
-    "statistics_of_rows",
-]
+__all__ = ["RowValueCheck", "SampleStatistics", "sample_statistics", "statistics_of_rows"]
 
 
 @dataclass(frozen=True)
