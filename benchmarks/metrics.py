@@ -2,9 +2,13 @@
 
 Prints, per problem size, the time of each metric (median of --repeats, the methods taking turns
 within each repeat so that a busy machine slows them alike), the ratio of torchmetrics' top-label
-ECE time to it, and its value's distance from a numpy float64 reference with the same bins
-(``edges[i] <= c < edges[i + 1]``, 15 equal-width bins, the last one closed; a tie for the top
-counts as correct). Peers run where installed.
+ECE time to it, the ratio of its matching torchmetrics call's time to it (the same computation:
+the top-label ECE for the ECE and the bins, torchmetrics' meter for the meter, and for the
+class-wise ECE the mean of torchmetrics' binary ECE of each class against the rest, which is
+how torchmetrics computes it; its columns are made contiguous once, untimed), and its value's
+distance from a numpy float64 reference with the same bins (``edges[i] <= c < edges[i + 1]``,
+15 equal-width bins, the last one closed; a tie for the top counts as correct). Peers run where
+installed.
 
 Rows:
     torchcal ECE                 ``expected_calibration_error(probs, labels)``
@@ -13,6 +17,7 @@ Rows:
     torchcal meter update        ``CalibrationErrorMeter().update(probs, labels)``, ``compute()``
     torchmetrics ECE             ``multiclass_calibration_error(probs, labels, K, n_bins=15)``
     torchmetrics meter           ``MulticlassCalibrationError(K, 15).update(...)``, ``compute()``
+    torchmetrics classwise ECE   mean over k of ``binary_calibration_error(p[:, k], labels == k)``
     netcal ECE                   ``ECE(bins=15).measure(probs.numpy(), labels.numpy())``
 
 Usage:
@@ -76,6 +81,15 @@ def references(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     return {"top": top, "classwise": float(classwise)}
 
 
+#: Each torchcal method's matching torchmetrics call (the same computation).
+MATCHING_PEER = {
+    "torchcal ECE": "torchmetrics ECE",
+    "torchcal reliability_bins": "torchmetrics ECE",
+    "torchcal classwise ECE": "torchmetrics classwise ECE",
+    "torchcal meter update": "torchmetrics meter",
+}
+
+
 def methods(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, tuple[Callable, str]]:
     """name -> (a call returning the value, which reference it is compared with)."""
     k = probs.shape[1]
@@ -96,18 +110,30 @@ def methods(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, tuple[Callab
     }
     try:
         from torchmetrics.classification import MulticlassCalibrationError
-        from torchmetrics.functional.classification import multiclass_calibration_error
+        from torchmetrics.functional.classification import (
+            binary_calibration_error,
+            multiclass_calibration_error,
+        )
 
         def torchmetrics_meter() -> float:
             metric = MulticlassCalibrationError(num_classes=k, n_bins=N_BINS)
             metric.update(probs, labels)
             return float(metric.compute())
 
+        columns = probs.T.contiguous()  # given to it: torchmetrics copies strided columns
+
+        def torchmetrics_classwise() -> float:
+            errors = [
+                binary_calibration_error(columns[c], labels == c, n_bins=N_BINS) for c in range(k)
+            ]
+            return float(torch.stack(errors).mean())
+
         found["torchmetrics ECE"] = (
             lambda: multiclass_calibration_error(probs, labels, num_classes=k, n_bins=N_BINS),
             "top",
         )
         found["torchmetrics meter"] = (torchmetrics_meter, "top")
+        found["torchmetrics classwise ECE"] = (torchmetrics_classwise, "classwise")
     except ImportError:
         pass
     try:
@@ -132,7 +158,14 @@ def main() -> None:
         f"# torch {torch.__version__}, {torch.get_num_threads()} threads, float32 probabilities, "
         f"{N_BINS} bins, median of {args.repeats}; torchcal from {torchcal.__file__}"
     )
-    header = ["N x K", "method", "time", "torchmetrics ECE time / this", "|value - numpy|"]
+    header = [
+        "N x K",
+        "method",
+        "time",
+        "torchmetrics ECE time / this",
+        "matching torchmetrics time / this",
+        "|value - numpy|",
+    ]
     rows = []
     for size in args.sizes:
         n, k = (int(part) for part in size.split("x"))
@@ -150,8 +183,10 @@ def main() -> None:
         peer = medians.get("torchmetrics ECE")
         for name, (_, which) in calls.items():
             ratio = None if peer is None else peer / medians[name]
+            matching = medians.get(MATCHING_PEER.get(name, ""))
+            matching_ratio = None if matching is None else matching / medians[name]
             error = abs(values[name] - reference[which])
-            rows.append([f"{n:,} x {k:,}", name, medians[name], ratio, error])
+            rows.append([f"{n:,} x {k:,}", name, medians[name], ratio, matching_ratio, error])
         del probs, labels
     print_rows(header, rows, args.markdown)
 
@@ -163,9 +198,10 @@ def print_rows(header: list[str], rows: list[list], markdown: bool) -> None:
             name,
             f"{seconds * 1000:.0f} ms",
             "-" if ratio is None else f"{ratio:.2f}x",
+            "-" if matching is None else f"{matching:.2f}x",
             f"{error:.1e}",
         ]
-        for size, name, seconds, ratio, error in rows
+        for size, name, seconds, ratio, matching, error in rows
     ]
     print_table(header, table, markdown)
 

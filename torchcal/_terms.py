@@ -32,6 +32,7 @@ from torch import Tensor
 
 from torchcal._inputs import check_positive_int
 from torchcal._inputs.chunks import RowChunks
+from torchcal._side_by_side import tally
 
 __all__ = [
     "BIN_BLOCK",
@@ -400,7 +401,8 @@ def classwise_bin_sums(
     more), so where they are few only the others are binned one by one; the first bin's count
     and sum are what the class's column total leaves (its sum exact up to float64 rounding of
     that total). Where they are many (narrow rows), every entry is binned by ``floor(n_bins * p)``
-    and summed as ``n_bins * p`` in float64 (both exact from float32), then divided by ``n_bins``.
+    and summed as ``n_bins * p`` in float64 (both exact from float32), then divided by ``n_bins``;
+    a chunk's cells are counted in two halves side by side (:func:`torchcal._side_by_side.tally`).
 
     Args:
         probs: (M, K) probabilities.
@@ -454,10 +456,10 @@ def classwise_bin_sums(
             index = index.clamp_(0, n_bins - 1).add_(class_cells)
             label_cells = index.gather(1, labels[start:stop, None]).view(-1)
             labelled += torch.bincount(label_cells, minlength=size)
-            index = index.view(-1)
-            dense_sums += torch.bincount(index, scaled.view(-1), minlength=size)
-            if counts:
-                dense_counts += torch.bincount(index, minlength=size)
+            found, sums = tally(index.view(-1), scaled.view(-1), size, counts=counts)
+            dense_sums += sums
+            if found is not None:
+                dense_counts += found
             continue
         wide_chunk = wide[: stop - start].copy_(chunk)
         column_sums += wide_chunk.sum(dim=0)
