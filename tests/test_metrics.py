@@ -426,6 +426,39 @@ def test_row_maxima_read_as_integers_equal_amax_on_non_negative_values(rows, dty
     assert _terms.row_maxima(values, out=out) is out and torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "value, accepted",
+    [
+        (-0.0, True),
+        (float("nan"), False),
+        (-float("nan"), False),
+        (float("inf"), False),
+        (-float("inf"), False),
+        (-0.1, False),
+        (1.5, False),
+    ],
+)
+def test_value_checks_read_as_integers_decide_as_the_values_do(dtype, value, accepted):
+    """The chunked checks take the range of the values' bits as integers: -0.0 (negative bits)
+    is still accepted, every NaN, infinity and value outside [0, 1] still refused."""
+    probs = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]], dtype=dtype)
+    probs[0, 2] = value
+    labels = torch.tensor([0, 2])
+    meter = CalibrationErrorMeter()
+    calls = [
+        lambda: expected_calibration_error(probs, labels),
+        lambda: classwise_calibration_error(probs, labels),
+        lambda: (meter.update(probs, labels), meter.compute())[1],
+    ]
+    for call in calls:
+        if accepted:
+            assert float(call()) >= 0
+        else:
+            with pytest.raises(ValueError, match=r"NaN or infinite|in \[0, 1\]"):
+                call()
+
+
 def test_class_wise_quantile_bins_match_numpy():
     probs, labels = probabilities(n=600, k=3, seed=20)
     p, y = probs.numpy(), labels.numpy()
