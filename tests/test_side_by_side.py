@@ -65,3 +65,13 @@ def test_a_forked_process_makes_its_own_worker(monkeypatch):
     assert int(counts.sum()) == 2 * SPLIT_MIN_CELLS
     assert module._worker is not None and module._worker[1] is not stale
     module._worker[1].shutdown()  # the one made here (monkeypatch restores the one before)
+
+
+def test_weights_that_require_grad_get_the_same_sums_and_a_gradient():
+    cells, weights = _cells_and_weights(3 * SPLIT_MIN_CELLS, 40, seed=2)
+    leaf = weights.clone().requires_grad_()
+    counts, sums = tally(cells, leaf, 40)
+    plain_counts, plain_sums = tally(cells, weights, 40)
+    assert torch.equal(counts, plain_counts) and torch.equal(sums.detach(), plain_sums)
+    sums[3].backward()
+    assert torch.equal(leaf.grad, (cells == 3).to(torch.float64))

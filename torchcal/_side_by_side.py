@@ -61,7 +61,8 @@ def tally(
     cells: Tensor, weights: Tensor, size: int, *, counts: bool = True
 ) -> tuple[Tensor | None, Tensor]:
     """The count (int64; ``None`` if not ``counts``) and the float64 sum of ``weights`` in each
-    of ``size`` cells.
+    of ``size`` cells; the sums by ``index_add`` where the weights require grad (a weighted
+    bincount has no derivative), in the same order and so to the same bits.
 
     Args:
         cells: (M,) non-negative integer cells below ``size``.
@@ -69,17 +70,25 @@ def tally(
         size: the number of cells.
         counts: count the cells too.
     """
+    differentiable = weights.requires_grad
 
     def count(part: slice) -> tuple[Tensor | None, Tensor]:
         found = torch.bincount(cells[part], minlength=size) if counts else None
+        if differentiable:  # index_add takes int32 or int64 indices
+            index = cells[part].to(torch.int64 if cells.dtype != torch.int32 else torch.int32)
+            return found, weights.new_zeros(size).index_add(0, index, weights[part])
         return found, torch.bincount(cells[part], weights[part], minlength=size)
 
     if cells.numel() < SPLIT_MIN_CELLS or cells.device.type != "cpu":
         return count(slice(None))
     half = cells.numel() // 2
-    (counts_low, sums_low), (counts_high, sums_high) = side_by_side(
-        lambda: count(slice(None, half)), lambda: count(slice(half, None))
-    )
+    low, high = slice(None, half), slice(half, None)
+    if differentiable:  # on this thread, whose grad mode holds
+        (counts_low, sums_low), (counts_high, sums_high) = count(low), count(high)
+    else:
+        (counts_low, sums_low), (counts_high, sums_high) = side_by_side(
+            lambda: count(low), lambda: count(high)
+        )
     if counts_low is not None and counts_high is not None:
         counts_low += counts_high
-    return counts_low, sums_low.add_(sums_high)
+    return counts_low, sums_low + sums_high

@@ -65,9 +65,10 @@ CHUNK_ELEMENTS: int | None = None
 #: On a CPU: 2 MB of float32, whose few reads per chunk hit the cache, in few enough chunks that
 #: the per-chunk calls cost little.
 CPU_CHUNK_ELEMENTS = 1 << 19
-#: Samples binned at a time by :func:`uniform_bin_sums`: their float64 and int64 temporaries
-#: stay in cache.
-BIN_BLOCK = 1 << 16
+#: Samples binned at a time by :func:`uniform_bin_sums`: 2 MB of float64 temporaries, in few
+#: enough blocks that the per-block calls cost little (one million confidences: 10.2 ms in
+#: blocks of 2**16, 5.9 ms in blocks of 2**18).
+BIN_BLOCK = 1 << 18
 
 
 def row_chunks(rows: Tensor) -> RowChunks:
@@ -242,13 +243,10 @@ def _uniform_bin_index(wide: Tensor, n_bins: int, *, floor_is_exact: bool) -> Te
 
 def _cell_tallies(cells: Tensor, weights: Tensor, n_bins: int) -> tuple[Tensor, Tensor]:
     """The count and the float64 sum of ``weights`` in each (correctness, bin) cell, ``bin +
-    n_bins * correct``, (2 * n_bins,) each; by ``index_add`` where the weights require grad (a
-    weighted bincount has no derivative), in the same order."""
-    n_cells = 2 * n_bins
-    counts = torch.bincount(cells, minlength=n_cells)
-    if weights.requires_grad:
-        return counts, weights.new_zeros(n_cells).index_add(0, cells, weights)
-    return counts, torch.bincount(cells, weights, minlength=n_cells)
+    n_bins * correct``, (2 * n_bins,) each (:func:`torchcal._side_by_side.tally`)."""
+    counts, sums = tally(cells, weights, 2 * n_bins)
+    assert counts is not None
+    return counts, sums
 
 
 def _bin_totals(
@@ -279,7 +277,7 @@ def uniform_bin_sums(
     confidences: Tensor, correct: Tensor, n_bins: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`bin_sums` on ``uniform_edges(n_bins)``, binned by :func:`uniform_bin_index`
-    :data:`BIN_BLOCK` samples at a time (their temporaries stay in cache).
+    :data:`BIN_BLOCK` samples at a time (their temporaries stay small).
 
     Each block is scaled to ``n_bins * c`` in float64 (exact for float32 and narrower values,
     whose bin is then its floor) and binned in cells that also say whether the sample is
