@@ -238,6 +238,7 @@ def test_string_options_with_fixed_values_are_typed_as_literal() -> None:
 LAYERS: dict[str, int] = {
     "errors": 0,
     "_version": 0,
+    "_side_by_side": 0,
     "_inputs": 1,
     "_terms": 1,
     "metrics": 2,
@@ -260,6 +261,7 @@ LAYERS: dict[str, int] = {
 ONLY_FROM: dict[str, set[str]] = {
     "errors": set(),
     "_version": set(),
+    "_side_by_side": set(),
     "metrics": {"_inputs", "_terms", "errors", "metrics"},
     "dial": {"_inputs", "_terms", "errors", "metrics", "dial"},
 }
