@@ -104,14 +104,27 @@ def test_bad_inputs_end_in_one_clear_line(files, tmp_path):
         "no array named 'y'; it holds labels, logits: name one with --labels-key",
     )
     report = torchcal(
-        "report", folder / "logits.pt", folder / "labels.npy", "--scaler", tmp_path / "junk.pt"
+        "report",
+        folder / "logits.pt",
+        folder / "labels.npy",
+        "--scaler",
+        tmp_path / "junk.pt",
+        cwd=tmp_path,
     )
     one_line_error(report, "not a saved calibrator")
     # probabilities without --inputs probs: the advice names the option, not the Python keyword
     np.save(tmp_path / "probs.npy", torch.softmax(files[1], dim=1).numpy())
     probs = (tmp_path / "probs.npy", folder / "labels.npy")
     one_line_error(torchcal("fit", *probs, *out), "look like probabilities", "--inputs probs")
-    one_line_error(torchcal("report", *probs), "looks like probabilities", "--inputs probs")
+    one_line_error(
+        torchcal("report", *probs, cwd=tmp_path), "looks like probabilities", "--inputs probs"
+    )
+    # a report that fails leaves no empty output folder behind (made before the data are read)
+    assert not (tmp_path / "torchcal-report").exists()
+    nested = tmp_path / "new" / "deeper"
+    failed = torchcal("report", *probs, "--output-dir", nested)
+    one_line_error(failed, "looks like probabilities")
+    assert not (tmp_path / "new").exists()
 
 
 def test_compare_prints_one_row_per_method_with_the_library_values(files):

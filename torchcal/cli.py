@@ -9,9 +9,10 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -227,18 +228,38 @@ def _fit(args: argparse.Namespace) -> None:
     print(f"saved:   {save_scaler(scaler, args.output)}")
 
 
+@contextlib.contextmanager
+def _output_folder(folder: Path) -> Iterator[None]:
+    """Create ``folder`` (and its parents) before the work that fills it, so that a folder that
+    cannot be made fails first; remove the folders made here again, if still empty, when the
+    work fails."""
+    made = [parent for parent in [folder, *folder.parents] if not parent.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OSError(f"cannot create the folder {folder}: {reason}") from error
+    try:
+        yield
+    except BaseException:
+        for path in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only an empty folder goes
+        raise
+
+
 def _report(args: argparse.Namespace) -> None:
+    with _output_folder(args.output_dir):
+        _write_report(args)
+
+
+def _write_report(args: argparse.Namespace) -> None:
     from torchcal._report import calibration_summary, format_table, write_json
     from torchcal.calibrators.temperature import TemperatureScaler
     from torchcal.io.files import check_output, load_scaler, output_file
     from torchcal.metrics import reliability_bins
     from torchcal.plots import reliability_diagram
 
-    try:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise OSError(f"cannot create the folder {args.output_dir}: {reason}") from error
     diagram, json_path = args.output_dir / "reliability.png", args.output_dir / "report.json"
     check_output(diagram), check_output(json_path)
     logits, labels = _load_data(args)
