@@ -96,9 +96,34 @@ def save(calibrator: Calibrator, path: PathLike) -> None:
         "fit_result": json.dumps(calibrator.get_extra_state()),
     }
     tensors = {name: tensor.contiguous() for name, tensor in calibrator.fitted_tensors().items()}
-    data = _safetensors().torch.save(tensors, metadata=metadata)
+    data = _with_sorted_metadata(_safetensors().torch.save(tensors, metadata=metadata))
     with atomic_write(path, "wb") as file:
         file.write(data)
+
+
+def _with_sorted_metadata(data: bytes) -> bytes:
+    """``data``, a safetensors file, with its header's metadata in sorted key order.
+
+    safetensors writes the metadata in the order of a hash map seeded afresh in every process, so
+    the same calibrator saved twice gave different bytes (a different checksum, a different
+    file to a build cache). The header is rewritten as safetensors writes it, compact JSON
+    padded with spaces to a multiple of 8 bytes, with the metadata sorted; the tensors' bytes
+    follow unchanged (their offsets count from the header's end).
+
+    Example:
+        >>> import safetensors.torch, torch
+        >>> raw = safetensors.torch.save({"t": torch.ones(1)}, metadata={"b": "2", "a": "1"})
+        >>> _with_sorted_metadata(raw)[8:].startswith(b'{"__metadata__":{"a":"1","b":"2"}')
+        True
+    """
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None:
+        header = {"__metadata__": dict(sorted(metadata.items())), **header}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + length :]
 
 
 def load(path: PathLike, model: nn.Module | None = None) -> Calibrator:
