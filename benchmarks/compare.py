@@ -9,6 +9,7 @@ resample's gathered (N, K) rows (the same draws: the intervals agree), on the sa
 Usage:
     python benchmarks/compare.py                       # 5,000 x 100, 1,000 resamples
     python benchmarks/compare.py --size 2000x10 --resamples 200 --repeats 1
+    python benchmarks/compare.py --device cuda
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ def main() -> None:
     parser.add_argument("--naive-resamples", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--markdown", action="store_true", help="print markdown tables")
+    parser.add_argument("--device", default="cpu", help="where the logits live, e.g. cuda")
     args = parser.parse_args()
     n, k = (int(part) for part in args.size.split("x"))
     logits, labels = make_logits(2 * n, k)
+    logits, labels = logits.to(args.device), labels.to(args.device)
     splits = logits[:n], labels[:n], logits[n:], labels[n:]
     print(
         f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {n:,} x {k:,} logits "

@@ -19,6 +19,7 @@ Usage:
     python benchmarks/fit_temperature.py                 # all sizes
     python benchmarks/fit_temperature.py --sizes 10000x10 --repeats 3 --no-memory
     python benchmarks/fit_temperature.py --sizes 50000x1000 --dtype bfloat16 --fitters torchcal
+    python benchmarks/fit_temperature.py --device cuda --sizes 50000x1000 4096x131072
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def fit_torchcal_newton(logits, labels):
 
 def fit_reference_recipe(logits, labels):
     """Guo et al.'s ModelWithTemperature.set_temperature, minus the model and the CUDA calls."""
-    temperature = torch.nn.Parameter(torch.ones(1) * 1.5)
+    temperature = torch.nn.Parameter(torch.ones(1, device=logits.device) * 1.5)
     optimizer = torch.optim.LBFGS([temperature], lr=0.01, max_iter=50)
     criterion = torch.nn.CrossEntropyLoss()
 
@@ -138,13 +139,16 @@ def fit_torch_uncertainty(logits, labels):
     return float(scaler.temperature[0]), None
 
 
-def peers() -> dict[str, Callable]:
-    """torchcal's own fitters first, then each peer whose package imports."""
+def peers(device: torch.device | None = None) -> dict[str, Callable]:
+    """torchcal's own fitters first, then each peer whose package imports (on a CPU: the peers
+    take numpy arrays or CPU tensors)."""
     fitters: dict[str, Callable] = {
         "torchcal (lbfgs)": fit_torchcal,
         "torchcal (newton)": fit_torchcal_newton,
         "reference recipe": fit_reference_recipe,
     }
+    if device is not None and device.type != "cpu":
+        return fitters
     for name, module, fitter in [
         ("scikit-learn", "sklearn.calibration", fit_sklearn),
         ("netcal", "netcal.scaling", fit_netcal),
@@ -160,12 +164,20 @@ def peers() -> dict[str, Callable]:
 
 
 # ------------------------------------------------------------------------------- measurement
+def synchronise(device: torch.device) -> None:
+    """Wait for the device's queued work (a CUDA call returns before its kernels finish)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_fit(fitter: Callable, logits, labels, repeats: int) -> tuple[float, float, int | None]:
     fitter(logits[:256], labels[:256])  # warm-up: imports, allocator, thread pool
     times, temperature, passes = [], math.nan, None
     for _ in range(repeats):
+        synchronise(logits.device)
         start = time.perf_counter()
         temperature, passes = fitter(logits, labels)
+        synchronise(logits.device)
         times.append(time.perf_counter() - start)
     return statistics.median(times), temperature, passes
 
@@ -175,10 +187,23 @@ def time_one_pass(logits: torch.Tensor, repeats: int) -> float:
     torch.logsumexp(logits[:256], 1)
     times = []
     for _ in range(repeats):
+        synchronise(logits.device)
         start = time.perf_counter()
         torch.logsumexp(logits, 1)
+        synchronise(logits.device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def device_peak_memory(fitter: Callable, logits, labels) -> tuple[float, float]:
+    """Growth of the CUDA allocator's peak during one fit, over the logits' size and in bytes."""
+    synchronise(logits.device)
+    torch.cuda.reset_peak_memory_stats(logits.device)
+    before = torch.cuda.memory_allocated(logits.device)
+    fitter(logits, labels)
+    synchronise(logits.device)
+    grown = torch.cuda.max_memory_allocated(logits.device) - before
+    return grown / (logits.numel() * logits.element_size()), grown
 
 
 def peak_memory(name: str, size: str, dtype: str) -> tuple[float, float] | None:
@@ -283,6 +308,12 @@ def main() -> None:
     )
     parser.add_argument("--fitters", nargs="+", help="run only fitters whose name contains one")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS probes")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the logits live and the fits run, e.g. cuda (peers that need a CPU are "
+        "left out there; peak memory is then the CUDA allocator's)",
+    )
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = parser.parse_args()
@@ -291,15 +322,18 @@ def main() -> None:
         return
 
     torch.manual_seed(0)
+    device = torch.device(args.device)
     fitters = {
         name: fitter
-        for name, fitter in peers().items()
+        for name, fitter in peers(device).items()
         if not args.fitters or any(part in name for part in args.fitters)
     }
-    print(
-        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype} logits, "
-        f"median of {args.repeats}"
+    where = (
+        f"{torch.get_num_threads()} threads"
+        if device.type == "cpu"
+        else f"on {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}"
     )
+    print(f"# torch {torch.__version__}, {where}, {args.dtype} logits, median of {args.repeats}")
     header = [
         "N x K",
         "method",
@@ -315,7 +349,8 @@ def main() -> None:
     for size in args.sizes:
         n, k = map(int, size.split("x"))
         logits, labels = make_logits(n, k, dtype=getattr(torch, args.dtype))
-        reference = exact_temperature(logits, labels)
+        logits, labels = logits.to(device), labels.to(device)
+        reference = exact_temperature(logits, labels)  # on the device: float64 there too
         one_pass = time_one_pass(logits, args.repeats)
         print(f"# {n:,} x {k:,}: one pass of exp (logsumexp) {one_pass * 1000:.1f} ms")
         fitter_times = {}
@@ -328,7 +363,12 @@ def main() -> None:
                 print(f"# {name} on {size}: failed ({type(error).__name__})", file=sys.stderr)
                 continue
             fitter_times[name] = seconds
-            memory = None if args.no_memory else peak_memory(name, size, args.dtype)
+            if args.no_memory:
+                memory = None
+            elif device.type == "cuda":
+                memory = device_peak_memory(fitter, logits, labels)
+            else:
+                memory = peak_memory(name, size, args.dtype)
             rows.append(
                 [
                     f"{n:,} x {k:,}",

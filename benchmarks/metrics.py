@@ -23,6 +23,7 @@ Rows:
 Usage:
     python benchmarks/metrics.py                      # 50,000 x 1,000 and 1,000,000 x 10
     python benchmarks/metrics.py --sizes 20000x100 --repeats 5 --markdown
+    python benchmarks/metrics.py --device cuda        # netcal (numpy) left out there
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from fit_temperature import make_logits
+from fit_temperature import make_logits, synchronise
 
 import torchcal
 from torchcal.metrics import (
@@ -136,6 +137,8 @@ def methods(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, tuple[Callab
         found["torchmetrics classwise ECE"] = (torchmetrics_classwise, "classwise")
     except ImportError:
         pass
+    if probs.device.type != "cpu":  # netcal takes numpy arrays
+        return found
     try:
         from netcal.metrics import ECE
 
@@ -153,9 +156,12 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=SIZES, help="N x K problems, e.g. 20000x100")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument("--device", default="cpu", help="where the probabilities live, e.g. cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else f"on {device}"
     print(
-        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, float32 probabilities, "
+        f"# torch {torch.__version__}, {where}, float32 probabilities, "
         f"{N_BINS} bins, median of {args.repeats}; torchcal from {torchcal.__file__}"
     )
     header = [
@@ -170,14 +176,16 @@ def main() -> None:
     for size in args.sizes:
         n, k = (int(part) for part in size.split("x"))
         probs, labels = probabilities(n, k)
-        reference = references(probs, labels)
+        reference = references(probs, labels)  # numpy, from the CPU copies
+        probs, labels = probs.to(device), labels.to(device)
         calls = methods(probs, labels)
         times: dict[str, list[float]] = {name: [] for name in calls}
         values: dict[str, float] = {}
         for _ in range(args.repeats):
             for name, (call, _) in calls.items():
+                synchronise(device)
                 start = time.perf_counter()
-                values[name] = float(call())
+                values[name] = float(call())  # a host read: the device's work is done
                 times[name].append(time.perf_counter() - start)
         medians = {name: statistics.median(seconds) for name, seconds in times.items()}
         peer = medians.get("torchmetrics ECE")
