@@ -116,6 +116,55 @@ def test_the_warm_start_lands_so_close_that_the_solver_only_verifies(
     assert result.data_passes == data_passes
 
 
+def _confident_model_logits(seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """800 x 10 logits of a confident model: every row's top logit 8 to 12 above the rest, on
+    the wrong class for 4% of the rows. Its NLL's slope in beta has a knee between T = 1 and
+    T* (about 1.67)."""
+    generator = torch.Generator().manual_seed(seed)
+    n, k = 800, 10
+    labels = torch.randint(0, k, (n,), generator=generator)
+    logits = torch.randn(n, k, generator=generator) * 2
+    margin = 8 + 4 * torch.rand(n, generator=generator)
+    wrong = torch.rand(n, generator=generator) < 0.04
+    top = torch.where(wrong, (labels + 1) % k, labels)
+    logits[torch.arange(n), top] += margin
+    return logits, labels
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "newton"])
+def test_a_confident_model_is_fitted_in_three_passes(method):
+    # The Hermite interpolant across [0, 1] falls short of the knee; the Taylor step in log T
+    # lands close enough that the next evaluation is the solver's only one (4 passes before).
+    logits, labels = _confident_model_logits()
+    result = fit(logits, labels, method=method).fit_result
+    assert abs(result.temperature / scipy_temperature(logits, labels) - 1) <= 2e-7
+    assert result.converged and result.data_passes == 3
+
+
+@pytest.mark.parametrize("beta", [0.4, 1.0, 2.5])
+def test_the_taylor_step_in_log_temperature_uses_the_derivatives_in_log_temperature(beta):
+    """:func:`log_temperature_step` converts the derivatives in beta by the chain rule; autograd's
+    derivatives of the NLL in u = log T, taken independently, give the same step."""
+    from torchcal._objectives.temperature import Evaluation, SoftmaxTemperatureNLL
+
+    logits, labels = tempered_logits(300, 6, 1.8, seed=31)
+    logits = logits.double()
+    evaluation = SoftmaxTemperatureNLL(logits, labels).evaluate(beta, hessian=True, taylor=True)
+
+    def nll(u: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits * torch.exp(-u), labels)
+
+    u = torch.tensor(-math.log(beta), dtype=torch.float64, requires_grad=True)
+    derivatives, value = [], nll(u)
+    for _ in range(4):
+        (value,) = torch.autograd.grad(value, u, create_graph=True)
+        derivatives.append(float(value))
+    in_u = Evaluation(beta, 0.0, *derivatives[:2], None, third=derivatives[2],
+                      fourth=derivatives[3])  # fmt: skip
+    expected = beta * math.expm1(-_solver.taylor_step(in_u))
+    assert _solver.log_temperature_step(evaluation) == pytest.approx(expected, rel=1e-9)
+
+
 def test_a_default_fit_that_only_verifies_never_builds_a_torch_optimizer(monkeypatch):
     logits, labels = tempered_logits(5_000, 10, 2.0, seed=11)
     monkeypatch.setattr(torch.optim, "LBFGS", None)  # building one would fail

@@ -180,6 +180,46 @@ def taylor_step(evaluation: Evaluation) -> float:
     return step
 
 
+def log_temperature_step(evaluation: Evaluation) -> float:
+    """The step in beta to where :func:`taylor_step`'s model, built in ``u = log T = -log beta``
+    instead of beta, has its root; NaN if there is none.
+
+    With ``beta = exp(-u)`` the NLL's derivatives in ``u`` follow from those in beta (``g, h, t,
+    q``): ``-b g``, ``b g + b^2 h``, ``-b g - 3 b^2 h - b^3 t`` and ``b g + 7 b^2 h + 6 b^3 t +
+    b^4 q``. A confident model's slope in beta has a knee between T = 1 and its optimum (its
+    large-margin rows saturate), which a polynomial in beta fits poorly and one in ``log T`` far
+    better: the README's digits model, T* = 1.83, from T = 1: 1.5% off in ``log T``, 17% off from
+    the interpolant across ``[0, 1]`` in beta.
+
+    Args:
+        evaluation: the NLL's derivatives at one beta, the third and fourth included.
+
+    Example:
+        >>> import math
+        >>> from torchcal._objectives.temperature import Evaluation
+        >>> # NLL = (log T - log 2)^2 / 2 from T = 1: its derivatives in beta there
+        >>> log2 = math.log(2)
+        >>> at_one = Evaluation(1.0, 0.0, log2, 1 - log2, None, third=2 * log2 - 3,
+        ...                     fourth=11 - 6 * log2)
+        >>> round(1 + log_temperature_step(at_one), 12)  # beta* = 1/2
+        0.5
+    """
+    b, g, h = evaluation.beta, evaluation.grad, evaluation.hess
+    t, q = evaluation.third, evaluation.fourth
+    if h is None or t is None or q is None:
+        return math.nan
+    in_log_temperature = Evaluation(
+        b,
+        evaluation.nll,
+        -b * g,
+        b * g + b * b * h,
+        None,
+        third=-b * g - 3 * b * b * h - b**3 * t,
+        fourth=b * g + 7 * b * b * h + 6 * b**3 * t + b**4 * q,
+    )
+    return b * math.expm1(-taylor_step(in_log_temperature))
+
+
 def _taylor_search(
     objective: _Objective,
     beta: float,
@@ -198,11 +238,17 @@ def _taylor_search(
     of the Hermite interpolant of the slope and its derivatives at the newest point and the
     nearest one across the optimum (:func:`~torchcal._optim.hermite.root_between`): from about
     5% away it lands within about 1e-7, where a Taylor step lands within 1e-6 (one pass fewer
-    at the default ``tol``). Without ``land`` the search is the solver's first stage: an
-    evaluation that is probably the last (after a step shorter than :data:`FINAL_STEP_RTOL`, or
-    where the Hermite and Taylor steps agree to :data:`FINAL_AGREEMENT`) carries the
-    reliability bins (and the Newton step, as good as Taylor's there, decides) rather than the
-    higher derivatives.
+    at the default ``tol``). Where that nearest one is ``beta = 0``, whose slope alone is known,
+    the interpolant falls short of a knee in the slope, and the Taylor step in ``log T``
+    (:func:`log_temperature_step`) goes further if it stays inside the bracket: the longer of the
+    two is taken (a step past the optimum is caught by the next slope's sign, and the Hermite
+    step between two evaluated points follows). On eighteen problems this took the README's
+    digits model from 6 passes to 3 and two others from 5 to 4, and no problem took more.
+
+    Without ``land`` the search is the solver's first stage: an evaluation that is probably the
+    last (after a step shorter than :data:`FINAL_STEP_RTOL`, or where the Hermite and Taylor
+    steps agree to :data:`FINAL_AGREEMENT`) carries the reliability bins (and the Newton step,
+    as good as Taylor's there, decides) rather than the higher derivatives.
     """
     seen: list[Node] = [(0.0, [objective.grad_at_zero])]
     final_next = [False]
@@ -221,6 +267,10 @@ def _taylor_search(
             nodes = sorted([partner, (at, derivatives)])
             bracket = (partner[0], at) if evaluation.grad > 0 else (at, partner[0])
             root = root_between(nodes, *bracket, start=at + step)  # from Taylor's guess
+            if len(partner[1]) == 1:  # beta = 0, its slope alone known: the longer step
+                further = at + log_temperature_step(evaluation)
+                if bracket[0] < further < bracket[1] and not abs(further - at) <= abs(root - at):
+                    root = further  # also where the interpolant has no root (NaN)
             if abs(root - at) > rtol * at:  # NaN fails: no root, keep Taylor's step
                 # NaN step fails the agreement too
                 final_next[0] |= abs(root - (at + step)) <= FINAL_AGREEMENT * at
