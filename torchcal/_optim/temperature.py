@@ -180,9 +180,13 @@ def taylor_step(evaluation: Evaluation) -> float:
     return step
 
 
+#: Steps in log T at least this long are not taken (exp would overflow).
+LOG_STEP_MAX = 700.0
+
+
 def log_temperature_step(evaluation: Evaluation) -> float:
     """The step in beta to where :func:`taylor_step`'s model, built in ``u = log T = -log beta``
-    instead of beta, has its root; NaN if there is none.
+    instead of beta, has its root; NaN if there is none (or it is :data:`LOG_STEP_MAX` or longer).
 
     With ``beta = exp(-u)`` the NLL's derivatives in ``u`` follow from those in beta (``g, h, t,
     q``): ``-b g``, ``b g + b^2 h``, ``-b g - 3 b^2 h - b^3 t`` and ``b g + 7 b^2 h + 6 b^3 t +
@@ -217,7 +221,10 @@ def log_temperature_step(evaluation: Evaluation) -> float:
         third=-b * g - 3 * b * b * h - b**3 * t,
         fourth=b * g + 7 * b * b * h + 6 * b**3 * t + b**4 * q,
     )
-    return b * math.expm1(-taylor_step(in_log_temperature))
+    step = taylor_step(in_log_temperature)
+    if not abs(step) < LOG_STEP_MAX:  # NaN too: no step
+        return math.nan
+    return b * math.expm1(-step)
 
 
 def _taylor_search(
