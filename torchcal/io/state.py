@@ -104,7 +104,7 @@ def save(calibrator: Calibrator, path: PathLike) -> None:
 def _with_sorted_metadata(data: bytes) -> bytes:
     """``data``, a safetensors file, with its header's metadata in sorted key order.
 
-    safetensors writes the metadata in the order of a hash map seeded afresh in every process, so
+    safetensors writes the metadata in the order of a hash map seeded afresh for every save, so
     the same calibrator saved twice gave different bytes (a different checksum, a different
     file to a build cache). The header is rewritten as safetensors writes it, compact JSON
     padded with spaces to a multiple of 8 bytes, with the metadata sorted; the tensors' bytes
