@@ -328,11 +328,11 @@ def main() -> None:
         for name, fitter in peers(device).items()
         if not args.fitters or any(part in name for part in args.fitters)
     }
-    where = (
-        f"{torch.get_num_threads()} threads"
-        if device.type == "cpu"
-        else f"on {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}"
-    )
+    where = f"{torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        where = f"on {torch.cuda.get_device_name(device)}"
+    elif device.type != "cpu":
+        where = f"on {device}"
     print(f"# torch {torch.__version__}, {where}, {args.dtype} logits, median of {args.repeats}")
     header = [
         "N x K",

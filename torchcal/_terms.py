@@ -333,9 +333,9 @@ _BITS_OF = {
 }
 
 
-def ordered_bits(values: Tensor) -> Tensor | None:
-    """``values``' bits read as same-width signed integers (a view), or ``None`` for a dtype
-    without such a view.
+def ordered_bits(values: Tensor) -> Tensor:
+    """``values``' bits read as same-width signed integers (a view), or ``values`` themselves
+    for a dtype without such integers (their own order serves the same reductions).
 
     Non-negative floats order as their bits do, and integer reductions run faster; every
     negative value (-0.0 included) and a NaN with its sign bit set reads negative, +inf and every
@@ -347,7 +347,7 @@ def ordered_bits(values: Tensor) -> Tensor | None:
         True
     """
     bits = _BITS_OF.get(values.dtype)
-    return None if bits is None else values.view(bits)
+    return values if bits is None else values.view(bits)
 
 
 def row_maxima(rows: Tensor, out: Tensor | None = None) -> Tensor:
@@ -367,8 +367,6 @@ def row_maxima(rows: Tensor, out: Tensor | None = None) -> Tensor:
         [0.800000011920929, 0.5]
     """
     bits = ordered_bits(rows)
-    if bits is None:
-        return torch.amax(rows, dim=1) if out is None else torch.amax(rows, dim=1, out=out)
     if out is None:
         return torch.amax(bits, dim=1).view(rows.dtype)
     torch.amax(bits, dim=1, out=out.view(bits.dtype))

@@ -107,8 +107,7 @@ class RowValueCheck:
         # The range of the values' bits read as integers (twice as fast as a float range): all
         # of them lie in [0, 1] when these lie in [0, bits of 1] (-0.0 reads negative, so such
         # rows are judged by the detailed check).
-        bits = ordered_bits(rows.new_ones(()))
-        self.one = rows.new_ones(()) if bits is None else bits
+        self.one = ordered_bits(rows.new_ones(()))
         self.ranges = rows.new_empty(2, -(-n_rows // chunk_rows), dtype=self.one.dtype)
 
     def add(self, chunk: Tensor, start: int, stop: int) -> None:
@@ -120,8 +119,7 @@ class RowValueCheck:
             stop: the row after its last.
         """
         number = start // self.chunk_rows
-        values = chunk if chunk.dtype == self.one.dtype else chunk.view(self.one.dtype)
-        torch.aminmax(values, out=(self.ranges[0, number], self.ranges[1, number]))
+        torch.aminmax(ordered_bits(chunk), out=(self.ranges[0, number], self.ranges[1, number]))
         if self.blas:
             torch.mv(chunk, self.ones, out=self.sums[start:stop])
         else:  # in float32: float16 and bfloat16 cannot hold a sum to 1e-3
