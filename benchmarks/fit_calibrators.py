@@ -6,6 +6,11 @@ same figures (netcal's ``LogisticCalibration``, vector scaling of log-probabilit
 penalty, is compared with torchcal's ``DirichletCalibrator(diagonal=True, reg_lambda=0,
 reg_mu=0)``, the same model and objective).
 
+The "x one product" column divides each fit's time by that of one float32 matrix product of the
+(N, K) logits with a (K, K) matrix, measured before the size's fits: the matrix and Dirichlet fits
+are made of such products, so this ratio carries over between machines and loads where seconds
+do not.
+
 Every fit runs in its own subprocess (a fresh interpreter, one warm-up fit on 256 x 10 logits
 first, so imports and thread pools are not timed) and is stopped after ``--timeout`` seconds,
 reported as ``> timeout``. Peers run only up to ``--peer-max-elements`` logits (netcal takes
@@ -145,16 +150,32 @@ def peer_available(module: str) -> bool:
     return True
 
 
-def row(size: str, name: str, record: dict | None, timeout: float, markdown: bool) -> str:
+def product_seconds(n: int, k: int, repeats: int = 5) -> float:
+    """The best time of one float32 (n, k) @ (k, k) matrix product."""
+    generator = torch.Generator().manual_seed(0)
+    rows, matrix = torch.randn(n, k, generator=generator), torch.randn(k, k, generator=generator)
+    rows @ matrix  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        rows @ matrix
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def row(
+    size: str, name: str, record: dict | None, timeout: float, product: float, markdown: bool
+) -> str:
     if record is None:
-        cells = [f"> {timeout:.0f} s (stopped)", "-", "-", "-", ""]
+        cells = [f"> {timeout:.0f} s (stopped)", f"> {timeout / product:.0f}", "-", "-", "-", ""]
     elif "error" in record:
-        cells = ["error", "-", "-", "-", record["error"].splitlines()[-1][:80]]
+        cells = ["error", "-", "-", "-", "-", record["error"].splitlines()[-1][:80]]
     else:
         iterations = "-" if record["iterations"] is None else str(record["iterations"])
         converged = {None: "-", True: "yes", False: "no"}[record["converged"]]
         cells = [
             f"{record['seconds']:.2f} s",
+            f"{record['seconds'] / product:.0f}",
             iterations,
             converged,
             f"{record['nll']:.6f}",
@@ -180,7 +201,8 @@ def main() -> None:
         worker(*args.worker)
         return
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, float32 logits")
-    header = ["N x K", "calibrator", "time", "iterations", "converged", "NLL after", "warnings"]
+    header = ["N x K", "calibrator", "time", "x one product", "iterations", "converged"]
+    header += ["NLL after", "warnings"]
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
@@ -189,14 +211,18 @@ def main() -> None:
     netcal = peer_available("netcal.scaling")
     for size in args.sizes.split(","):
         n, k = (int(part) for part in size.split("x"))
+        product = product_seconds(n, k)
+        shapes = f"({n:,} x {k:,}) @ ({k:,} x {k:,})"
+        print(f"# {n:,} x {k:,}: one float32 {shapes} product {product:.3f} s")
         for kind in args.kinds.split(","):
-            print(row(size, kind, run(kind, size, args.timeout), args.timeout, args.markdown))
+            record = run(kind, size, args.timeout)
+            print(row(size, kind, record, args.timeout, product, args.markdown))
             sys.stdout.flush()
         if netcal and n * k <= args.peer_max_elements and "dirichlet_diagonal" in args.kinds:
             ours = "dirichlet_unpenalised_diagonal"
             for name, who in ((ours, ours), ("netcal (vector on log p)", "netcal")):
                 record = run(who, size, args.timeout)
-                print(row(size, name, record, args.timeout, args.markdown))
+                print(row(size, name, record, args.timeout, product, args.markdown))
                 sys.stdout.flush()
 
 

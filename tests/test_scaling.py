@@ -331,6 +331,25 @@ def test_both_solvers_return_the_canonical_representative(method, diagonal):
         assert (weight.sum(dim=0) - torch.diagonal(weight)).abs().max() <= 1e-9
 
 
+def test_value_and_gradient_reuses_the_last_evaluation_at_the_same_point(monkeypatch):
+    """Asked again at the point of its last call (as the solver's start is, after the fit's
+    check of it), the objective answers without a pass; a point changed in place is a new one."""
+    generator, _, _, objective = random_objective(
+        5, 200, 4, 3.0, log_probs=True, diagonal=False, off_diagonal_penalty=0.1, bias_penalty=0.1
+    )
+    passes = []
+    evaluate = objective.evaluate
+    monkeypatch.setattr(objective, "evaluate", lambda theta: passes.append(1) or evaluate(theta))
+    theta = torch.randn(4, objective.width, generator=generator, dtype=torch.float64)
+    value, grad = objective.value_and_gradient(theta)
+    again = objective.value_and_gradient(theta.clone())
+    assert len(passes) == 1 and again[0] == value and torch.equal(again[1], grad)
+    theta += 0.1
+    moved = objective.value_and_gradient(theta)
+    assert len(passes) == 2 and moved[0] != value
+    assert moved[0] == pytest.approx(objective.value(theta), rel=1e-12)
+
+
 def test_corrected_diagonal_is_exact_on_its_directions():
     """The large-K preconditioner on log-probabilities is symmetric positive definite and
     inverts each class's block exactly along its correction directions (float32 products:
@@ -358,6 +377,44 @@ def test_corrected_diagonal_is_exact_on_its_directions():
     matrix = torch.stack([precondition(u).flatten() for u in units])
     assert torch.allclose(matrix, matrix.T, atol=1e-10 * float(matrix.abs().max()))
     assert float(torch.linalg.eigvalsh((matrix + matrix.T) / 2).min()) > 0
+
+
+def test_corrected_diagonal_conditions_the_hessian_nearly_as_well_as_its_blocks():
+    """On log-probabilities of a network-like model, the corrected diagonal (its weights' part
+    approximated from each class's total curvature) leaves a condition number near that of the
+    exact per-class blocks, far below the plain diagonal's (computed densely in float64, the
+    K + 1 directions along which the objective is constant left out). Measured: 1.29 with the
+    blocks, 4.52 corrected (4.38 with the exact diagonal), 160 with the plain diagonal."""
+    generator = torch.Generator().manual_seed(3)
+    n, k = 1500, 30
+    labels = torch.randint(0, k, (n,), generator=generator)
+    logits = torch.randn(n, k, generator=generator, dtype=torch.float64)
+    logits[torch.arange(n), labels] += 4 + 2 * torch.randn(n, generator=generator)
+    logits *= 0.7 + 0.6 * torch.rand(k, generator=generator, dtype=torch.float64)
+    objective = AffineObjective(
+        logits,
+        labels,
+        log_probs=True,
+        diagonal=False,
+        off_diagonal_penalty=100 / n,
+        bias_penalty=100 / n,
+    )
+    eye = torch.eye(k, dtype=torch.float64)
+    theta = objective.to_standardised(0.6 * eye, torch.zeros(k, dtype=torch.float64))
+    hessian = objective.evaluate(theta, hessian=True)[2]
+    units = torch.eye(theta.numel(), dtype=torch.float64).view(-1, k, k + 1)
+
+    def condition(precondition) -> float:
+        applied = torch.stack([precondition(u).flatten() for u in units], dim=1)
+        eigenvalues = torch.linalg.eigvals(applied @ hessian).real.sort().values[k + 1 :]
+        return float(eigenvalues[-1] / eigenvalues[0])
+
+    factors = torch.linalg.cholesky(objective.hessian_blocks(theta))
+    blocks = condition(lambda q: torch.cholesky_solve(q[:, :, None], factors).squeeze(2))
+    corrected = condition(objective._corrected_diagonal(theta))
+    plain = condition(lambda q: q / objective.hessian_diagonal(theta))
+    assert blocks < corrected <= 5 * blocks
+    assert plain >= 10 * corrected
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -48,12 +48,13 @@ def fit_affine(
 ) -> AffineFit:
     """Minimise ``objective`` from ``(start_weight, start_bias)``, or from the uniform map
     (``theta = 0``, objective ``log K``) if that is lower or the start's objective is not finite.
+    The start's evaluation is the solver's first (the objective keeps it).
 
     ``method="auto"`` forms the exact Hessian when it is cheap (see
     :data:`NEWTON_MAX_PARAMETERS`, :data:`NEWTON_MAX_WORK`), else uses Newton-CG.
     """
     theta = objective.to_standardised(start_weight, start_bias)
-    if not objective.value(theta) < math.log(objective.n_classes):
+    if not objective.value_and_gradient(theta)[0] < math.log(objective.n_classes):
         theta = torch.zeros_like(theta)
     if method == "auto":
         n = objective.n_parameters
