@@ -7,9 +7,10 @@ penalty, is compared with torchcal's ``DirichletCalibrator(diagonal=True, reg_la
 reg_mu=0)``, the same model and objective).
 
 The "x one product" column divides each fit's time by that of one float32 matrix product of the
-(N, K) logits with a (K, K) matrix, measured before the size's fits: the matrix and Dirichlet fits
-are made of such products, so this ratio carries over between machines and loads where seconds
-do not.
+(N, K) logits with a (K, K) matrix, timed in the fit's process right after it: the matrix and
+Dirichlet fits are made of such products, so this ratio carries over between machines and loads
+better than seconds do (a fit stopped by the timeout is divided by the product timed before the
+size's fits).
 
 Every fit runs in its own subprocess (a fresh interpreter, one warm-up fit on 256 x 10 logits
 first, so imports and thread pools are not timed) and is stopped after ``--timeout`` seconds,
@@ -125,6 +126,7 @@ def worker(name: str, size: str) -> None:
     n, k = (int(part) for part in size.split("x"))
     logits, labels = make_logits(n, k)
     record = fit_netcal(logits, labels) if name == "netcal" else fit_torchcal(name, logits, labels)
+    record["product"] = product_seconds(n, k)
     print(json.dumps(record))
 
 
@@ -175,7 +177,7 @@ def row(
         converged = {None: "-", True: "yes", False: "no"}[record["converged"]]
         cells = [
             f"{record['seconds']:.2f} s",
-            f"{record['seconds'] / product:.0f}",
+            f"{record['seconds'] / record.get('product', product):.0f}",
             iterations,
             converged,
             f"{record['nll']:.6f}",
