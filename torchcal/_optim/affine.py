@@ -53,14 +53,14 @@ def fit_affine(
     ``method="auto"`` forms the exact Hessian when it is cheap (see
     :data:`NEWTON_MAX_PARAMETERS`, :data:`NEWTON_MAX_WORK`), else uses Newton-CG.
     """
-    theta = objective.to_standardised(start_weight, start_bias)
-    if not objective.value_and_gradient(theta)[0] < math.log(objective.n_classes):
-        theta = torch.zeros_like(theta)
     if method == "auto":
         n = objective.n_parameters
         cheap = n <= NEWTON_MAX_PARAMETERS and objective.n_samples * n * n <= NEWTON_MAX_WORK
         method = "newton" if cheap else "newton-cg"
-    objective.method = method
+    objective.method = method  # before the first evaluation: Newton-CG keeps its probabilities
+    theta = objective.to_standardised(start_weight, start_bias)
+    if not objective.value_and_gradient(theta)[0] < math.log(objective.n_classes):
+        theta = torch.zeros_like(theta)
     receding = objective.receding_parameters()
     result = minimise(objective, theta, tol=tol, max_iter=max_iter, receding=receding)
     weight, bias = canonical(*objective.to_original(result.theta), diagonal=objective.diagonal)
