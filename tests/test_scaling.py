@@ -383,10 +383,10 @@ def test_corrected_diagonal_conditions_the_hessian_nearly_as_well_as_its_blocks(
     """On log-probabilities of a network-like model, the corrected diagonal (its weights' part
     approximated from each class's total curvature) leaves a condition number near that of the
     exact per-class blocks, far below the plain diagonal's (computed densely in float64, the
-    K + 1 directions along which the objective is constant left out). Measured: 1.29 with the
-    blocks, 4.52 corrected (4.38 with the exact diagonal), 160 with the plain diagonal."""
+    K + 1 directions along which the objective is constant left out). Measured: 1.36 with the
+    blocks, 5.47 corrected (5.30 with the exact diagonal), 166 with the plain diagonal."""
     generator = torch.Generator().manual_seed(3)
-    n, k = 1500, 30
+    n, k = 1000, 20
     labels = torch.randint(0, k, (n,), generator=generator)
     logits = torch.randn(n, k, generator=generator, dtype=torch.float64)
     logits[torch.arange(n), labels] += 4 + 2 * torch.randn(n, generator=generator)
@@ -412,8 +412,9 @@ def test_corrected_diagonal_conditions_the_hessian_nearly_as_well_as_its_blocks(
     factors = torch.linalg.cholesky(objective.hessian_blocks(theta))
     blocks = condition(lambda q: torch.cholesky_solve(q[:, :, None], factors).squeeze(2))
     corrected = condition(objective._corrected_diagonal(theta))
-    plain = condition(lambda q: q / objective.hessian_diagonal(theta))
-    assert blocks < corrected <= 5 * blocks
+    diagonal = objective.hessian_diagonal(theta)
+    plain = condition(lambda q: q / diagonal)
+    assert blocks < corrected <= 6 * blocks
     assert plain >= 10 * corrected
 
 
