@@ -141,7 +141,6 @@ class AffineObjective:
         self._float32_maps: tuple[Tensor, ...] | None = None
         self._correction_inputs: list[tuple[Tensor, Tensor]] = []
         self._correction_weights: tuple[Tensor, Tensor] | None = None
-        self._input_mean_squares: Tensor | None = None
         self._penalty_matrix: Tensor | None = None
         self._penalty_products: Tensor | None = None
         #: Newton-CG with the rows kept: the float32 probabilities at the last point evaluated,
@@ -149,7 +148,8 @@ class AffineObjective:
         self._kept_probabilities: tuple[Tensor, Tensor] | None = None
         #: The point, value and gradient of the last :meth:`value_and_gradient`.
         self._last_evaluation: tuple[Tensor, float, Tensor] | None = None
-        self.mean, self.scale, self.whitening, self.unwhitening = self._moments()
+        moments = self._moments()
+        self.mean, self.scale, self.whitening, self.unwhitening, self.mean_squares = moments
         # b = sum_a theta_ia * U_ia: the bias in terms of the standardised parameters.
         if diagonal:
             self.bias_map = torch.stack([-self.mean * self.scale, torch.ones_like(self.mean)], 1)
@@ -168,13 +168,15 @@ class AffineObjective:
                 chunk = torch.log_softmax(chunk, dim=1)
             yield start, stop, chunk
 
-    def _moments(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Mean of the transformed inputs and the maps that standardise them.
+    def _moments(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Mean of the transformed inputs, the maps that standardise them, and each standardised
+        input's mean square (1 but where a variance or eigenvalue was raised to its floor).
 
         Diagonal maps scale each class by ``1 / std`` (``scale``). Full matrices whiten:
         ``(x - m) A`` with ``A = C^(-1/2)``, ``C`` the covariance (eigenvalues below 1e-12 of the
         largest raised to it), so that correlated inputs such as log-probabilities become
-        uncorrelated; ``unwhitening`` is ``A^(-1)``.
+        uncorrelated; ``unwhitening`` is ``A^(-1)``. The mean squares are the diagonal of
+        ``A C A``, from the eigenvalues, without a pass over the inputs.
         """
         k, dtype = self.n_classes, torch.float64
         total = torch.zeros(k, dtype=dtype, device=self.device)
@@ -188,7 +190,7 @@ class AffineObjective:
                 squares += (chunk - mean).square_().sum(dim=0)
             variance = squares / self.n_samples
             scale = torch.where(variance > floor, variance, torch.ones_like(variance)).rsqrt()
-            return mean, scale, torch.empty(0), torch.empty(0)
+            return mean, scale, torch.empty(0), torch.empty(0), variance * scale.square()
         covariance = torch.zeros(k, k, dtype=dtype, device=self.device)
         for _, _, chunk in self._raw_chunks():
             centred = chunk - mean
@@ -197,11 +199,12 @@ class AffineObjective:
         eigenvalues, vectors = torch.linalg.eigh(covariance)
         if float(eigenvalues.max()) <= floor:
             eye = torch.eye(k, dtype=dtype, device=self.device)
-            return mean, torch.ones_like(mean), eye, eye
-        eigenvalues = eigenvalues.clamp_min(1e-12 * float(eigenvalues.max()))
-        whitening = (vectors * eigenvalues.rsqrt()) @ vectors.T
-        unwhitening = (vectors * eigenvalues.sqrt()) @ vectors.T
-        return mean, torch.ones_like(mean), whitening, unwhitening
+            return mean, torch.ones_like(mean), eye, eye, covariance.diagonal().clone()
+        raised = eigenvalues.clamp_min(1e-12 * float(eigenvalues.max()))
+        whitening = (vectors * raised.rsqrt()) @ vectors.T
+        unwhitening = (vectors * raised.sqrt()) @ vectors.T
+        mean_squares = (vectors.square() * (eigenvalues / raised)).sum(dim=1)
+        return mean, torch.ones_like(mean), whitening, unwhitening, mean_squares
 
     def separated_classes(self) -> Tensor:
         """(K,) bool: for a diagonal map, the classes whose own input separates them from the
@@ -707,23 +710,13 @@ class AffineObjective:
                 products[:, :-1] += (weighted.T @ x).view(3, k, k).permute(1, 2, 0)
                 products[:, -1] += weighted.sum(dim=0).view(3, k).T
         if corrected:
-            diag[:, :-1] = diag[:, -1:] * self._mean_squares()[None, :]
+            diag[:, :-1] = diag[:, -1:] * self.mean_squares[None, :]
         diag /= self.n_samples
         diag += self._penalty_diagonal()
         if products is not None:
             products /= self.n_samples
             products += self._penalty_block_products()
         return diag, products
-
-    def _mean_squares(self) -> Tensor:
-        """(K,) float64: each standardised input's mean square (about 1 after whitening), from
-        the float32 rows, computed once."""
-        if self._input_mean_squares is None:
-            total = torch.zeros(self.n_classes, dtype=torch.float64, device=self.device)
-            for x in self._product_rows():
-                total += x.square().sum(dim=0, dtype=torch.float64)
-            self._input_mean_squares = total / self.n_samples
-        return self._input_mean_squares
 
     def _correction_features(self, index: int, x: Tensor) -> tuple[Tensor, Tensor]:
         """For the ``index``-th chunk ``x`` of :meth:`_product_rows`, the float32 features of
