@@ -37,12 +37,19 @@ def scipy_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return math.exp(result.x)
 
 
-def numpy_nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    """Mean NLL of softmax(logits / T) in float64 numpy, written independently of torchcal."""
-    z = logits.astype(np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-log_probs[np.arange(len(labels)), labels].mean())
+def numpy_nll(
+    logits: np.ndarray, labels: np.ndarray, temperature: float, rows: int = 4096
+) -> float:
+    """Mean NLL of softmax(logits / T) in float64 numpy, written independently of torchcal
+    (``rows`` at a time, so that its float64 temporaries stay small)."""
+    total = 0.0
+    for start in range(0, len(labels), rows):
+        z = logits[start : start + rows].astype(np.float64) / temperature
+        z -= z.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(z).sum(axis=1))
+        chunk_labels = labels[start : start + rows]
+        total += float((log_norm - z[np.arange(len(chunk_labels)), chunk_labels]).sum())
+    return total / len(labels)
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,4 +1,5 @@
-"""The ``torchcal`` command end to end, in a subprocess."""
+"""The ``torchcal`` command end to end: in a subprocess, and in this process through ``main``
+where a fresh interpreter (about 3 s of imports each) would prove nothing more."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from conftest import tempered_logits
 
 from torchcal import TemperatureScaler
+from torchcal.cli import main
 from torchcal.io.files import load_scaler
 from torchcal.metrics import expected_calibration_error
 
@@ -28,6 +30,13 @@ def torchcal(*args: str, cwd=None, **options) -> subprocess.CompletedProcess:
         env={**os.environ},
         **options,
     )
+
+
+def in_process(capsys, *args: object) -> subprocess.CompletedProcess:
+    """Run the command line through ``main`` in this process, with its captured output."""
+    returncode = main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, returncode, captured.out, captured.err)
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +59,18 @@ def test_help_lists_the_commands():
         assert command in result.stdout
 
 
-def test_fit_then_report(files, tmp_path):
+def test_fit_then_report(files, tmp_path, capsys):
     folder, logits, labels = files
-    fitted = torchcal("fit", folder / "logits.pt", folder / "labels.npy", "-o", tmp_path / "s.pt")
+    fitted = in_process(
+        capsys, "fit", folder / "logits.pt", folder / "labels.npy", "-o", tmp_path / "s.pt"
+    )
     assert fitted.returncode == 0, fitted.stderr
     expected = TemperatureScaler().fit(logits, labels, progress=False).temperature
     assert load_scaler(tmp_path / "s.pt").temperature == pytest.approx(expected, rel=1e-9)
     assert fitted.stdout.startswith(f"T = {expected:.6g} on 2000 samples")
     out = tmp_path / "report"
-    report = torchcal(
+    report = in_process(
+        capsys,
         "report", folder / "logits.safetensors", folder / "both.npz", "--labels-key", "labels",
         "--scaler", tmp_path / "s.pt", "--output-dir", out, "--resamples", "200",
     )  # fmt: skip
@@ -127,13 +139,14 @@ def test_bad_inputs_end_in_one_clear_line(files, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_compare_prints_one_row_per_method_with_the_library_values(files):
+def test_compare_prints_one_row_per_method_with_the_library_values(files, capsys):
     folder, logits, labels = files
     np.save(folder / "val_labels.npy", labels[:1000].numpy())
     np.save(folder / "test_labels.npy", labels[1000:].numpy())
     torch.save(logits[:1000], folder / "val_logits.pt")
     torch.save(logits[1000:], folder / "test_logits.pt")
-    result = torchcal(
+    result = in_process(
+        capsys,
         "compare",
         *(folder / name for name in ("val_logits.pt", "val_labels.npy")),
         *(folder / name for name in ("test_logits.pt", "test_labels.npy")),
@@ -152,6 +165,6 @@ def test_compare_prints_one_row_per_method_with_the_library_values(files):
                        ["temperature", "isotonic"], n_resamples=50)  # fmt: skip
     for row, (name, summary) in zip(rows, expected.summaries.items(), strict=True):
         assert f"| {summary['NLL']} |" in row and f"| {summary['ECE']} |" in row, name
-    unknown = torchcal("compare", *(folder / "val_logits.pt", folder / "val_labels.npy") * 2,
-                       "--methods", "bogus")  # fmt: skip
+    val = (folder / "val_logits.pt", folder / "val_labels.npy")
+    unknown = in_process(capsys, "compare", *val * 2, "--methods", "bogus")
     assert unknown.returncode == 1 and "unknown calibration method 'bogus'" in unknown.stderr

@@ -425,13 +425,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    warnings.simplefilter("default")
-    warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
-    try:
-        COMMANDS[args.command](args)
-    except (ValueError, TypeError, OSError, ImportError, NotFittedError, RuntimeError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        message = message.replace("inputs='probs'", "--inputs probs")  # the option's CLI name
-        print(f"torchcal {args.command}: error: {message}", file=sys.stderr)
-        return 1
+    # Warnings as one line each (once per place, as by default); the caller's settings come back.
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _show_warning
+        try:
+            COMMANDS[args.command](args)
+        except (ValueError, TypeError, OSError, ImportError, NotFittedError, RuntimeError) as error:
+            message = " ".join(str(error).split()) or type(error).__name__
+            message = message.replace("inputs='probs'", "--inputs probs")  # the option's CLI name
+            print(f"torchcal {args.command}: error: {message}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], *_: object, **__: object
+) -> None:
+    """Print a warning as ``warning: MESSAGE`` on standard error (no file, line or category)."""
+    print(f"warning: {message}", file=sys.stderr)
