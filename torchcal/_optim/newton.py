@@ -4,7 +4,9 @@
 and its curvature, either as a dense Hessian (small problems: the Newton system is solved by
 Cholesky) or as Hessian-vector products with a preconditioner (large problems: the system is
 solved inexactly by preconditioned conjugate gradients, "Newton-CG", Nocedal & Wright 2006,
-Algorithm 7.1). The step is then shortened, if need be, until the objective decreases.
+Algorithm 7.1, each system only as exactly as the last step's quadratic model proved worth:
+Eisenstat and Walker's forcing term, see :func:`_forcing_term`). The step is then shortened, if
+need be, until the objective decreases.
 
 Constrained problems (the ensemble's weights on the simplex, :mod:`torchcal._optim.simplex`) pass
 a :class:`Constraint`: it supplies the step's direction (the local quadratic model's minimiser
@@ -83,6 +85,14 @@ __all__ = [
 CHOLESKY_ATTEMPTS = 6
 #: Conjugate-gradient iterations per Newton step at most.
 MAX_CG_ITERATIONS = 250
+#: The forcing term (the residual conjugate gradients stop at, relative to the gradient) at most.
+MAX_FORCING = 0.5
+#: A forcing term may not fall below the previous one to this power (while that is above 0.1).
+GOLDEN = (1 + math.sqrt(5)) / 2
+#: Conjugate gradients also stop once every entry of the residual is at most this fraction of
+#: ``tol``: the next gradient is the residual plus what the quadratic model misses, so solving
+#: further would not bring the stopping test nearer.
+RESIDUAL_FLOOR = 0.1
 #: A step is accepted when the objective decreases by at least this fraction of the decrease
 #: its slope predicts (Armijo), or when the slope at the new point is still <= 0 (see below).
 ARMIJO = 1e-4
@@ -168,6 +178,7 @@ def minimise(
     value, grad = problem.value_and_gradient(theta)
     stopping.start(value)
     evaluations, products = 1, 0
+    forcing: float | None = None  # from the last step's model (see _forcing_term)
     reference = theta
     reason = ITERATION_LIMIT
     iteration = 0
@@ -189,8 +200,11 @@ def minimise(
             # what is left of the others' gradient comes from their coupling with the receding
             # parameters' slow run: hold those, and the others converge at Newton's rate
             curvature, moving = curvature.restricted(receding), grad.masked_fill(receding, 0.0)
+        residual = None
         if constraint is None:
-            direction, used = _newton_direction(curvature, moving)
+            direction, used, residual = _newton_direction(
+                curvature, moving, forcing, floor=RESIDUAL_FLOOR * tol
+            )
             products += used
         else:
             direction = constraint.direction(theta, grad, curvature)
@@ -199,6 +213,11 @@ def minimise(
         if step.theta is None:
             reason = NO_PROGRESS
             break
+        if residual is None:
+            forcing = None
+        else:
+            new_moving = step.grad if moving is grad else step.grad.masked_fill(receding, 0.0)
+            forcing = _forcing_term(moving, residual, step.length, new_moving, forcing)
         iteration += 1
         theta, value, grad = step.theta, step.value, step.grad
         if not stopping.progressed(value):
@@ -213,20 +232,49 @@ def minimise(
     return NewtonResult(theta, value, grad, iteration, reason, evaluations, products)
 
 
-def _newton_direction(curvature: Curvature, grad: Tensor) -> tuple[Tensor, int]:
-    """A descent direction from ``H d = -g``: (direction, Hessian-vector products used)."""
+def _newton_direction(
+    curvature: Curvature, grad: Tensor, forcing: float | None, *, floor: float
+) -> tuple[Tensor, int, Tensor | None]:
+    """A descent direction from ``H d = -g``: (direction, Hessian-vector products used, the
+    residual ``-g - H d`` where conjugate gradients stopped short of solving it, else None).
+    ``forcing`` and ``floor``: see :func:`_conjugate_gradients`."""
     if curvature.matrix is not None:
         solved = _cholesky_solve(curvature.matrix, grad.flatten())
         if solved is not None:
             direction = -solved.view_as(grad)
             if float((direction * grad).sum()) < 0:
-                return direction, 0
+                return direction, 0, None
         matrix = curvature.matrix
         return _conjugate_gradients(
             lambda v: (matrix @ v.flatten()).view_as(v), curvature.precondition, grad
         )
     assert curvature.product is not None
-    return _conjugate_gradients(curvature.product, curvature.precondition, grad)
+    return _conjugate_gradients(
+        curvature.product, curvature.precondition, grad, forcing, floor=floor
+    )
+
+
+def _forcing_term(
+    grad: Tensor, residual: Tensor, length: float, new_grad: Tensor, previous: float | None
+) -> float:
+    """The next Newton-CG solve's forcing term from how well the last step's linear model
+    predicted the new gradient (Eisenstat and Walker 1996, choice 1):
+    ``| |g_new| - |g + t H d| | / |g|`` for the step ``t d``, where ``g + t H d = (1 - t) g -
+    t r`` (``r`` the residual). Where the objective's curvature changed over the step, solving
+    the next system more exactly than the model held would buy nothing. At least the previous
+    term to the power :data:`GOLDEN` while that is above 0.1, and at most :data:`MAX_FORCING`.
+
+    Example:
+        >>> g = torch.tensor([1.0, 0.0], dtype=torch.float64)
+        >>> r = torch.tensor([0.0, 0.1], dtype=torch.float64)  # the solve left 0.1 of |g|
+        >>> round(_forcing_term(g, r, 1.0, torch.tensor([0.0, 0.3]), None), 6)  # 0.3 came
+        0.2
+    """
+    model = (1 - length) * grad - length * residual
+    forcing = abs(float(new_grad.norm()) - float(model.norm())) / float(grad.norm())
+    if previous is not None and previous**GOLDEN > 0.1:
+        forcing = max(forcing, previous**GOLDEN)
+    return min(forcing, MAX_FORCING)
 
 
 def _cholesky_solve(matrix: Tensor, vector: Tensor) -> Tensor | None:
@@ -249,17 +297,23 @@ def _conjugate_gradients(
     product: Callable[[Tensor], Tensor],
     precondition: Callable[[Tensor], Tensor] | None,
     grad: Tensor,
-) -> tuple[Tensor, int]:
-    """Preconditioned CG on ``H d = -g`` from ``d = 0``: (direction, products used).
+    forcing: float | None = None,
+    *,
+    floor: float = 0.0,
+) -> tuple[Tensor, int, Tensor | None]:
+    """Preconditioned CG on ``H d = -g`` from ``d = 0``: (direction, products used, residual
+    ``-g - H d``, None where the preconditioned gradient is returned instead).
 
-    Stops when ``|r| <= eta |g|`` with the forcing term ``eta = min(0.5, sqrt(|g|))`` (inexact
-    early, exact enough near the optimum for superlinear convergence), at the first direction of
-    non-positive curvature, or after :data:`MAX_CG_ITERATIONS`. Every iterate is a descent
-    direction; if the first direction already has no positive curvature (or is not finite), the
-    preconditioned gradient is returned.
+    Stops when ``|r| <= eta |g|`` for the forcing term ``eta``, the larger of ``forcing`` (see
+    :func:`_forcing_term`) and ``min(0.5, sqrt(|g|))`` (inexact early, exact enough near the
+    optimum for superlinear convergence), when no entry of ``r`` exceeds ``floor``, at the first
+    direction of non-positive curvature, or after :data:`MAX_CG_ITERATIONS`. Every iterate is a
+    descent direction; if the first direction already has no positive curvature (or is not
+    finite), the preconditioned gradient is returned.
     """
     grad_norm = float(grad.norm())
-    target = min(0.5, math.sqrt(grad_norm)) * grad_norm
+    forcing = max(forcing or 0.0, min(MAX_FORCING, math.sqrt(grad_norm)))
+    target = forcing * grad_norm
     x = torch.zeros_like(grad)
     r = -grad
     z = r.clone() if precondition is None else precondition(r)
@@ -278,7 +332,7 @@ def _conjugate_gradients(
         alpha = rz / curvature
         x += alpha * p
         r -= alpha * hp
-        if float(r.norm()) <= target:
+        if float(r.norm()) <= target or float(r.abs().max()) <= floor:
             break
         z = r.clone() if precondition is None else precondition(r)
         rz_next = float((r * z).sum())
@@ -287,8 +341,8 @@ def _conjugate_gradients(
         p = z + (rz_next / rz) * p
         rz = rz_next
     if not bool(torch.isfinite(x).all()) or not float((x * grad).sum()) < 0:
-        return fallback, used
-    return x, used
+        return fallback, used, None
+    return x, used, r
 
 
 @dataclass(frozen=True)
@@ -297,6 +351,7 @@ class _Step:
     value: float
     grad: Tensor
     evaluations: int
+    length: float = 0.0  # the accepted step's multiple of the direction
 
 
 def _line_search(
@@ -335,7 +390,7 @@ def _line_search(
                 trial_value <= value + rounding
                 and float((tangent(trial_grad) * direction).sum()) <= 0
             ):
-                return _Step(point, trial_value, trial_grad, trial)
+                return _Step(point, trial_value, trial_grad, trial, t)
             rise = trial_value - value - slope * t  # > 0 for a convex function
             shrink = -slope * t / (2 * rise) if rise > 0 else 0.5
             t *= min(max(shrink, 0.1), 0.5)
