@@ -168,3 +168,22 @@ def test_compare_prints_one_row_per_method_with_the_library_values(files, capsys
     val = (folder / "val_logits.pt", folder / "val_labels.npy")
     unknown = in_process(capsys, "compare", *val * 2, "--methods", "bogus")
     assert unknown.returncode == 1 and "unknown calibration method 'bogus'" in unknown.stderr
+
+
+def test_main_leaves_the_callers_warning_settings_as_they_were(tmp_path, capsys):
+    """In a Python process, the command's one-line warning format and filter stay its own."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shown, formatted, filters = (
+            warnings.showwarning,
+            warnings.formatwarning,
+            warnings.filters[:],
+        )
+        result = in_process(
+            capsys, "fit", tmp_path / "nope.pt", tmp_path / "no.npy", "-o", tmp_path / "s.pt"
+        )
+        assert result.returncode == 1 and "no such" in result.stderr
+        assert warnings.showwarning is shown and warnings.formatwarning is formatted
+        assert warnings.filters == filters
